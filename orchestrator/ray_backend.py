@@ -1,0 +1,126 @@
+"""The only module that imports Ray: places trials on workers and streams their events to the driver.
+
+Each trial runs as a Ray task in a fresh worker process (`max_calls=1`), so the memory it held
+(host or GPU) is returned when it ends. Trials report through a Ray queue; the driver alone
+reads it and writes the store, which is why the same code works when workers are other nodes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.util.queue import Queue
+
+# Passed to every worker: quiet logs, no tokenizer thread pools fighting the trial's torch threads.
+WORKER_ENV = {"TRANSFORMERS_VERBOSITY": "error", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+              "TOKENIZERS_PARALLELISM": "false", "TQDM_DISABLE": "1"}
+_FORWARDED_ENV = ("QLORA_SWEEP_CACHE", "QLORA_SWEEP_DATA_DIR", "HF_HOME", "HF_HUB_OFFLINE")
+_ERROR_LINES = 25
+
+
+@dataclass(frozen=True)
+class Outcome:
+    key: Any
+    result: Any = None
+    """The trial's TrialResult when it succeeded."""
+    runtime_s: float | None = None
+    """Seconds inside the trial function, measured in the worker."""
+    error: str | None = None
+    """Last lines of the error when it raised or its worker died."""
+
+
+class _Reporter:
+    """Sends events without waiting. A task blocked in `ray.get` gives its CPU back to the scheduler,
+    which would start one more trial than there are cores; calls from one caller stay in order."""
+
+    def __init__(self, key: Any, events: Queue):
+        self.key, self.events, self.last = key, events, None
+
+    def __call__(self, event: dict) -> None:
+        self.last = self.events.actor.put_nowait.remote((self.key, event))
+
+    def flush(self) -> None:
+        if self.last is not None:
+            ray.get(self.last)  # every event is in the queue before the result is returned
+
+
+@ray.remote(max_calls=1)
+def _trial_task(key, config, data, out_dir: str, num_threads: int, events: Queue):
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _redirect_output(out / "trial.log")
+    from trainer.trial import run_trial  # imported in the worker: the driver never loads torch models
+
+    report = _Reporter(key, events)
+    start = time.perf_counter()
+    try:
+        result = run_trial(config, data, out, report, num_threads)
+    except BaseException:
+        traceback.print_exc()  # into trial.log as well as back to the driver
+        raise
+    finally:
+        report.flush()
+    return result, time.perf_counter() - start
+
+
+def _redirect_output(path: Path) -> None:
+    """Send this worker's stdout/stderr (including C-level writes) to the trial's own log file."""
+    handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(handle, 1)
+    os.dup2(handle, 2)
+
+
+class RayBackend:
+    def __init__(self, address: str | None = None, num_cpus: int | None = None):
+        self._owns_ray = not ray.is_initialized()
+        if self._owns_ray:
+            env = WORKER_ENV | {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
+            ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False,
+                     log_to_driver=False, logging_level="ERROR", runtime_env={"env_vars": env})
+        self.events = Queue()
+        self._pending: dict[Any, Any] = {}  # object ref -> trial key
+
+    def total(self, resource: str) -> float:
+        return float(ray.cluster_resources().get(resource, 0))
+
+    def share(self, value: Any) -> Any:
+        """Put a large read-only value (the dataset) in the object store once for every trial."""
+        return ray.put(value)
+
+    def submit(self, key: Any, config: Any, data_ref: Any, out_dir: Path, cpus: int, gpus: float) -> None:
+        ref = _trial_task.options(num_cpus=cpus, num_gpus=gpus, name=f"trial {key}").remote(
+            key, config, data_ref, str(out_dir), cpus, self.events)
+        self._pending[ref] = key
+
+    @property
+    def running(self) -> int:
+        return len(self._pending)
+
+    def finished(self, timeout_s: float) -> list[Outcome]:
+        """Trials that ended within `timeout_s`, successfully or not."""
+        if not self._pending:
+            return []
+        done, _ = ray.wait(list(self._pending), num_returns=len(self._pending), timeout=timeout_s)
+        return [self._outcome(ref, self._pending.pop(ref)) for ref in done]
+
+    def drain_events(self) -> list[tuple[Any, dict]]:
+        size = self.events.qsize()
+        return self.events.get_nowait_batch(size) if size else []
+
+    def shutdown(self) -> None:
+        if self._owns_ray:
+            ray.shutdown()
+
+    @staticmethod
+    def _outcome(ref: Any, key: Any) -> Outcome:
+        try:
+            result, runtime_s = ray.get(ref)
+        except Exception as exc:  # RayTaskError (trial raised), WorkerCrashedError (process died), OOM
+            return Outcome(key, error="\n".join(str(exc).strip().splitlines()[-_ERROR_LINES:]))
+        return Outcome(key, result=result, runtime_s=runtime_s)

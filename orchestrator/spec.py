@@ -1,0 +1,232 @@
+"""Sweep spec: the YAML file a user writes, validated as a whole before anything runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from orchestrator import schema
+from trainer import prompts as prompt_rules
+from trainer.config import (PROMPT_PLACEHOLDER, ConfigProblem, DatasetConfig, GenerationConfig, LoraSettings,
+                            ModelConfig, QuantizationConfig, TrainingConfig, TrialConfig)
+from trainer.data import read_rows, reference_columns, split_source
+from trainer.models import model_problem
+
+SPEC_DIR = Path("sweeps")
+# TrialConfig paths a grid may not set: they are derived per trial.
+_DERIVED = {"prompt_template", "zero_shot"}
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    type: Literal["grid"] = "grid"
+    """`grid`: one trial per combination of the `grid` values."""
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+    """Dotted trial keys (`prompt`, `lora.rank`, `training.learning_rate`, ...) and the values to try."""
+    baselines: bool = True
+    """Also score each prompt zero-shot (no adapter), the reference every fine-tune is compared with."""
+
+
+@dataclass(frozen=True)
+class ResourcesConfig:
+    cpus_per_trial: int = field(default=1, metadata={"ge": 1})
+    """CPUs reserved per trial; also its torch thread count. On CPU, 1 each runs more trials at once."""
+    gpus_per_trial: float = field(default=1.0, metadata={"ge": 0.0})
+    """GPUs per trial where the Ray cluster has GPUs (ignored without); 1 isolates each trial's memory."""
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    run_dir: str = "runs"
+    """Adapters, trial logs and TensorBoard events go under <run_dir>/<sweep name>/."""
+    store: str | None = None
+    """SQLAlchemy URL of the results store; null means sqlite:///<run_dir>/results.db."""
+
+    def store_url(self) -> str:
+        return self.store or f"sqlite:///{self.run_dir}/results.db"
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    name: str = ""
+    """Sweep name, unique in the store; re-running the same name resumes it."""
+    description: str = ""
+    """Free text shown nowhere but here: what the sweep is meant to find out."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    prompts: dict[str, str] = field(default_factory=dict)
+    """Named prompt templates; each must contain `{dialogue}` and no other placeholder."""
+    prompt: str | None = None
+    """Prompt used when the grid does not sweep `prompt`; null with one template means that one."""
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    quantization: QuantizationConfig = field(default_factory=QuantizationConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+
+class SpecError(Exception):
+    """Every problem of a spec at once; the CLI prints them and exits with code 2."""
+
+    def __init__(self, source: str, problems: list[ConfigProblem]):
+        self.source, self.problems = source, problems
+        lines = [f"{source}: {len(problems)} problem(s); nothing was run or written:"]
+        super().__init__("\n".join(lines + [f"  - {p.render()}" for p in problems]))
+
+
+def find_spec(name: str) -> Path:
+    """The spec file `name`, else `sweeps/<name>` (with or without .yaml), as a user would type it."""
+    for candidate in (Path(name), SPEC_DIR / name, SPEC_DIR / f"{name}.yaml"):
+        if candidate.is_file():
+            return candidate
+    raise SpecError(name, [ConfigProblem("<spec file>", "the spec file must exist", name,
+                                         ", ".join(sorted(p.name for p in SPEC_DIR.glob("*.yaml"))) or "a YAML file",
+                                         "give a path, or a file name inside sweeps/")])
+
+
+def load_spec(name: str) -> SweepSpec:
+    path = find_spec(name)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise SpecError(str(path), [ConfigProblem("<yaml>", "the file must be valid YAML", str(exc).splitlines()[0],
+                                                  "YAML 1.1", str(exc).replace("\n", " "))]) from None
+    return parse_spec(raw, str(path))
+
+
+def parse_spec(raw: Any, source: str = "<spec>") -> SweepSpec:
+    problems: list[ConfigProblem] = []
+    spec = schema.build(SweepSpec, raw, "", problems)
+    # Badly typed fields were replaced by their defaults, so the deeper checks still run; a path
+    # already reported is not reported twice.
+    reported = {p.path for p in problems}
+    problems += [p for p in semantic_problems(spec) if p.path not in reported]
+    if problems:
+        raise SpecError(source, problems)
+    return spec
+
+
+def semantic_problems(spec: SweepSpec) -> list[ConfigProblem]:
+    problems = _name_problems(spec) + _prompt_problems(spec) + _grid_problems(spec)
+    problems += spec.dataset.problems("dataset") + spec.training.problems("training")
+    problems += _model_problems(spec) + _data_problems(spec.dataset) + _output_problems(spec.output)
+    if spec.generation.max_new_tokens >= spec.training.max_seq_length:
+        problems.append(ConfigProblem("generation.max_new_tokens", "the summary budget must leave room for the "
+                                      "dialogue inside training.max_seq_length", spec.generation.max_new_tokens,
+                                      f"< {spec.training.max_seq_length}", "lower max_new_tokens"))
+    return problems
+
+
+def _name_problems(spec: SweepSpec) -> list[ConfigProblem]:
+    if _SAFE_NAME.match(spec.name):
+        return []
+    return [ConfigProblem("name", "a sweep needs a name usable as a folder name", spec.name,
+                          "letters, digits, '_', '-', '.'", "e.g. name: grid_2x2x2")]
+
+
+def _prompt_problems(spec: SweepSpec) -> list[ConfigProblem]:
+    problems = []
+    if not spec.prompts:
+        problems.append(ConfigProblem("prompts", "at least one prompt template is needed", {},
+                                      "name: template pairs", 'prompts: {v1: "Summarize:\\n{dialogue}"}'))
+    for key, template in spec.prompts.items():
+        try:
+            found = prompt_rules.placeholders(template)
+        except ValueError as exc:
+            problems.append(ConfigProblem(f"prompts.{key}", f"a template must parse ({exc})", template,
+                                          "{dialogue} and doubled braces {{ }} for literal ones"))
+            continue
+        if found != {PROMPT_PLACEHOLDER}:
+            problems.append(ConfigProblem(
+                f"prompts.{key}", "a template must contain {dialogue} and no other placeholder", template,
+                "exactly one placeholder, {dialogue}",
+                f"unknown: {sorted(found - {PROMPT_PLACEHOLDER})}" if found - {PROMPT_PLACEHOLDER}
+                else "add {dialogue} where the dialogue goes"))
+    swept = "prompt" in spec.search.grid
+    if spec.prompt is not None and spec.prompt not in spec.prompts:
+        problems.append(ConfigProblem("prompt", "must name one of the templates", spec.prompt,
+                                      ", ".join(spec.prompts), schema.did_you_mean(spec.prompt, spec.prompts)))
+    elif spec.prompt is None and not swept and len(spec.prompts) > 1:
+        problems.append(ConfigProblem("prompt", "with several templates, pick one or sweep them", None,
+                                      ", ".join(spec.prompts), "set prompt: <name> or add prompt to search.grid"))
+    return problems
+
+
+def _grid_problems(spec: SweepSpec) -> list[ConfigProblem]:
+    problems: list[ConfigProblem] = []
+    allowed = [p for p in schema.leaf_paths(TrialConfig) if p not in _DERIVED]
+    for key, values in spec.search.grid.items():
+        path = f"search.grid.{key}"
+        if key not in allowed:
+            problems.append(ConfigProblem(path, "a grid key must be a trial setting", key,
+                                          "prompt, lora.rank, training.learning_rate, ... (dotted paths)",
+                                          schema.did_you_mean(key, allowed)))
+            continue
+        if not values:
+            problems.append(ConfigProblem(path, "a grid axis needs at least one value", values, "a non-empty list"))
+        for i, value in enumerate(values):
+            schema.check_value(TrialConfig, key, value, f"{path}[{i}]", problems)
+            if key == "prompt" and value not in spec.prompts:
+                problems.append(ConfigProblem(f"{path}[{i}]", "must name one of the templates", value,
+                                              ", ".join(spec.prompts), schema.did_you_mean(str(value), spec.prompts)))
+    return problems
+
+
+def _model_problems(spec: SweepSpec) -> list[ConfigProblem]:
+    names = [("model.name", spec.model.name)] + [
+        (f"search.grid.model.name[{i}]", v) for i, v in enumerate(spec.search.grid.get("model.name", []))]
+    problems = []
+    for path, name in names:
+        reason = model_problem(str(name))
+        if reason:
+            problems.append(ConfigProblem(path, "the model must be loadable", name,
+                                          "smollm2-135m-instruct, a local model directory, or a hub id", reason))
+    return problems
+
+
+def _data_problems(cfg: DatasetConfig) -> list[ConfigProblem]:
+    if cfg.name is None and not (cfg.train_file and cfg.eval_file):
+        return []  # reported by DatasetConfig.problems
+    problems = []
+    for which in ("train", "eval"):
+        source = split_source(cfg, which)
+        if source.path is None:
+            continue  # a hub split: only checkable online, at load time
+        key = f"dataset.{which}_file" if (cfg.train_file if which == "train" else cfg.eval_file) else "dataset.name"
+        if not source.path.is_file() or source.path.suffix not in (".jsonl", ".csv"):
+            problems.append(ConfigProblem(key, "the data file must exist and be .jsonl or .csv", str(source.path),
+                                          "an existing .jsonl or .csv file", "check the path (relative to cwd)"))
+            continue
+        rows = read_rows(source, limit=1)
+        columns = list(rows[0]) if rows else []
+        wanted = [cfg.dialogue_column] + ([cfg.summary_column] if which == "train"
+                                          else reference_columns(cfg, columns)[:1] or [cfg.summary_column])
+        for column in wanted:
+            if column not in columns:
+                problems.append(ConfigProblem(f"dataset ({which}: {source.path.name})", "the column must exist",
+                                              column, ", ".join(columns) or "no rows",
+                                              "set dataset.dialogue_column / summary_column / reference_columns"))
+    return problems
+
+
+def _output_problems(output: OutputConfig) -> list[ConfigProblem]:
+    from sqlalchemy.engine import make_url
+
+    try:
+        make_url(output.store_url())
+    except Exception as exc:  # sqlalchemy raises ArgumentError and others for malformed URLs
+        return [ConfigProblem("output.store", "must be a SQLAlchemy URL", output.store,
+                              "e.g. sqlite:///runs/results.db or postgresql://user@host/db", str(exc))]
+    return []
+
+
+def to_plain(spec: SweepSpec) -> dict:
+    return dataclasses.asdict(spec)

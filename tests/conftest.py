@@ -1,0 +1,88 @@
+"""Shared fixtures: a tiny Llama built from a config with the real SmolLM2 tokenizer, small datasets."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+DIALOGUES = [
+    ("#Person1#: Can you pick up milk on the way home?\n#Person2#: Sure, do we need bread too?\n#Person1#: Yes, one loaf.",
+     "#Person1# asks #Person2# to buy milk and a loaf of bread on the way home."),
+    ("#Person1#: The meeting moved to Friday at ten.\n#Person2#: Thanks, I will tell the team.",
+     "#Person1# tells #Person2# the meeting moved to Friday at ten."),
+    ("#Person1#: I lost my keys again.\n#Person2#: Check the kitchen drawer, you left them there last week.",
+     "#Person1# lost the keys and #Person2# suggests the kitchen drawer."),
+    ("#Person1#: How much is this jacket?\n#Person2#: It is forty dollars, on sale today.\n#Person1#: I will take it.",
+     "#Person1# buys a jacket on sale for forty dollars."),
+]
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    """The read-only DialogSum mirror beside the repo (../shared/data), or $QLORA_SWEEP_DATA_DIR."""
+    root = Path(os.environ.get("QLORA_SWEEP_DATA_DIR") or REPO.parent / "shared" / "data")
+    if not (root / "dialogsum" / "test.jsonl").exists():
+        pytest.skip(f"DialogSum mirror not found under {root}")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """2 layers, hidden 64, random weights, real 49k-token SmolLM2 tokenizer and chat template."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from trainer.models import EMBEDDED_GGUF_FILE, embedded_gguf_dir
+
+    out = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer = AutoTokenizer.from_pretrained(embedded_gguf_dir(), gguf_file=EMBEDDED_GGUF_FILE)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def local_data(tmp_path) -> tuple[Path, Path]:
+    """(train.jsonl, eval.jsonl) of short English dialogues."""
+    rows = [{"id": f"d{i}", "dialogue": d, "summary": s} for i, (d, s) in enumerate(DIALOGUES * 3)]
+    return write_jsonl(tmp_path / "train.jsonl", rows[:8]), write_jsonl(tmp_path / "eval.jsonl", rows[8:12])
+
+
+def tiny_spec(model_dir: Path, train: Path, evals: Path, tmp_path: Path, **overrides) -> dict:
+    """A valid spec dict for the tiny model: 2 prompts x 1 rank, 2 steps, float32 so it is exact."""
+    spec = {
+        "name": "tiny",
+        "model": {"name": str(model_dir)},
+        "dataset": {"name": None, "train_file": str(train), "eval_file": str(evals),
+                    "train_examples": 8, "eval_examples": 4},
+        "prompts": {"v1": "Summarize:\n{dialogue}", "v2": "Write a one-sentence summary.\n{dialogue}"},
+        "lora": {"rank": 4, "dropout": 0.0},
+        "quantization": {"mode": "nf4", "compute_dtype": "float32"},
+        "training": {"max_steps": 2, "micro_batch_size": 2, "gradient_accumulation_steps": 1,
+                     "learning_rate": "1e-2", "max_seq_length": 128},
+        "generation": {"max_new_tokens": 8, "eval_batch_size": 4},
+        "search": {"grid": {"prompt": ["v1", "v2"]}},
+        "output": {"run_dir": str(tmp_path / "runs"), "store": f"sqlite:///{tmp_path / 'store.db'}"},
+    }
+    for key, value in overrides.items():
+        spec[key] = value
+    return spec

@@ -1,0 +1,68 @@
+"""Leaderboard from the store: ranking, deltas against the same prompt's baseline, formats."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+
+from orchestrator.cli import main
+from results import leaderboard
+from results.store import Store
+
+
+@pytest.fixture
+def filled(tmp_path) -> tuple[Store, str]:
+    url = f"sqlite:///{tmp_path / 'lb.db'}"
+    store = Store(url)
+    sweep_id = store.open_sweep("g", {}, "runs/g", {"scoring": "first reference"})
+    rows = [("v1-r8-lr5e-4", "trial", "v1", 8, 5e-4, 0.30, "completed"),
+            ("v2-r8-lr5e-4", "trial", "v2", 8, 5e-4, 0.35, "completed"),
+            ("v1-r16-lr5e-4", "trial", "v1", 16, 5e-4, None, "failed"),
+            ("v1-zero-shot", "baseline", "v1", None, None, 0.10, "completed"),
+            ("v2-zero-shot", "baseline", "v2", None, None, 0.40, "completed")]
+    for name, kind, prompt, rank, lr, rouge_l, status in rows:
+        params = {"prompt": prompt} if kind == "baseline" else {"prompt": prompt, "lora.rank": rank,
+                                                                 "training.learning_rate": lr}
+        trial_id, _ = store.register_trial(sweep_id, name, kind, params, {}, name)
+        if status == "completed":
+            store.complete_trial(trial_id, {"rouge1": rouge_l + 0.05, "rouge2": 0.1, "rougeL": rouge_l,
+                                            "rougeLsum": rouge_l, "gen_tokens": 20.0, "gen_words": 15.0},
+                                 [], 10.0, {}, None)
+        else:
+            store.fail_trial(trial_id, "boom", 1.0)
+    return store, url
+
+
+def test_ranking_delta_and_best(filled):
+    store, _ = filled
+    rows = leaderboard.build(store.summary("g"), "rougeL")
+    assert [r.trial for r in rows] == ["v2-zero-shot", "v2-r8-lr5e-4", "v1-r8-lr5e-4", "v1-zero-shot", "v1-r16-lr5e-4"]
+    assert [r.best for r in rows] == [True, False, False, False, False]
+    by = {r.trial: r for r in rows}
+    assert by["v1-r8-lr5e-4"].delta == pytest.approx(20.0)   # 30.0 - 10.0 points
+    assert by["v2-r8-lr5e-4"].delta == pytest.approx(-5.0)   # worse than its own prompt's baseline
+    assert by["v1-r16-lr5e-4"].status == "failed" and by["v1-r16-lr5e-4"].scores == {}
+    assert [r.trial for r in leaderboard.build(store.summary("g"), "rouge1")][0] == "v2-zero-shot"
+
+
+def test_formats(filled):
+    store, _ = filled
+    rows = leaderboard.build(store.summary("g"))
+    table = leaderboard.render(rows, "table", "rougeL", {"scoring": "first reference"}, "g")
+    assert "scoring: first reference" in table and table.count("\n*  ") == 1
+    parsed = list(csv.DictReader(io.StringIO(leaderboard.render(rows, "csv", "rougeL", {}, "g"))))
+    assert len(parsed) == 5 and parsed[0]["best"] == "yes" and parsed[1]["RL"] == "35.00" and parsed[2]["RL"] == "30.00"
+    data = json.loads(leaderboard.render(rows, "json", "rougeL", {}, "g"))
+    assert data["rows"][2]["delta"] == pytest.approx(20.0)
+    assert leaderboard.render(rows, "markdown", "rougeL", {}, "g").count("\n|") == 7  # header, rule, 5 rows
+
+
+def test_cli_reads_store(filled, capsys):
+    _, url = filled
+    assert main(["leaderboard", "--store", url, "--format", "csv"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 6
+    assert main(["leaderboard", "nope", "--store", url]) == 2
+    assert "allowed: g" in capsys.readouterr().err

@@ -1,0 +1,34 @@
+"""The shipped smoke spec through the `sweep` command: embedded SmolLM2, DialogSum mirror, local Ray."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_sweep_run_smoke_then_leaderboard(data_root, tmp_path):
+    store = f"sqlite:///{tmp_path / 'smoke.db'}"
+    env = {**os.environ, "QLORA_SWEEP_DATA_DIR": str(data_root), "QLORA_SWEEP_STORE": store}
+    sweep = [sys.executable, "-m", "orchestrator.cli"]
+    # cwd is a scratch dir, so runs/ lands there; the spec is found by path.
+    run = subprocess.run(sweep + ["run", str(REPO / "sweeps" / "smoke.yaml"), "--quiet"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "6 completed, 0 reused, 0 failed" in run.stdout
+
+    board = subprocess.run(sweep + ["leaderboard", "smoke", "--format", "csv"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=120)
+    rows = list(csv.DictReader(io.StringIO(board.stdout)))
+    assert len(rows) == 6 and {r["status"] for r in rows} == {"completed"}
+    assert sum(r["best"] == "yes" for r in rows) == 1
+    assert all(0 <= float(r["RL"]) <= 100 and float(r["gen_tok"]) > 0 for r in rows)
+    assert {r["trial"] for r in rows if r["kind"] == "baseline"} == {"v1-zero-shot", "v2-zero-shot"}
+    for name in ("v1-r8-lr5e-4", "v2-r16-lr5e-4"):
+        assert (tmp_path / "runs" / "smoke" / "trials" / name / "adapter" / "adapter_config.json").exists()
+        assert list((tmp_path / "runs" / "smoke" / "tensorboard" / name).glob("events.out.tfevents.*"))

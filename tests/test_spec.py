@@ -1,0 +1,116 @@
+"""Spec validation: every problem at once, with key path, given value, allowed values and a fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from orchestrator.cli import main
+from orchestrator.spec import SpecError, find_spec, load_spec, parse_spec
+from tests.conftest import tiny_spec
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def spec(tiny_model_dir, local_data, tmp_path) -> dict:
+    return tiny_spec(tiny_model_dir, *local_data, tmp_path)
+
+
+def problems_of(raw: dict) -> dict[str, str]:
+    with pytest.raises(SpecError) as info:
+        parse_spec(raw)
+    return {p.path: p.render() for p in info.value.problems}
+
+
+def test_valid_spec_parses_yaml_1_1_exponent_as_float(spec):
+    parsed = parse_spec(yaml.safe_load(yaml.safe_dump(spec)))
+    assert parsed.training.learning_rate == pytest.approx(1e-2)
+    assert isinstance(parsed.training.learning_rate, float)
+
+
+def test_pyyaml_really_reads_bare_exponent_as_string():
+    # The reason the loader converts: YAML 1.1 needs a dot for a float.
+    assert yaml.safe_load("lr: 1e-4")["lr"] == "1e-4"
+
+
+def test_every_problem_is_reported_at_once(spec):
+    spec["lora"] = {"rank": -4, "dropot": 0.1}
+    spec["training"]["learning_rate"] = 0
+    spec["training"]["max_stesp"] = 3
+    spec["prompts"]["v3"] = "Summarize {text}"
+    found = problems_of(spec)
+    assert set(found) == {"lora.rank", "lora.dropot", "training.learning_rate", "training.max_stesp", "prompts.v3"}
+    assert "did you mean 'dropout'?" in found["lora.dropot"]
+    assert "did you mean 'max_steps'?" in found["training.max_stesp"]
+    assert "given -4" in found["lora.rank"] and ">= 1" in found["lora.rank"]
+    assert "> 0.0" in found["training.learning_rate"]
+    assert "{dialogue}" in found["prompts.v3"] and "['text']" in found["prompts.v3"]
+
+
+def test_prompt_without_dialogue_and_bad_grid(spec):
+    spec["prompts"]["v2"] = "Summarize this."
+    spec["search"]["grid"] = {"prompt": ["v1", "v9"], "lora.rnak": [8], "lora.rank": [8, 2.5]}
+    found = problems_of(spec)
+    assert "add {dialogue}" in found["prompts.v2"]
+    assert "search.grid.prompt[1]" in found and "v1, v2" in found["search.grid.prompt[1]"]
+    assert "did you mean 'lora.rank'?" in found["search.grid.lora.rnak"]
+    assert "must be an integer" in found["search.grid.lora.rank[1]"]
+
+
+def test_missing_files_columns_and_model(spec, tmp_path):
+    spec["model"]["name"] = str(tmp_path / "no-such-model")
+    spec["dataset"]["eval_file"] = str(tmp_path / "missing.jsonl")
+    spec["dataset"]["dialogue_column"] = "text"
+    found = problems_of(spec)
+    assert "no model directory" in found["model.name"]
+    assert "missing.jsonl" in found["dataset.eval_file"]
+    assert "'text'" in found["dataset (train: train.jsonl)"] and "dialogue" in found["dataset (train: train.jsonl)"]
+
+
+def test_cross_field_checks(spec):
+    spec["training"]["warmup_steps"] = 5
+    spec["generation"]["max_new_tokens"] = 200
+    found = problems_of(spec)
+    assert "warm-up must end before training does" in found["training.warmup_steps"]
+    assert "< 128" in found["generation.max_new_tokens"]
+
+
+def test_cli_exits_2_and_writes_nothing(spec, tmp_path, capsys):
+    spec["lora"]["rank"] = 0
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    store = tmp_path / "store.db"
+    assert main(["run", str(path), "--store", f"sqlite:///{store}"]) == 2
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "lora.rank: must be >= 1; given 0" in err and "nothing was run or written" in err
+    assert not store.exists()
+
+
+def test_bare_spec_name_is_found_in_sweeps_dir(monkeypatch):
+    monkeypatch.chdir(REPO)
+    assert find_spec("grid_2x2x2.yaml") == Path("sweeps/grid_2x2x2.yaml")
+    assert find_spec("smoke") == Path("sweeps/smoke.yaml")
+    with pytest.raises(SpecError, match="grid_2x2x2.yaml"):
+        find_spec("grid_9x9.yaml")
+
+
+def test_shipped_specs_are_valid(monkeypatch, data_root):
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("QLORA_SWEEP_DATA_DIR", str(data_root))
+    for name in ("grid_2x2x2.yaml", "smoke.yaml"):
+        assert load_spec(name).name == name.removesuffix(".yaml")
+
+
+def test_every_shipped_yaml_key_has_a_comment():
+    for path in (REPO / "sweeps").glob("*.yaml"):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if line.strip() and not line.lstrip().startswith("#"):
+                assert " # " in line or line.rstrip().endswith(":") and _is_section(line), f"{path.name}:{number}"
+
+
+def _is_section(line: str) -> bool:
+    return not line.startswith(" ") or line.strip() == "grid:"

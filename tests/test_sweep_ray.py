@@ -1,0 +1,72 @@
+"""One sweep end to end through real local Ray: trials in worker processes, events to the driver,
+SQLite store, TensorBoard files, leaderboard; a failing trial does not stop the others."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator.cli import main
+from orchestrator.ray_backend import RayBackend
+from orchestrator.spec import parse_spec
+from orchestrator.sweep import run_sweep
+from results.store import Store
+from tests.conftest import tiny_spec
+
+
+@pytest.fixture(scope="module")
+def backend():
+    ray_backend = RayBackend(num_cpus=2)
+    yield ray_backend
+    ray_backend.shutdown()
+
+
+def test_sweep_end_to_end(backend, tiny_model_dir, local_data, tmp_path, capsys):
+    raw = tiny_spec(tiny_model_dir, *local_data, tmp_path)
+    # 40 tokens cannot hold the chat template plus any summary: that trial must fail, alone.
+    raw["search"]["grid"] = {"prompt": ["v1", "v2"], "training.max_seq_length": [128, 40]}
+    raw["generation"]["max_new_tokens"] = 8
+    spec = parse_spec(raw)
+    store = Store(spec.output.store_url())
+
+    outcome = run_sweep(spec, store, backend, show_progress=False)
+
+    assert sorted(outcome.failed) == ["v1-max_seq_length40", "v2-max_seq_length40"]
+    assert sorted(outcome.completed) == ["v1-max_seq_length128", "v1-zero-shot", "v2-max_seq_length128",
+                                         "v2-zero-shot"]
+    assert outcome.slots == 2
+    trials = {t.name: t for t in store.summary("tiny").trials}
+    assert len(trials) == 6
+    assert "no training row fits" in trials["v1-max_seq_length40"].error
+    assert set(trials["v1-max_seq_length128"].metrics) >= {"rougeL", "gen_tokens"}
+    assert len(store.predictions("tiny", "v2-zero-shot")) == 4
+
+    sweep_dir = Path(spec.output.run_dir) / "tiny"
+    assert (sweep_dir / "trials" / "v1-max_seq_length128" / "adapter" / "adapter_model.safetensors").exists()
+    assert list((sweep_dir / "tensorboard" / "v1-max_seq_length128").glob("events.out.tfevents.*"))
+    assert "Traceback" in (sweep_dir / "trials" / "v1-max_seq_length40" / "trial.log").read_text()
+
+    again = run_sweep(spec, store, backend, show_progress=False)  # completed trials are reused
+    assert sorted(again.reused) == sorted(outcome.completed) and len(store.summary("tiny").trials) == 6
+
+    assert main(["leaderboard", "tiny", "--store", spec.output.store_url(), "--format", "csv"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 7  # header + 6 rows
+
+
+def test_tensorboard_has_curves_and_hparams(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from results.tensorboard import TensorBoardSink
+
+    sink = TensorBoardSink(tmp_path)
+    for step, loss in enumerate([2.0, 1.5, 1.2], 1):
+        sink.scalar("v1-r8", "train/loss", step, loss)
+    sink.hparams("v1-r8", {"prompt": "v1", "lora.rank": 8}, {"rougeL": 0.3})
+    sink.close()
+    events = EventAccumulator(str(tmp_path / "v1-r8"))
+    events.Reload()
+    assert [e.value for e in events.Scalars("train/loss")] == pytest.approx([2.0, 1.5, 1.2])
+    assert events.Scalars("hparams/rougeL")[0].value == pytest.approx(0.3)
+    assert set(events.PluginTagToContent("hparams")) == {"_hparams_/experiment", "_hparams_/session_start_info",
+                                                         "_hparams_/session_end_info"}

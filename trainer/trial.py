@@ -1,0 +1,196 @@
+"""One trial as named steps: load -> adapt -> train -> evaluate -> save.
+
+The trial knows nothing of Ray or the results store: it reports events through the `report`
+callable it is given and returns a TrialResult. The orchestrator decides where both go.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from transformers import TrainerCallback, set_seed
+
+from evaluation import EvalResult, evaluate
+from trainer import prompts
+from trainer.config import TrialConfig
+from trainer.data import TrialData
+from trainer.models import load_model, load_tokenizer, resolve_model_path
+
+Report = Callable[[dict], None]
+# Tokens the chat template puts after the summary (end-of-turn and newline), plus slack.
+_COMPLETION_END_TOKENS = 4
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    metrics: dict[str, float]
+    predictions: list[dict]
+    adapter_dir: str | None
+    timings_s: dict[str, float]
+    """Wall seconds of each named step."""
+    skipped_train_examples: int = 0
+    """Training rows whose summary alone does not fit max_seq_length (dropped, never truncated)."""
+
+
+def run_trial(cfg: TrialConfig, data: TrialData, out_dir: Path, report: Report,
+              num_threads: int | None = None) -> TrialResult:
+    """Run one trial end to end and return its final metrics and predictions."""
+    _set_threads(num_threads)
+    set_seed(cfg.training.seed)  # LoRA init happens in adapt(), before SFTTrainer would seed
+    timings: dict[str, float] = {}
+    with _step("load", timings, report):
+        tokenizer, model = load(cfg)
+        evaluator = make_evaluator(cfg, tokenizer, data)
+    skipped, adapter_dir = 0, None
+    if not cfg.zero_shot:
+        with _step("adapt", timings, report):
+            model = adapt(model, cfg)
+        with _step("train", timings, report):
+            skipped = train(model, tokenizer, cfg, data, out_dir, report, evaluator)
+    with _step("evaluate", timings, report):
+        result = evaluator(model)
+        _report_eval(report, result, cfg.training.max_steps if not cfg.zero_shot else 0)
+    if not cfg.zero_shot:
+        with _step("save", timings, report):
+            adapter_dir = save(model, out_dir)
+    return TrialResult(result.metrics, result.predictions, adapter_dir, timings, skipped)
+
+
+def load(cfg: TrialConfig):
+    path = resolve_model_path(cfg.model.name)
+    return load_tokenizer(path), load_model(path, cfg.quantization)
+
+
+def adapt(model, cfg: TrialConfig):
+    """Wrap the base model in LoRA adapters; base weights stay frozen (and 4-bit under nf4)."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=cfg.lora.rank, lora_alpha=cfg.lora.effective_alpha, lora_dropout=cfg.lora.dropout,
+                      target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM")
+    # Not prepare_model_for_kbit_training: it upcasts every non-4-bit weight (embeddings, 49k-vocab
+    # head) to float32, which costs speed on CPU; PEFT keeps the adapter weights in float32 anyway.
+    return get_peft_model(model, lora)
+
+
+def train(model, tokenizer, cfg: TrialConfig, data: TrialData, out_dir: Path, report: Report,
+          evaluator: Callable[[object], EvalResult]) -> int:
+    """SFT on summary tokens only; returns how many training rows were skipped as too long."""
+    import torch
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    rows, skipped = training_rows(cfg, tokenizer, data)
+    t = cfg.training
+    args = SFTConfig(
+        output_dir=str(out_dir / "trainer"), max_steps=t.max_steps,
+        per_device_train_batch_size=t.micro_batch_size, gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate, lr_scheduler_type=t.lr_scheduler, warmup_steps=t.warmup_steps,
+        seed=t.seed, data_seed=t.seed, logging_steps=t.logging_steps, max_length=t.max_seq_length,
+        completion_only_loss=True, activation_checkpointing=t.gradient_checkpointing,
+        bf16=cfg.quantization.compute_dtype == "bfloat16",
+        fp16=cfg.quantization.compute_dtype == "float16" and torch.cuda.is_available(),
+        use_cpu=not torch.cuda.is_available(), save_strategy="no", report_to=[], disable_tqdm=True)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
+                         processing_class=tokenizer,
+                         callbacks=[ReportCallback(report, evaluator, t.eval_interval_steps)])
+    trainer.train()
+    return skipped
+
+
+def training_rows(cfg: TrialConfig, tokenizer, data: TrialData) -> tuple[list[dict], int]:
+    """Prompt-completion rows with each dialogue cut so that prompt + full summary fit max_seq_length."""
+    rows, skipped = [], 0
+    chat = prompts.uses_chat(cfg, tokenizer)
+    for example in data.train:
+        summary_tokens = len(tokenizer(example.summary, add_special_tokens=False)["input_ids"])
+        budget = cfg.training.max_seq_length - summary_tokens - _COMPLETION_END_TOKENS
+        dialogue = prompts.fit_dialogue(cfg, tokenizer, example.dialogue, budget)
+        if dialogue is None:
+            skipped += 1
+            continue
+        if chat:
+            rows.append({"prompt": prompts.messages(cfg, dialogue),
+                         "completion": [{"role": "assistant", "content": example.summary}]})
+        else:
+            rows.append({"prompt": prompts.prompt_text(cfg, tokenizer, dialogue),
+                         "completion": " " + example.summary})
+    if not rows:
+        raise ValueError(f"no training row fits training.max_seq_length={cfg.training.max_seq_length}: "
+                         f"all {skipped} summaries plus prompts are longer; raise max_seq_length")
+    return rows, skipped
+
+
+def make_evaluator(cfg: TrialConfig, tokenizer, data: TrialData) -> Callable[[object], EvalResult]:
+    """A function model -> EvalResult over the fixed eval prompts (built once, reused at every eval)."""
+    texts = eval_prompts(cfg, tokenizer, data)
+    references = [e.summary for e in data.eval]
+    ids = [e.id for e in data.eval]
+    add_special = not prompts.uses_chat(cfg, tokenizer)  # the chat template already wrote them
+
+    def run(model) -> EvalResult:
+        was_training = model.training
+        model.eval()
+        try:
+            return evaluate(model, tokenizer, texts, references, ids, cfg.generation.max_new_tokens,
+                            cfg.generation.eval_batch_size, add_special)
+        finally:
+            model.train(was_training)
+
+    return run
+
+
+def eval_prompts(cfg: TrialConfig, tokenizer, data: TrialData) -> list[str]:
+    """Prompt texts of the eval rows, dialogues cut so that prompt + max_new_tokens fit max_seq_length."""
+    budget = cfg.training.max_seq_length - cfg.generation.max_new_tokens
+    return [prompts.prompt_text(cfg, tokenizer, prompts.fit_dialogue(cfg, tokenizer, e.dialogue, budget) or "")
+            for e in data.eval]
+
+
+def save(model, out_dir: Path) -> str:
+    adapter_dir = out_dir / "adapter"
+    model.save_pretrained(adapter_dir)  # a PeftModel saves only the adapter (~MBs)
+    return str(adapter_dir)
+
+
+class ReportCallback(TrainerCallback):
+    """Streams train loss / learning rate, and interim evaluations, through `report`."""
+
+    def __init__(self, report: Report, evaluator: Callable[[object], EvalResult], eval_interval_steps: int):
+        self.report, self.evaluator, self.interval = report, evaluator, eval_interval_steps
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        for key in ("loss", "learning_rate", "grad_norm"):
+            if logs and key in logs:
+                self.report({"event": "metric", "name": f"train/{key}", "step": state.global_step,
+                             "value": float(logs[key])})
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        step = state.global_step
+        if self.interval and step % self.interval == 0 and step < state.max_steps:
+            _report_eval(self.report, self.evaluator(model), step)
+
+
+def _report_eval(report: Report, result: EvalResult, step: int) -> None:
+    for name, value in result.metrics.items():
+        report({"event": "metric", "name": f"eval/{name}", "step": step, "value": float(value)})
+
+
+@contextmanager
+def _step(name: str, timings: dict[str, float], report: Report) -> Iterator[None]:
+    report({"event": "step", "name": name})
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[name] = time.perf_counter() - start
+
+
+def _set_threads(num_threads: int | None) -> None:
+    import torch
+
+    if num_threads:
+        torch.set_num_threads(num_threads)  # match the CPUs this trial was given: no oversubscription
