@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -20,9 +19,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-for key, value in {"TRANSFORMERS_VERBOSITY": "error", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
-                   "TOKENIZERS_PARALLELISM": "false", "TQDM_DISABLE": "1"}.items():
-    os.environ.setdefault(key, value)
+
+from orchestrator.environment import quiet_third_party  # noqa: E402  (after the path is set)
+
+quiet_third_party()
 
 
 def bench_load(rows: list) -> None:

@@ -9,18 +9,15 @@ import argparse
 import os
 import sys
 
+from orchestrator.environment import quiet_third_party
 from orchestrator.spec import SpecError, load_spec
 
 STORE_ENV = "QLORA_SWEEP_STORE"
 DEFAULT_STORE = "sqlite:///runs/results.db"
-# Quiet third-party progress bars and per-call warnings in the driver and (through Ray) the workers.
-_QUIET_ENV = {"TRANSFORMERS_VERBOSITY": "error", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
-              "TOKENIZERS_PARALLELISM": "false", "TQDM_DISABLE": "1"}
 
 
 def main(argv: list[str] | None = None) -> int:
-    for key, value in _QUIET_ENV.items():
-        os.environ.setdefault(key, value)
+    quiet_third_party()
     args = _parser().parse_args(argv)
     try:
         return args.handler(args)

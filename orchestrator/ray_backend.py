@@ -17,9 +17,8 @@ from typing import Any
 import ray
 from ray.util.queue import Queue
 
-# Passed to every worker: quiet logs, no tokenizer thread pools fighting the trial's torch threads.
-WORKER_ENV = {"TRANSFORMERS_VERBOSITY": "error", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
-              "TOKENIZERS_PARALLELISM": "false", "TQDM_DISABLE": "1"}
+from orchestrator.environment import QUIET_ENV
+
 _FORWARDED_ENV = ("QLORA_SWEEP_CACHE", "QLORA_SWEEP_DATA_DIR", "HF_HOME", "HF_HUB_OFFLINE")
 _ERROR_LINES = 25
 
@@ -80,7 +79,7 @@ class RayBackend:
     def __init__(self, address: str | None = None, num_cpus: int | None = None):
         self._owns_ray = not ray.is_initialized()
         if self._owns_ray:
-            env = WORKER_ENV | {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
+            env = QUIET_ENV | {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
             ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False,
                      log_to_driver=False, logging_level="ERROR", runtime_env={"env_vars": env})
         self.events = Queue()

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.environment import quiet_third_party
+
 REPO = Path(__file__).resolve().parents[1]
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("TQDM_DISABLE", "1")
+quiet_third_party()
 
 DIALOGUES = [
     ("#Person1#: Can you pick up milk on the way home?\n#Person2#: Sure, do we need bread too?\n#Person1#: Yes, one loaf.",

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.plan import content_key, expand, format_float, trial_name
-from orchestrator.spec import load_spec, parse_spec
+from orchestrator.spec import load_spec
 from trainer.data import Example, TrialData
 
 REPO = Path(__file__).resolve().parents[1]

@@ -51,6 +51,7 @@ def run_trial(cfg: TrialConfig, data: TrialData, out_dir: Path, report: Report,
             model = adapt(model, cfg)
         with _step("train", timings, report):
             skipped = train(model, tokenizer, cfg, data, out_dir, report, evaluator)
+        report({"event": "metric", "name": "train/skipped_examples", "step": 0, "value": float(skipped)})
     with _step("evaluate", timings, report):
         result = evaluator(model)
         _report_eval(report, result, cfg.training.max_steps if not cfg.zero_shot else 0)
