@@ -70,6 +70,15 @@ def test_missing_files_columns_and_model(spec, tmp_path):
     assert "'text'" in found["dataset (train: train.jsonl)"] and "dialogue" in found["dataset (train: train.jsonl)"]
 
 
+def test_explicit_mirror_must_hold_the_splits(spec, tmp_path):
+    spec["dataset"] = {"name": "dialogsum", "mirror_dir": str(tmp_path / "empty")}
+    with pytest.raises(SpecError) as info:
+        parse_spec(spec)
+    rendered = [p.render() for p in info.value.problems if p.path == "dataset.mirror_dir"]
+    assert len(rendered) == 2
+    assert "dialogsum/validation.jsonl" in rendered[0] and "dialogsum/test.jsonl" in rendered[1]
+
+
 def test_cross_field_checks(spec):
     spec["training"]["warmup_steps"] = 5
     spec["generation"]["max_new_tokens"] = 200
