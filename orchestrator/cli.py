@@ -28,14 +28,20 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args) -> int:
     spec = load_spec(args.spec)
-    from orchestrator.ray_backend import RayBackend  # Ray starts only once the spec is known to be valid
-    from orchestrator.sweep import run_sweep
+    from orchestrator.sweep import PrepareError, prepare, run_sweep
+
+    try:
+        prepared = prepare(spec)  # before Ray starts and before the store is created
+    except PrepareError as exc:
+        print(f"{args.spec}: {exc}; nothing was run or written", file=sys.stderr)
+        return 2
+    from orchestrator.ray_backend import RayBackend
     from results.store import Store
 
     store = Store(args.store or os.environ.get(STORE_ENV) or spec.output.store_url())
     backend = RayBackend(address=args.address or os.environ.get("RAY_ADDRESS"), num_cpus=args.num_cpus)
     try:
-        outcome = run_sweep(spec, store, backend, show_progress=not args.quiet)
+        outcome = run_sweep(spec, store, backend, show_progress=not args.quiet, prepared=prepared)
     finally:
         backend.shutdown()
     print(f"sweep {outcome.sweep}: {len(outcome.completed)} completed, {len(outcome.reused)} reused, "

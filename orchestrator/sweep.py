@@ -19,7 +19,7 @@ from orchestrator.progress import Progress
 from orchestrator.spec import ResourcesConfig, SweepSpec, to_plain
 from results.store import Store
 from results.tensorboard import TensorBoardSink
-from trainer.data import TrialData, load_trial_data
+from trainer.data import DATA_DIR_ENV, TrialData, load_trial_data, split_source
 from trainer.models import resolve_model_path
 
 
@@ -42,11 +42,15 @@ class _Running:
     started: bool = False
 
 
+class PrepareError(Exception):
+    """A model or dataset could not be made ready; raised before Ray starts or the store is written."""
+
+
 def run_sweep(spec: SweepSpec, store: Store, backend, stream: TextIO = sys.stderr,
-              show_progress: bool = True) -> SweepOutcome:
+              show_progress: bool = True, prepared: tuple[list[PlannedTrial], dict[str, TrialData]] | None = None
+              ) -> SweepOutcome:
     start = time.perf_counter()
-    plan = expand(spec)
-    data = prepare(plan)
+    plan, data = prepared or prepare(spec)
     sweep_dir = Path(spec.output.run_dir) / spec.name
     sweep_id = store.open_sweep(spec.name, to_plain(spec), str(sweep_dir), _notes(data))
     outcome = SweepOutcome(spec.name)
@@ -73,15 +77,33 @@ def run_sweep(spec: SweepSpec, store: Store, backend, stream: TextIO = sys.stder
     return outcome
 
 
-def prepare(plan: list[PlannedTrial]) -> dict[str, TrialData]:
-    """Load each distinct dataset once and convert each distinct model once, before any worker starts."""
+def prepare(spec: SweepSpec) -> tuple[list[PlannedTrial], dict[str, TrialData]]:
+    """The plan, each distinct dataset loaded once and each distinct model converted once."""
+    plan = expand(spec)
     for name in {t.config.model.name for t in plan}:
-        resolve_model_path(name)
+        try:
+            resolve_model_path(name)
+        except Exception as exc:  # conversion or download: any failure means the sweep cannot start
+            raise PrepareError(f"model.name {name!r} could not be prepared: {type(exc).__name__}: {exc}") from exc
     data: dict[str, TrialData] = {}
     for trial in plan:
         key = _data_key(trial)
         if key not in data:
-            data[key] = load_trial_data(trial.config.dataset)
+            data[key] = _load_data(trial)
+    return plan, data
+
+
+def _load_data(trial: PlannedTrial) -> TrialData:
+    cfg = trial.config.dataset
+    try:
+        data = load_trial_data(cfg)
+    except Exception as exc:  # file, hub or parsing errors alike stop the sweep before it starts
+        sources = " and ".join(split_source(cfg, which).describe() for which in ("train", "eval"))
+        raise PrepareError(f"dataset could not be loaded from {sources}: {type(exc).__name__}: {exc}. "
+                           f"Fix: point {DATA_DIR_ENV} or dataset.mirror_dir at a local mirror, or use "
+                           "dataset.train_file/eval_file") from exc
+    if not data.train or not data.eval:
+        raise PrepareError(f"dataset has {len(data.train)} training and {len(data.eval)} eval rows; both must be > 0")
     return data
 
 

@@ -123,3 +123,20 @@ def test_every_shipped_yaml_key_has_a_comment():
 
 def _is_section(line: str) -> bool:
     return not line.startswith(" ") or line.strip() == "grid:"
+
+
+def test_unreachable_dataset_exits_2_before_ray_and_store(spec, tmp_path, monkeypatch, capsys):
+    # samsum has no local mirror here and the hub is offline: the sweep must not start.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache: nothing to fall back on
+    monkeypatch.delenv("QLORA_SWEEP_DATA_DIR", raising=False)
+    spec["dataset"] = {"name": "samsum", "train_examples": 4, "eval_examples": 2}
+    path = tmp_path / "offline.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    store = tmp_path / "store.db"
+    assert main(["run", str(path), "--store", f"sqlite:///{store}"]) == 2
+    err = capsys.readouterr().err
+    assert "dataset could not be loaded from hub knkarthick/samsum split validation" in err
+    assert "QLORA_SWEEP_DATA_DIR" in err and "nothing was run or written" in err
+    assert not store.exists()
