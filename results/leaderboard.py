@@ -60,9 +60,9 @@ def render(rows: list[Row], fmt: str, metric: str, notes: dict, sweep: str) -> s
     cells = [_cells(r) for r in rows]
     if fmt == "csv":
         out = io.StringIO()
-        csv.writer(out).writerows([header[1:] + ["best"]] + [c[1:] + ["yes" if r.best else ""]
-                                                             for c, r in zip(cells, rows)])
-        return out.getvalue()
+        csv.writer(out, lineterminator="\n").writerows([header[1:] + ["best"]] + [c[1:] + ["yes" if r.best else ""]
+                                                                               for c, r in zip(cells, rows)])
+        return out.getvalue().rstrip("\n")  # the caller prints: no blank last line
     title = [f"sweep {sweep}: ranked by {metric} (F1 x 100); * = best"] + [f"{k}: {v}" for k, v in notes.items()]
     if fmt == "markdown":
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

@@ -63,6 +63,7 @@ def test_formats(filled):
 def test_cli_reads_store(filled, capsys):
     _, url = filled
     assert main(["leaderboard", "--store", url, "--format", "csv"]) == 0
-    assert len(capsys.readouterr().out.strip().splitlines()) == 6
+    out = capsys.readouterr().out
+    assert len(out.splitlines()) == 6 and not out.endswith("\n\n") and "\r" not in out  # header + 5 rows
     assert main(["leaderboard", "nope", "--store", url]) == 2
     assert "allowed: g" in capsys.readouterr().err
