@@ -198,13 +198,14 @@ def _data_problems(cfg: DatasetConfig) -> list[ConfigProblem]:
     problems = []
     for which in ("train", "eval"):
         source = split_source(cfg, which)
-        if source.path is None and cfg.mirror_dir:
-            split = cfg.train_split if which == "train" else cfg.eval_split
-            problems.append(ConfigProblem("dataset.mirror_dir", "an explicit mirror must hold the split",
-                                          cfg.mirror_dir, f"a folder with {cfg.name}/{split}.jsonl",
-                                          "fix the path, or set mirror_dir: null to use $QLORA_SWEEP_DATA_DIR or the hub"))
-        if source.path is None:
-            continue  # a hub split: only checkable online, at load time
+        if source.path is None:  # a hub split: only checkable online, at load time
+            if cfg.mirror_dir:  # ...unless the user named a mirror, which must then hold it
+                split = cfg.train_split if which == "train" else cfg.eval_split
+                problems.append(ConfigProblem("dataset.mirror_dir", "an explicit mirror must hold the split",
+                                              cfg.mirror_dir, f"a folder with {cfg.name}/{split}.jsonl",
+                                              "fix the path, or set mirror_dir: null to use "
+                                              "$QLORA_SWEEP_DATA_DIR or the hub"))
+            continue
         key = f"dataset.{which}_file" if (cfg.train_file if which == "train" else cfg.eval_file) else "dataset.name"
         if not source.path.is_file() or source.path.suffix not in (".jsonl", ".csv"):
             problems.append(ConfigProblem(key, "the data file must exist and be .jsonl or .csv", str(source.path),

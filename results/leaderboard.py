@@ -7,11 +7,11 @@ import io
 import json
 from dataclasses import asdict, dataclass
 
+from evaluation.rouge import ROUGE_TYPES
 from results.store import SweepSummary, TrialSummary
 
-RANKABLE = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+RANKABLE = ROUGE_TYPES  # every ROUGE variant the evaluation stores can rank the board
 FORMATS = ("table", "markdown", "csv", "json")
-_SCORE_COLUMNS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ def _row(t: TrialSummary, metric: str, baselines: dict, best: bool) -> Row:
     base = baselines.get(t.params.get("prompt"))
     value = t.metrics.get(metric)
     delta = None if t.kind == "baseline" or base is None or value is None else 100 * (value - base)
-    scores = {k: 100 * t.metrics[k] for k in _SCORE_COLUMNS if k in t.metrics}
+    scores = {k: 100 * t.metrics[k] for k in ROUGE_TYPES if k in t.metrics}
     scores.update({k: t.metrics[k] for k in ("gen_tokens", "gen_words") if k in t.metrics})
     return Row(best, t.name, t.kind, str(t.params.get("prompt", "")), t.params.get("lora.rank"),
                t.params.get("training.learning_rate"), scores, delta, t.runtime_s, t.status)
@@ -77,7 +77,7 @@ def render(rows: list[Row], fmt: str, metric: str, notes: dict, sweep: str) -> s
 def _cells(r: Row) -> list[str]:
     s = r.scores
     return ["*" if r.best else "", r.trial, r.kind, r.prompt, _fmt(r.rank), _lr(r.lr),
-            *(_fmt(s.get(k), 2) for k in _SCORE_COLUMNS), _fmt(s.get("gen_tokens"), 1), _fmt(s.get("gen_words"), 1),
+            *(_fmt(s.get(k), 2) for k in ROUGE_TYPES), _fmt(s.get("gen_tokens"), 1), _fmt(s.get("gen_words"), 1),
             _fmt(r.delta, 2, signed=True), _fmt(r.runtime_s, 0), r.status]
 
 

@@ -32,8 +32,6 @@ class TrialResult:
     adapter_dir: str | None
     timings_s: dict[str, float]
     """Wall seconds of each named step."""
-    skipped_train_examples: int = 0
-    """Training rows whose summary alone does not fit max_seq_length (dropped, never truncated)."""
 
 
 def run_trial(cfg: TrialConfig, data: TrialData, out_dir: Path, report: Report,
@@ -45,12 +43,13 @@ def run_trial(cfg: TrialConfig, data: TrialData, out_dir: Path, report: Report,
     with _step("load", timings, report):
         tokenizer, model = load(cfg)
         evaluator = make_evaluator(cfg, tokenizer, data)
-    skipped, adapter_dir = 0, None
+    adapter_dir = None
     if not cfg.zero_shot:
         with _step("adapt", timings, report):
             model = adapt(model, cfg)
         with _step("train", timings, report):
             skipped = train(model, tokenizer, cfg, data, out_dir, report, evaluator)
+        # Rows whose summary alone does not fit max_seq_length: dropped, never truncated.
         report({"event": "metric", "name": "train/skipped_examples", "step": 0, "value": float(skipped)})
     with _step("evaluate", timings, report):
         result = evaluator(model)
@@ -58,7 +57,7 @@ def run_trial(cfg: TrialConfig, data: TrialData, out_dir: Path, report: Report,
     if not cfg.zero_shot:
         with _step("save", timings, report):
             adapter_dir = save(model, out_dir)
-    return TrialResult(result.metrics, result.predictions, adapter_dir, timings, skipped)
+    return TrialResult(result.metrics, result.predictions, adapter_dir, timings)
 
 
 def load(cfg: TrialConfig):
