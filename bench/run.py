@@ -55,7 +55,7 @@ def bench_generate(rows: list, examples: int, batch_size: int) -> None:
     tokenizer, model = load(cfg)
     model.eval()
     data = load_trial_data(cfg.dataset)
-    texts = eval_prompts(cfg, tokenizer, data)[:examples]
+    texts = eval_prompts(cfg, tokenizer, data.eval[:examples])
     new_tokens = cfg.generation.max_new_tokens
     one = _timed(lambda: generate(model, tokenizer, texts, new_tokens, 1, add_special_tokens=False))
     batched = _timed(lambda: generate(model, tokenizer, texts, new_tokens, batch_size, add_special_tokens=False))

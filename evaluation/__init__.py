@@ -6,8 +6,10 @@ from dataclasses import dataclass
 from statistics import fmean
 
 from evaluation.generate import generate
-from evaluation.rouge import mean_scores, score_examples
+from evaluation.rouge import ROUGE_TYPES, mean_scores, score_examples
 
+# Final metrics of every trial; any of them can rank a leaderboard column or be a study objective.
+METRIC_NAMES = (*ROUGE_TYPES, "gen_tokens", "gen_words")
 SCORED_REFERENCE_NOTE = "ROUGE F1 against the first reference of each eval example"
 
 

@@ -1,6 +1,7 @@
-"""`sweep`: run, validate and plan sweep specs; show the leaderboard from the results store.
+"""`sweep`: run, validate and plan sweep specs; status, stop and leaderboard of the results store.
 
-Exit codes: 0 success, 1 some trials failed, 2 invalid spec or usage (nothing run or written).
+Exit codes: 0 success, 1 some trials failed or were interrupted, 2 invalid spec or usage (nothing run
+or written), 130 stopped by Ctrl-C / SIGTERM (running trials marked interrupted; re-run to resume).
 """
 
 from __future__ import annotations
@@ -28,29 +29,73 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args) -> int:
     spec = load_spec(args.spec)
-    from orchestrator.sweep import PrepareError, prepare, run_sweep
+    from orchestrator.control import SweepBusy, graceful_stop
+    from orchestrator.sweep import PrepareError, live_driver_check, prepare, run_sweep
+    from results.store import Store
 
     try:
-        prepared = prepare(spec)  # before Ray starts and before the store is created
-    except PrepareError as exc:
+        prepared = prepare(spec)  # before Ray starts
+        store = Store(args.store or os.environ.get(STORE_ENV) or spec.output.store_url())
+        live_driver_check(store, spec.name)
+    except (PrepareError, SweepBusy) as exc:
         print(f"{args.spec}: {exc}; nothing was run or written", file=sys.stderr)
         return 2
     from orchestrator.ray_backend import RayBackend
-    from results.store import Store
 
-    store = Store(args.store or os.environ.get(STORE_ENV) or spec.output.store_url())
-    backend = RayBackend(address=args.address or os.environ.get("RAY_ADDRESS"), num_cpus=args.num_cpus)
-    try:
-        outcome = run_sweep(spec, store, backend, show_progress=not args.quiet, prepared=prepared)
-    finally:
-        backend.shutdown()
+    with graceful_stop() as stop:
+        backend = RayBackend(address=args.address or os.environ.get("RAY_ADDRESS"), num_cpus=args.num_cpus)
+        try:
+            outcome = run_sweep(spec, store, backend, show_progress=not args.quiet, prepared=prepared, stop=stop)
+        finally:
+            backend.shutdown()
     print(f"sweep {outcome.sweep}: {len(outcome.completed)} completed, {len(outcome.reused)} reused, "
-          f"{len(outcome.failed)} failed in {outcome.wall_s:.0f} s; store {store.url}")
+          f"{len(outcome.pruned)} pruned, {len(outcome.failed)} failed, {len(outcome.interrupted)} interrupted "
+          f"in {outcome.wall_s:.0f} s; store {store.url}")
     for name in outcome.failed:
-        print(f"  failed: {name} (see `sweep leaderboard {outcome.sweep}` and its trial.log)")
+        print(f"  failed: {name} (its error: `sweep status {outcome.sweep}`; full log: its trial.log)")
+    if outcome.stopped_by:
+        print(f"  {outcome.stopped_by}: run the same command again to resume")
     if not args.quiet:
         print(_leaderboard_text(store, outcome.sweep, "rougeL", "table"))
-    return 1 if outcome.failed else 0
+    if stop:
+        return 130
+    return 1 if outcome.failed or outcome.interrupted else 0
+
+
+def _status(args) -> int:
+    from orchestrator.control import driver_alive
+    from results import status
+
+    store, sweep = _open_sweep(args, "status")
+    if sweep is None:
+        return 2
+    summary = store.summary(sweep)
+    print(status.render(summary, driver_alive(summary.driver, summary.heartbeat_at)))
+    return 0
+
+
+def _stop(args) -> int:
+    from orchestrator.control import driver_alive
+
+    store, sweep = _open_sweep(args, "stop")
+    if sweep is None:
+        return 2
+    summary = store.summary(sweep)
+    names = [t.name for t in summary.trials]
+    if args.trial is not None and args.trial not in names:
+        print(f"sweep stop: the trial must belong to sweep {sweep}; given {args.trial!r}; allowed: "
+              f"{', '.join(names)}", file=sys.stderr)
+        return 2
+    what = f"trial {args.trial}" if args.trial else "every trial"
+    if driver_alive(summary.driver, summary.heartbeat_at):
+        store.request_stop(sweep, args.trial)
+        print(f"asked the driver {summary.driver} to stop {what} of {sweep}; it acts within a few seconds "
+              f"(see `sweep status {sweep}`)")
+        return 0
+    ended = store.interrupt_unfinished(sweep, "its driver was gone; marked interrupted by `sweep stop`")
+    print(f"sweep {sweep} has no live driver; {len(ended)} unfinished trial(s) marked interrupted"
+          + (f": {', '.join(ended)}" if ended else ""))
+    return 0
 
 
 def _validate(args) -> int:
@@ -76,18 +121,26 @@ def _plan(args) -> int:
 
 
 def _leaderboard(args) -> int:
+    store, sweep = _open_sweep(args, "leaderboard")
+    if sweep is None:
+        return 2
+    print(_leaderboard_text(store, sweep, args.metric, args.format))
+    return 0
+
+
+def _open_sweep(args, command: str):
+    """(store, sweep name) for a read command; sweep None after printing why it is not there."""
     from results.store import Store
 
     store = Store(args.store or os.environ.get(STORE_ENV) or DEFAULT_STORE)
     names = store.sweep_names()
     sweep = args.sweep or (names[-1] if names else None)
     if sweep not in names:
-        print(f"sweep leaderboard: the sweep must exist in the store; given {sweep!r}; "
+        print(f"sweep {command}: the sweep must exist in the store; given {sweep!r}; "
               f"allowed: {', '.join(names) or 'none yet (run `sweep run SPEC` first)'}; store {store.url}",
               file=sys.stderr)
-        return 2
-    print(_leaderboard_text(store, sweep, args.metric, args.format))
-    return 0
+        return store, None
+    return store, sweep
 
 
 def _leaderboard_text(store, sweep: str, metric: str, fmt: str) -> str:
@@ -118,8 +171,16 @@ def _parser() -> argparse.ArgumentParser:
     board.add_argument("sweep", nargs="?", help="sweep name (default: the latest)")
     board.add_argument("--metric", default="rougeL", choices=RANKABLE)
     board.add_argument("--format", default="table", choices=FORMATS)
-    board.add_argument("--store", help=f"SQLAlchemy URL (default: ${STORE_ENV}, else {DEFAULT_STORE})")
     board.set_defaults(handler=_leaderboard)
+    status = sub.add_parser("status", help="each trial's state, progress and worker; whether a driver is alive")
+    status.add_argument("sweep", nargs="?", help="sweep name (default: the latest)")
+    status.set_defaults(handler=_status)
+    stop = sub.add_parser("stop", help="stop a running sweep, or one of its trials, from another terminal")
+    stop.add_argument("sweep", help="sweep name")
+    stop.add_argument("trial", nargs="?", help="one trial (default: the whole sweep)")
+    stop.set_defaults(handler=_stop)
+    for p in (board, status, stop):
+        p.add_argument("--store", help=f"SQLAlchemy URL (default: ${STORE_ENV}, else {DEFAULT_STORE})")
     return parser
 
 

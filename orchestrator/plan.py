@@ -28,25 +28,42 @@ class PlannedTrial:
     """Values shown in the leaderboard: DISPLAY_KEYS and every swept key."""
     config: TrialConfig
     swept: tuple[str, ...] = ()
+    study_trial: int | None = None
+    """Optuna trial number, for trials a study proposed."""
 
 
 def expand(spec: SweepSpec) -> list[PlannedTrial]:
-    """Every grid combination as a trial, in grid order, then one baseline per distinct prompt setting."""
+    """Every grid combination as a trial, in grid order, then one baseline per distinct prompt setting.
+
+    An optuna search plans only its baselines: one per categorical value of the keys that change what
+    a zero-shot run computes (prompt, model, ...); the study proposes the trials as it runs.
+    """
+    if spec.search.type == "optuna":
+        axes = [(k, d.choices) for k, d in spec.search.space.items()
+                if d.choices is not None and (k == "prompt" or k.startswith(_BASELINE_PREFIXES))]
+    else:
+        axes = list(spec.search.grid.items())
+    trials = [planned_trial(spec, dict(zip([k for k, _ in axes], combo)))
+              for combo in itertools.product(*(values for _, values in axes))]
+    baselines = _baselines(trials) if spec.search.baselines else []
+    return baselines if spec.search.type == "optuna" else trials + baselines
+
+
+def planned_trial(spec: SweepSpec, values: dict[str, Any], study_trial: int | None = None) -> PlannedTrial:
+    """The fine-tune with the given dotted-key values over the spec's defaults; study trials are `t007-...`."""
+    config = base_config(spec)
+    for key, value in values.items():
+        config = with_value(config, key, value, spec)
+    swept = {key: get_value(config, key) for key in values}
+    shown = {key: get_value(config, key) for key in DISPLAY_KEYS}
+    name = trial_name(swept) if study_trial is None else f"t{study_trial:03d}-{trial_name(swept)}"
+    return PlannedTrial(name, "trial", {**shown, **swept}, config, tuple(swept), study_trial)
+
+
+def base_config(spec: SweepSpec) -> TrialConfig:
     base = TrialConfig(model=spec.model, dataset=spec.dataset, lora=spec.lora, quantization=spec.quantization,
                        training=spec.training, generation=spec.generation)
-    base = with_value(base, "prompt", spec.prompt or next(iter(spec.prompts)), spec)
-    axes = list(spec.search.grid.items())
-    trials = []
-    for combo in itertools.product(*(values for _, values in axes)):
-        config = base
-        for (key, _), value in zip(axes, combo):
-            config = with_value(config, key, value, spec)
-        swept = {key: get_value(config, key) for key, _ in axes}
-        shown = {key: get_value(config, key) for key in DISPLAY_KEYS}
-        trials.append(PlannedTrial(trial_name(swept), "trial", {**shown, **swept}, config, tuple(swept)))
-    if spec.search.baselines:
-        trials += _baselines(trials)
-    return trials
+    return with_value(base, "prompt", spec.prompt or next(iter(spec.prompts)), spec)
 
 
 def _baselines(trials: list[PlannedTrial]) -> list[PlannedTrial]:
@@ -72,6 +89,11 @@ def _replace_path(obj: Any, keys: list[str], value: Any) -> Any:
     if len(keys) == 1:
         return dataclasses.replace(obj, **{keys[0]: value})
     return dataclasses.replace(obj, **{keys[0]: _replace_path(getattr(obj, keys[0]), keys[1:], value)})
+
+
+def typed_value(dotted: str, value: Any) -> Any:
+    """A YAML value as the type of the trial setting it is for (`"1e-4"` -> 1e-4 for a float key)."""
+    return value if dotted == "prompt" else _typed(TrialConfig(), dotted, value)
 
 
 def _typed(config: TrialConfig, dotted: str, value: Any) -> Any:

@@ -13,16 +13,18 @@ class Progress:
     def __init__(self, total: int, slots: int, stream: TextIO = sys.stderr, enabled: bool = True):
         self.total, self.slots, self.stream, self.enabled = total, max(slots, 1), stream, enabled
         self.start = time.monotonic()
-        self.done = self.failed = self.running = self.skipped = 0
+        self.done = self.failed = self.running = self.skipped = self.pruned = self.interrupted = 0
         self.runtimes: list[float] = []
         self._last = ""
 
-    def update(self, *, done: int = 0, failed: int = 0, running: int = 0, skipped: int = 0,
-               runtime_s: float | None = None) -> None:
+    def update(self, *, done: int = 0, failed: int = 0, running: int = 0, skipped: int = 0, pruned: int = 0,
+               interrupted: int = 0, runtime_s: float | None = None) -> None:
         self.done += done
         self.failed += failed
         self.running += running
         self.skipped += skipped
+        self.pruned += pruned
+        self.interrupted += interrupted
         if runtime_s is not None:
             self.runtimes.append(runtime_s)
         self.show()
@@ -31,13 +33,15 @@ class Progress:
         """Remaining trials x mean trial time / parallel slots (None until a trial has finished)."""
         if not self.runtimes:
             return None
-        remaining = self.total - self.done - self.failed - self.skipped
+        remaining = self.total - self.done - self.failed - self.skipped - self.pruned - self.interrupted
         return max(remaining - self.running / 2, 0) * (sum(self.runtimes) / len(self.runtimes)) / self.slots
 
     def line(self) -> str:
         eta = self.eta_s()
+        ended = "".join(f", {n} {label}" for n, label in ((self.pruned, "pruned"), (self.interrupted, "interrupted"))
+                        if n)
         return (f"[sweep] {self.done + self.skipped}/{self.total} done ({self.skipped} reused), "
-                f"{self.running} running, {self.failed} failed | elapsed {_clock(time.monotonic() - self.start)}"
+                f"{self.running} running, {self.failed} failed{ended} | elapsed {_clock(time.monotonic() - self.start)}"
                 f" | ETA {_clock(eta) if eta is not None else '?'}")
 
     def show(self, force: bool = False) -> None:

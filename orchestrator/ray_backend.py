@@ -7,7 +7,9 @@ reads it and writes the store, which is why the same code works when workers are
 
 from __future__ import annotations
 
+import importlib
 import os
+import socket
 import time
 import traceback
 from dataclasses import dataclass
@@ -21,6 +23,7 @@ from orchestrator.environment import QUIET_ENV
 
 _FORWARDED_ENV = ("QLORA_SWEEP_CACHE", "QLORA_SWEEP_DATA_DIR", "HF_HOME", "HF_HUB_OFFLINE")
 _ERROR_LINES = 25
+DEFAULT_TRIAL_FN = "trainer.trial:run_trial"
 
 
 @dataclass(frozen=True)
@@ -49,14 +52,16 @@ class _Reporter:
             ray.get(self.last)  # every event is in the queue before the result is returned
 
 
-@ray.remote(max_calls=1)
-def _trial_task(key, config, data, out_dir: str, num_threads: int, events: Queue):
+# max_retries=0: Ray would silently re-run a trial whose worker died; the driver decides instead.
+@ray.remote(max_calls=1, max_retries=0)
+def _trial_task(key, config, data, out_dir: str, num_threads: int, events: Queue, trial_fn: str):
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _redirect_output(out / "trial.log")
-    from trainer.trial import run_trial  # imported in the worker: the driver never loads torch models
-
     report = _Reporter(key, events)
+    report({"event": "started", "worker": f"{socket.gethostname()}:{os.getpid()}"})
+    module, _, name = trial_fn.partition(":")
+    run_trial = getattr(importlib.import_module(module), name)  # imported in the worker, never the driver
     start = time.perf_counter()
     try:
         result = run_trial(config, data, out, report, num_threads)
@@ -76,7 +81,10 @@ def _redirect_output(path: Path) -> None:
 
 
 class RayBackend:
-    def __init__(self, address: str | None = None, num_cpus: int | None = None):
+    """`trial_fn` is `module:function` with run_trial's signature, imported in each worker."""
+
+    def __init__(self, address: str | None = None, num_cpus: int | None = None, trial_fn: str = DEFAULT_TRIAL_FN):
+        self.trial_fn = trial_fn
         self._owns_ray = not ray.is_initialized()
         if self._owns_ray:
             env = QUIET_ENV | {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
@@ -94,8 +102,17 @@ class RayBackend:
 
     def submit(self, key: Any, config: Any, data_ref: Any, out_dir: Path, cpus: int, gpus: float) -> None:
         ref = _trial_task.options(num_cpus=cpus, num_gpus=gpus, name=f"trial {key}").remote(
-            key, config, data_ref, str(out_dir), cpus, self.events)
+            key, config, data_ref, str(out_dir), cpus, self.events, self.trial_fn)
         self._pending[ref] = key
+
+    def cancel(self, key: Any) -> None:
+        """Kill the worker running trial `key`; its outcome then arrives as an error."""
+        for ref, pending_key in self._pending.items():
+            if pending_key == key:
+                ray.cancel(ref, force=True)  # force: the trial runs C code that never checks for a soft cancel
+
+    def is_pending(self, key: Any) -> bool:
+        return key in self._pending.values()
 
     @property
     def running(self) -> int:

@@ -12,6 +12,7 @@ import yaml
 
 from orchestrator import schema
 from trainer import prompts as prompt_rules
+from evaluation import METRIC_NAMES
 from trainer.config import (PROMPT_PLACEHOLDER, ConfigProblem, DatasetConfig, GenerationConfig, LoraSettings,
                             ModelConfig, QuantizationConfig, TrainingConfig, TrialConfig)
 from trainer.data import read_rows, reference_columns, split_source
@@ -24,11 +25,61 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 @dataclass(frozen=True)
+class Dimension:
+    """One axis of an Optuna search space: `choices`, or a numeric range `low`..`high`."""
+
+    choices: list[Any] | None = None
+    """Categorical values to pick from (prompt names, ranks, ...); or give low and high instead."""
+    low: float | None = None
+    """Lower end of a numeric range, inclusive."""
+    high: float | None = None
+    """Upper end of a numeric range, inclusive."""
+    log: bool = False
+    """Sample uniformly in log space: the usual choice for learning rates."""
+    step: float | None = None
+    """Spacing of a numeric range (4 gives ranks 4, 8, 12, ...); null = continuous floats, or 1 for integers."""
+
+
+@dataclass(frozen=True)
+class Objective:
+    metric: str = "rougeL"
+    """A final metric of every trial: rouge1, rouge2, rougeL, rougeLsum, gen_tokens, gen_words."""
+    direction: Literal["maximize", "minimize"] = "maximize"
+    """Whether larger (ROUGE) or smaller (generated length) is better."""
+
+
+@dataclass(frozen=True)
+class OptunaSettings:
+    sampler: Literal["tpe", "random", "grid"] = "tpe"
+    """TPE learns from finished trials; random is the honest baseline; grid walks categorical spaces."""
+    n_trials: int = field(default=8, metadata={"ge": 1})
+    """Study trials in total, counted across re-runs (a resumed study only runs what is missing)."""
+    seed: int | None = 0
+    """Sampler seed, so a study proposes the same first trials each time; null = fresh randomness."""
+    objectives: list[Objective] = field(default_factory=lambda: [Objective()])
+    """One objective, or several for a Pareto front (e.g. max rougeL, min gen_tokens)."""
+    pruner: Literal["none", "median", "successive_halving"] = "none"
+    """Stop bad trials early from their interim evaluations; successive_halving is asynchronous (ASHA)."""
+    pruner_startup_trials: int = field(default=2, metadata={"ge": 0})
+    """Median pruner: trials that must finish before any is pruned."""
+    reduction_factor: int = field(default=3, metadata={"ge": 2})
+    """Successive halving: keep 1 in this many trials at each interim evaluation."""
+    study_name: str | None = None
+    """Optuna study name in the storage; null = the sweep name."""
+    storage: str | None = None
+    """Optuna RDB storage URL; null = the results store, so one file holds both and optuna-dashboard opens it."""
+
+
+@dataclass(frozen=True)
 class SearchConfig:
-    type: Literal["grid"] = "grid"
-    """`grid`: one trial per combination of the `grid` values."""
+    type: Literal["grid", "optuna"] = "grid"
+    """`grid`: one trial per combination of the `grid` values; `optuna`: a study over `space`."""
     grid: dict[str, list[Any]] = field(default_factory=dict)
     """Dotted trial keys (`prompt`, `lora.rank`, `training.learning_rate`, ...) and the values to try."""
+    space: dict[str, Dimension] = field(default_factory=dict)
+    """Optuna search space over the same dotted keys a grid can sweep."""
+    optuna: OptunaSettings = field(default_factory=OptunaSettings)
+    """Sampler, budget, objectives and pruner of an `optuna` search."""
     baselines: bool = True
     """Also score each prompt zero-shot (no adapter), the reference every fine-tune is compared with."""
 
@@ -39,6 +90,9 @@ class ResourcesConfig:
     """CPUs reserved per trial; also its torch thread count. On CPU, 1 each runs more trials at once."""
     gpus_per_trial: float = field(default=1.0, metadata={"ge": 0.0})
     """GPUs per trial where the Ray cluster has GPUs (ignored without); 1 isolates each trial's memory."""
+    retry_out_of_memory: bool = False
+    """Re-run a trial that ran out of memory (GPU or host) once with half the micro batch and twice the
+    gradient accumulation: same effective batch, slightly different numerics."""
 
 
 @dataclass(frozen=True)
@@ -115,7 +169,7 @@ def parse_spec(raw: Any, source: str = "<spec>") -> SweepSpec:
 
 
 def semantic_problems(spec: SweepSpec) -> list[ConfigProblem]:
-    problems = _name_problems(spec) + _prompt_problems(spec) + _grid_problems(spec)
+    problems = _name_problems(spec) + _prompt_problems(spec) + _grid_problems(spec) + _study_problems(spec)
     problems += spec.dataset.problems("dataset") + spec.training.problems("training")
     problems += _model_problems(spec) + _data_problems(spec.dataset) + _output_problems(spec.output)
     if spec.generation.max_new_tokens >= spec.training.max_seq_length:
@@ -150,7 +204,7 @@ def _prompt_problems(spec: SweepSpec) -> list[ConfigProblem]:
                 "exactly one placeholder, {dialogue}",
                 f"unknown: {sorted(found - {PROMPT_PLACEHOLDER})}" if found - {PROMPT_PLACEHOLDER}
                 else "add {dialogue} where the dialogue goes"))
-    swept = "prompt" in spec.search.grid
+    swept = "prompt" in spec.search.grid or "prompt" in spec.search.space
     if spec.prompt is not None and spec.prompt not in spec.prompts:
         problems.append(ConfigProblem("prompt", "must name one of the templates", spec.prompt,
                                       ", ".join(spec.prompts), schema.did_you_mean(spec.prompt, spec.prompts)))
@@ -162,27 +216,118 @@ def _prompt_problems(spec: SweepSpec) -> list[ConfigProblem]:
 
 def _grid_problems(spec: SweepSpec) -> list[ConfigProblem]:
     problems: list[ConfigProblem] = []
-    allowed = [p for p in schema.leaf_paths(TrialConfig) if p not in _DERIVED]
     for key, values in spec.search.grid.items():
         path = f"search.grid.{key}"
-        if key not in allowed:
-            problems.append(ConfigProblem(path, "a grid key must be a trial setting", key,
-                                          "prompt, lora.rank, training.learning_rate, ... (dotted paths)",
-                                          schema.did_you_mean(key, allowed)))
+        if _key_problem(key, path, problems):
             continue
         if not values:
             problems.append(ConfigProblem(path, "a grid axis needs at least one value", values, "a non-empty list"))
-        for i, value in enumerate(values):
-            schema.check_value(TrialConfig, key, value, f"{path}[{i}]", problems)
-            if key == "prompt" and value not in spec.prompts:
-                problems.append(ConfigProblem(f"{path}[{i}]", "must name one of the templates", value,
-                                              ", ".join(spec.prompts), schema.did_you_mean(str(value), spec.prompts)))
+        _value_problems(spec, key, values, path, problems)
+    return problems
+
+
+def _key_problem(key: str, path: str, problems: list[ConfigProblem]) -> bool:
+    allowed = [p for p in schema.leaf_paths(TrialConfig) if p not in _DERIVED]
+    if key in allowed:
+        return False
+    problems.append(ConfigProblem(path, "a swept key must be a trial setting", key,
+                                  "prompt, lora.rank, training.learning_rate, ... (dotted paths)",
+                                  schema.did_you_mean(key, allowed)))
+    return True
+
+
+def _value_problems(spec: SweepSpec, key: str, values: list, path: str, problems: list[ConfigProblem]) -> None:
+    for i, value in enumerate(values):
+        schema.check_value(TrialConfig, key, value, f"{path}[{i}]", problems)
+        if key == "prompt" and value not in spec.prompts:
+            problems.append(ConfigProblem(f"{path}[{i}]", "must name one of the templates", value,
+                                          ", ".join(spec.prompts), schema.did_you_mean(str(value), spec.prompts)))
+
+
+def _study_problems(spec: SweepSpec) -> list[ConfigProblem]:
+    search, problems = spec.search, []
+    used, unused = ("space", "grid") if search.type == "optuna" else ("grid", "space")
+    if getattr(search, unused):
+        problems.append(ConfigProblem(f"search.{unused}", f"a {search.type} search reads search.{used} only",
+                                      sorted(getattr(search, unused)), f"search.{used}",
+                                      f"move the keys to search.{used}, or set search.type"))
+    if search.type != "optuna":
+        return problems
+    if not search.space:
+        problems.append(ConfigProblem("search.space", "an optuna search needs at least one dimension", {},
+                                      "dotted trial keys with choices or low/high",
+                                      "e.g. training.learning_rate: {low: 1e-4, high: 1e-3, log: true}"))
+    for key, dim in search.space.items():
+        path = f"search.space.{key}"
+        if not _key_problem(key, path, problems):
+            problems += _dimension_problems(spec, key, dim, path)
+    return problems + _objective_problems(spec)
+
+
+def _dimension_problems(spec: SweepSpec, key: str, dim: Dimension, path: str) -> list[ConfigProblem]:
+    problems: list[ConfigProblem] = []
+    ranged = dim.low is not None or dim.high is not None
+    if (dim.choices is not None) == ranged or (ranged and (dim.low is None or dim.high is None)):
+        return [ConfigProblem(path, "a dimension is either `choices` or a range with both `low` and `high`",
+                              dataclasses.asdict(dim), "{choices: [...]} or {low: L, high: H, log: bool}")]
+    if dim.choices is not None:
+        if not dim.choices:
+            problems.append(ConfigProblem(f"{path}.choices", "needs at least one value", [], "a non-empty list"))
+        _value_problems(spec, key, dim.choices, f"{path}.choices", problems)
+        if dim.log or dim.step is not None:
+            problems.append(ConfigProblem(path, "log and step apply to ranges only", dataclasses.asdict(dim),
+                                          "choices alone", "remove log/step"))
+        return problems
+    for end in ("low", "high"):
+        schema.check_value(TrialConfig, key, _integral(getattr(dim, end)), f"{path}.{end}", problems)
+    if dim.low >= dim.high:
+        problems.append(ConfigProblem(path, "low must be below high", [dim.low, dim.high], "low < high"))
+    if dim.log and dim.low <= 0:
+        problems.append(ConfigProblem(f"{path}.low", "a log range must be positive", dim.low, "> 0"))
+    if dim.log and dim.step is not None:
+        problems.append(ConfigProblem(f"{path}.step", "Optuna cannot step a log range", dim.step,
+                                      "step: null with log: true"))
+    if spec.search.optuna.sampler == "grid":
+        problems.append(ConfigProblem(path, "the grid sampler needs `choices` on every dimension",
+                                      dataclasses.asdict(dim), "{choices: [...]}", "list the values, or use tpe"))
+    return problems
+
+
+def _integral(value: float) -> Any:
+    """Range ends arrive as floats; an integer setting (lora.rank) is checked with their integer value."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _objective_problems(spec: SweepSpec) -> list[ConfigProblem]:
+    settings, problems = spec.search.optuna, []
+    if not settings.objectives:
+        problems.append(ConfigProblem("search.optuna.objectives", "a study needs an objective", [],
+                                      "e.g. [{metric: rougeL, direction: maximize}]"))
+    for i, objective in enumerate(settings.objectives):
+        if objective.metric not in METRIC_NAMES:
+            problems.append(ConfigProblem(f"search.optuna.objectives[{i}].metric", "must be a final trial metric",
+                                          objective.metric, ", ".join(METRIC_NAMES),
+                                          schema.did_you_mean(objective.metric, METRIC_NAMES)))
+    if settings.pruner == "none":
+        return problems
+    if len(settings.objectives) > 1:
+        problems.append(ConfigProblem("search.optuna.pruner", "Optuna prunes single-objective studies only",
+                                      settings.pruner, "none with several objectives",
+                                      "set pruner: none, or keep one objective"))
+    t = spec.training
+    if not 0 < t.eval_interval_steps < t.max_steps:
+        problems.append(ConfigProblem("training.eval_interval_steps", "a pruner decides on interim evaluations, "
+                                      "so they must happen before the last step", t.eval_interval_steps,
+                                      f"1 to {t.max_steps - 1}", f"e.g. eval_interval_steps: {max(t.max_steps // 4, 1)}"))
     return problems
 
 
 def _model_problems(spec: SweepSpec) -> list[ConfigProblem]:
     names = [("model.name", spec.model.name)] + [
         (f"search.grid.model.name[{i}]", v) for i, v in enumerate(spec.search.grid.get("model.name", []))]
+    if "model.name" in spec.search.space:
+        names += [(f"search.space.model.name.choices[{i}]", v)
+                  for i, v in enumerate(spec.search.space["model.name"].choices or [])]
     problems = []
     for path, name in names:
         reason = model_problem(str(name))

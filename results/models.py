@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-TRIAL_STATES = ("pending", "running", "completed", "failed")
+TRIAL_STATES = ("pending", "running", "completed", "failed", "pruned", "interrupted")
+# Finished for good: a re-run of the same spec keeps these rows. Every other state is re-run.
+FINAL_STATES = ("completed", "pruned")
 
 
 def utcnow() -> datetime:
@@ -29,11 +31,17 @@ class SweepRow(Base):
     notes: Mapped[dict] = mapped_column(JSON, default=dict)
     """How results were computed (e.g. which reference is scored), shown by the leaderboard."""
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    driver: Mapped[str | None] = mapped_column(String(200))
+    """`host:pid` of the orchestrator running this sweep; null when none is."""
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    """Last sign of life of `driver` (every few seconds while it runs)."""
+    stop_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    """Set by `sweep stop SWEEP`; the driver stops every trial and exits."""
     trials: Mapped[list[TrialRow]] = relationship(back_populates="sweep", cascade="all, delete-orphan")
 
 
 class TrialRow(Base):
-    __tablename__ = "trials"
+    __tablename__ = "sweep_trials"  # not `trials`: Optuna's tables share this database
     __table_args__ = (UniqueConstraint("sweep_id", "name"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -54,16 +62,25 @@ class TrialRow(Base):
     timings: Mapped[dict] = mapped_column(JSON, default=dict)
     adapter_dir: Mapped[str | None] = mapped_column(Text)
     error: Mapped[str | None] = mapped_column(Text)
+    """Last lines of the error (failed), or why it stopped (interrupted, pruned)."""
+    worker: Mapped[str | None] = mapped_column(String(200))
+    """`host:pid` of the worker process running it, for `sweep status` and for killing it by hand."""
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    """Times it was started in this run (2 after an out-of-memory retry)."""
+    study_trial: Mapped[int | None] = mapped_column(Integer)
+    """Number of the Optuna trial this row records (optuna searches only)."""
+    stop_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    """Set by `sweep stop SWEEP TRIAL`; the driver stops it and marks it interrupted."""
     sweep: Mapped[SweepRow] = relationship(back_populates="trials")
     metrics: Mapped[list[MetricRow]] = relationship(cascade="all, delete-orphan")
     predictions: Mapped[list[PredictionRow]] = relationship(cascade="all, delete-orphan")
 
 
 class MetricRow(Base):
-    __tablename__ = "metrics"
+    __tablename__ = "sweep_metrics"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    trial_id: Mapped[int] = mapped_column(ForeignKey("trials.id", ondelete="CASCADE"), index=True)
+    trial_id: Mapped[int] = mapped_column(ForeignKey("sweep_trials.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(100))
     """`train/loss`, `eval/rougeL`, ... as reported; `final/<metric>` for the result of record."""
     step: Mapped[int] = mapped_column(Integer)
@@ -71,10 +88,10 @@ class MetricRow(Base):
 
 
 class PredictionRow(Base):
-    __tablename__ = "predictions"
+    __tablename__ = "sweep_predictions"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    trial_id: Mapped[int] = mapped_column(ForeignKey("trials.id", ondelete="CASCADE"), index=True)
+    trial_id: Mapped[int] = mapped_column(ForeignKey("sweep_trials.id", ondelete="CASCADE"), index=True)
     example_id: Mapped[str] = mapped_column(String(100))
     prediction: Mapped[str] = mapped_column(Text)
     reference: Mapped[str] = mapped_column(Text)

@@ -9,13 +9,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
-from sqlalchemy import create_engine, delete, event, select
+from sqlalchemy import create_engine, delete, event, func, inspect, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from results.models import Base, MetricRow, PredictionRow, SweepRow, TrialRow, utcnow
+from results.models import FINAL_STATES, Base, MetricRow, PredictionRow, SweepRow, TrialRow, utcnow
 
 FINAL_PREFIX = "final/"
 
@@ -33,6 +33,11 @@ class TrialSummary:
     """Final metrics (name without the `final/` prefix)."""
     error: str | None = None
     started_at: datetime | None = None
+    worker: str | None = None
+    attempts: int = 0
+    study_trial: int | None = None
+    last_step: int | None = None
+    """Highest training step reported so far (its progress while running)."""
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,10 @@ class SweepSummary:
     name: str
     notes: dict
     trials: list[TrialSummary] = field(default_factory=list)
+    spec: dict = field(default_factory=dict)
+    driver: str | None = None
+    """`host:pid` of the orchestrator that holds the sweep, if any."""
+    heartbeat_at: datetime | None = None
 
 
 class Store:
@@ -50,6 +59,7 @@ class Store:
         self.engine = create_engine(url)
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
+        _upgrade_legacy_layout(self.engine)
         Base.metadata.create_all(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
@@ -78,12 +88,12 @@ class Store:
             return row.id
 
     def register_trial(self, sweep_id: int, name: str, kind: str, params: dict, config: dict,
-                       content_key: str) -> tuple[int, bool]:
-        """(trial id, already done). A finished trial with the same content key is kept, not re-run;
-        anything else under that name starts over, so re-running adds no duplicate rows."""
+                       content_key: str, study_trial: int | None = None) -> tuple[int, bool]:
+        """(trial id, already done). A completed (or pruned) trial with the same content key is kept,
+        not re-run; anything else under that name starts over, so re-running adds no duplicate rows."""
         with self.session() as s:
             row = s.scalar(select(TrialRow).where(TrialRow.sweep_id == sweep_id, TrialRow.name == name))
-            if row is not None and row.status == "completed" and row.content_key == content_key:
+            if row is not None and row.status in FINAL_STATES and row.content_key == content_key:
                 return row.id, True
             if row is None:
                 row = TrialRow(sweep_id=sweep_id, name=name)
@@ -92,13 +102,21 @@ class Store:
                 _clear_results(s, row.id)
             row.kind, row.params, row.config, row.content_key = kind, params, config, content_key
             row.status, row.error, row.runtime_s, row.started_at, row.finished_at = "pending", None, None, None, None
+            row.worker, row.attempts, row.study_trial, row.stop_requested = None, 0, study_trial, False
             s.flush()
             return row.id, False
 
-    def mark_running(self, trial_id: int) -> None:
+    def mark_running(self, trial_id: int, worker: str | None = None) -> None:
         with self.session() as s:
             row = s.get(TrialRow, trial_id)
-            row.status, row.started_at = "running", utcnow()
+            row.status, row.started_at, row.worker = "running", utcnow(), worker
+            row.attempts = (row.attempts or 0) + 1
+
+    def retry_trial(self, trial_id: int, config: dict, reason: str) -> None:
+        """Back to pending with a changed config (e.g. half the micro batch after an out-of-memory error)."""
+        with self.session() as s:
+            row = s.get(TrialRow, trial_id)
+            row.status, row.config, row.error, row.worker = "pending", config, reason, None
 
     def add_metrics(self, trial_id: int, points: list[tuple[str, int, float]]) -> None:
         with self.session() as s:
@@ -117,9 +135,67 @@ class Store:
 
     def fail_trial(self, trial_id: int, error: str, runtime_s: float | None) -> None:
         """Failed, with the error's text; metrics reported so far stay."""
+        self.end_trial(trial_id, "failed", error, runtime_s)
+
+    def end_trial(self, trial_id: int, status: str, reason: str, runtime_s: float | None = None) -> None:
+        """Ended without a result (failed, pruned, interrupted): the reason is kept, and so are its curves."""
         with self.session() as s:
             row = s.get(TrialRow, trial_id)
-            row.status, row.finished_at, row.runtime_s, row.error = "failed", utcnow(), runtime_s, error
+            row.status, row.finished_at, row.runtime_s, row.error = status, utcnow(), runtime_s, reason
+
+    def claim_sweep(self, sweep_id: int, driver: str, replacing: str | None) -> bool:
+        """Record `driver` as the sweep's only driver, atomically, if the driver is still `replacing`
+        (None, or a dead one seen a moment ago); False when someone else claimed it in between."""
+        with self.session() as s:
+            held = SweepRow.driver.is_(None) if replacing is None else SweepRow.driver == replacing
+            claimed = s.execute(update(SweepRow).where(SweepRow.id == sweep_id, held).values(
+                driver=driver, heartbeat_at=utcnow(), stop_requested=False)).rowcount == 1
+            if claimed:
+                s.execute(update(TrialRow).where(TrialRow.sweep_id == sweep_id).values(stop_requested=False))
+            return claimed
+
+    def heartbeat(self, sweep_id: int) -> None:
+        with self.session() as s:
+            s.execute(update(SweepRow).where(SweepRow.id == sweep_id).values(heartbeat_at=utcnow()))
+
+    def release_sweep(self, sweep_id: int) -> None:
+        with self.session() as s:
+            s.execute(update(SweepRow).where(SweepRow.id == sweep_id).values(driver=None, stop_requested=False))
+
+    def request_stop(self, sweep_name: str, trial_name: str | None = None) -> bool:
+        """Ask the sweep's driver to stop the sweep or one trial; False if there is no such trial."""
+        with self.session() as s:
+            sweep = s.scalar(select(SweepRow).where(SweepRow.name == sweep_name))
+            if trial_name is None:
+                sweep.stop_requested = True
+                return True
+            found = s.execute(update(TrialRow).where(TrialRow.sweep_id == sweep.id, TrialRow.name == trial_name)
+                              .values(stop_requested=True))
+            return found.rowcount > 0
+
+    def stop_requests(self, sweep_id: int) -> tuple[bool, set[int]]:
+        """(whole sweep asked to stop, ids of the trials asked to stop)."""
+        with self.session() as s:
+            whole = bool(s.scalar(select(SweepRow.stop_requested).where(SweepRow.id == sweep_id)))
+            ids = set(s.scalars(select(TrialRow.id).where(TrialRow.sweep_id == sweep_id, TrialRow.stop_requested)))
+            return whole, ids
+
+    def interrupt_unfinished(self, sweep_name: str, reason: str) -> list[str]:
+        """Mark the pending and running trials of a sweep whose driver is gone as interrupted."""
+        with self.session() as s:
+            rows = s.scalars(select(TrialRow).join(SweepRow).where(
+                SweepRow.name == sweep_name, TrialRow.status.in_(("pending", "running")))).all()
+            for row in rows:
+                row.status, row.finished_at, row.error = "interrupted", utcnow(), reason
+            s.execute(update(SweepRow).where(SweepRow.name == sweep_name).values(driver=None))
+            return [r.name for r in rows]
+
+    def trial_result(self, trial_id: int) -> tuple[str, dict[str, float]]:
+        """(status, final metrics) of one trial."""
+        with self.session() as s:
+            row = s.get(TrialRow, trial_id)
+            return row.status, {m.name.removeprefix(FINAL_PREFIX): m.value for m in row.metrics
+                                if m.name.startswith(FINAL_PREFIX)}
 
     def sweep_names(self) -> list[str]:
         with self.session() as s:
@@ -130,8 +206,11 @@ class Store:
             sweep = s.scalar(select(SweepRow).where(SweepRow.name == sweep_name))
             if sweep is None:
                 return None
+            steps = dict(s.execute(select(MetricRow.trial_id, func.max(MetricRow.step)).join(TrialRow).where(
+                TrialRow.sweep_id == sweep.id, MetricRow.name.like("train/%")).group_by(MetricRow.trial_id)).all())
             return SweepSummary(sweep.name, dict(sweep.notes or {}),
-                                [_trial_summary(t) for t in sorted(sweep.trials, key=lambda t: t.id)])
+                                [_trial_summary(t, steps.get(t.id)) for t in sorted(sweep.trials, key=lambda t: t.id)],
+                                dict(sweep.spec or {}), sweep.driver, _aware(sweep.heartbeat_at))
 
     def curves(self, trial_id: int) -> list[tuple[str, int, float]]:
         with self.session() as s:
@@ -157,9 +236,35 @@ def _prediction(trial_id: int, p: dict) -> PredictionRow:
                          reference=p["reference"], new_tokens=p["new_tokens"], scores=scores)
 
 
-def _trial_summary(t: TrialRow) -> TrialSummary:
+def _trial_summary(t: TrialRow, last_step: int | None) -> TrialSummary:
     finals = {m.name.removeprefix(FINAL_PREFIX): m.value for m in t.metrics if m.name.startswith(FINAL_PREFIX)}
-    return TrialSummary(t.name, t.kind, dict(t.params), t.status, t.runtime_s, finals, t.error, t.started_at)
+    return TrialSummary(t.name, t.kind, dict(t.params), t.status, t.runtime_s, finals, t.error,
+                        _aware(t.started_at), t.worker, t.attempts or 0, t.study_trial, last_step)
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    """SQLite hands datetimes back without their zone; every time stored here is UTC."""
+    return moment.replace(tzinfo=timezone.utc) if moment is not None and moment.tzinfo is None else moment
+
+
+# 0.1 -> 0.2: Optuna's storage (sharing this database) owns a table named `trials`.
+_RENAMED = {"trials": "sweep_trials", "metrics": "sweep_metrics", "predictions": "sweep_predictions"}
+_ADDED = {"sweeps": ["driver VARCHAR(200)", "heartbeat_at DATETIME", "stop_requested BOOLEAN DEFAULT 0"],
+          "sweep_trials": ["worker VARCHAR(200)", "attempts INTEGER DEFAULT 0", "study_trial INTEGER",
+                           "stop_requested BOOLEAN DEFAULT 0"]}
+
+
+def _upgrade_legacy_layout(engine) -> None:
+    """Upgrade a store written by 0.1 in place (rename three tables, add columns); nothing is lost."""
+    tables = inspect(engine)
+    if "trials" not in tables.get_table_names() or "content_key" not in {c["name"] for c in tables.get_columns("trials")}:
+        return
+    with engine.begin() as connection:
+        for old, new in _RENAMED.items():
+            connection.exec_driver_sql(f"ALTER TABLE {old} RENAME TO {new}")  # SQLite rewrites the foreign keys
+        for table, columns in _ADDED.items():
+            for column in columns:
+                connection.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {column}")
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:

@@ -57,7 +57,7 @@ def test_session_scope_rolls_back_everything(store):
     trial_id, _ = _trial(store, sweep_id)
     with pytest.raises(RuntimeError):
         with store.session() as s:
-            s.execute(text("UPDATE trials SET status='completed' WHERE id=:i"), {"i": trial_id})
+            s.execute(text("UPDATE sweep_trials SET status='completed' WHERE id=:i"), {"i": trial_id})
             raise RuntimeError("interrupted")
     assert store.summary("s").trials[0].status == "pending"
 
@@ -66,3 +66,69 @@ def test_sqlite_file_uses_wal(tmp_path):
     store = Store(f"sqlite:///{tmp_path / 'w.db'}")
     with store.session() as s:
         assert s.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+
+
+def test_pruned_is_final_interrupted_and_running_are_rerun(store):
+    sweep_id = store.open_sweep("s", {}, "runs/s", {})
+    pruned, _ = _trial(store, sweep_id, "a")
+    store.add_metrics(pruned, [("eval/rougeL", 8, 0.1)])
+    store.end_trial(pruned, "pruned", "pruned at step 8")
+    left, _ = _trial(store, sweep_id, "b")
+    store.mark_running(left, "host:1")
+    assert _trial(store, sweep_id, "a") == (pruned, True)  # kept, curve and all
+    assert store.curves(pruned) == [("eval/rougeL", 8, 0.1)]
+    assert _trial(store, sweep_id, "b") == (left, False)  # a killed driver left it running: run again
+    assert [(t.name, t.status, t.attempts) for t in store.summary("s").trials] == [("a", "pruned", 0),
+                                                                                   ("b", "pending", 0)]
+
+
+def test_one_driver_claims_a_sweep_and_stop_requests_reach_it(store):
+    sweep_id = store.open_sweep("s", {}, "runs/s", {})
+    trial_id, _ = _trial(store, sweep_id)
+    assert store.claim_sweep(sweep_id, "h:1", None)
+    assert not store.claim_sweep(sweep_id, "h:2", None)  # held by h:1: the second driver loses
+    assert store.claim_sweep(sweep_id, "h:2", "h:1")  # h:1 seen dead: replaced
+    assert store.summary("s").driver == "h:2" and store.summary("s").heartbeat_at is not None
+    assert store.stop_requests(sweep_id) == (False, set())
+    assert store.request_stop("s", "v1-r8") and not store.request_stop("s", "nope")
+    assert store.stop_requests(sweep_id) == (False, {trial_id})
+    store.request_stop("s")
+    assert store.stop_requests(sweep_id) == (True, {trial_id})
+    store.release_sweep(sweep_id)
+    assert store.summary("s").driver is None
+    store.mark_running(trial_id, "h:3")
+    assert store.interrupt_unfinished("s", "driver gone") == ["v1-r8"]
+    [t] = store.summary("s").trials
+    assert (t.status, t.error, t.worker, t.attempts) == ("interrupted", "driver gone", "h:3", 1)
+
+
+def test_a_0_1_store_is_upgraded_in_place(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:  # the 0.1 layout, abridged to what the upgrade touches
+        db.executescript("""
+            CREATE TABLE sweeps (id INTEGER PRIMARY KEY, name VARCHAR(200) UNIQUE, spec JSON, run_dir TEXT,
+                                 notes JSON, created_at DATETIME);
+            CREATE TABLE trials (id INTEGER PRIMARY KEY, sweep_id INTEGER REFERENCES sweeps(id), name VARCHAR(200),
+                                 kind VARCHAR(20), params JSON, config JSON, content_key VARCHAR(64),
+                                 status VARCHAR(20), started_at DATETIME, finished_at DATETIME, runtime_s FLOAT,
+                                 timings JSON, adapter_dir TEXT, error TEXT);
+            CREATE TABLE metrics (id INTEGER PRIMARY KEY, trial_id INTEGER REFERENCES trials(id), name VARCHAR(100),
+                                  step INTEGER, value FLOAT);
+            CREATE TABLE predictions (id INTEGER PRIMARY KEY, trial_id INTEGER REFERENCES trials(id),
+                                      example_id VARCHAR(100), prediction TEXT, reference TEXT, new_tokens INTEGER,
+                                      scores JSON);
+            INSERT INTO sweeps VALUES (1, 'old', '{}', 'runs/old', '{}', '2026-01-01 00:00:00');
+            INSERT INTO trials VALUES (1, 1, 'v1-r8', 'trial', '{"prompt": "v1"}', '{}', 'k', 'completed', NULL,
+                                       NULL, 9.5, '{}', NULL, NULL);
+            INSERT INTO metrics VALUES (1, 1, 'final/rougeL', 32, 0.27);
+        """)
+    store = Store(f"sqlite:///{path}")
+    [t] = store.summary("old").trials
+    assert (t.name, t.status, t.metrics, t.attempts) == ("v1-r8", "completed", {"rougeL": 0.27}, 0)
+    import optuna  # the point of the rename: Optuna's own `trials` table now fits beside ours
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.create_study(storage=f"sqlite:///{path}", study_name="fits")
+    assert Store(f"sqlite:///{path}").summary("old").trials[0].metrics == {"rougeL": 0.27}

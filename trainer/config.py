@@ -124,7 +124,9 @@ class TrainingConfig:
     seed: int = 42
     """Seed of LoRA init and data order; the same across trials so only the swept keys differ."""
     eval_interval_steps: int = field(default=0, metadata={"ge": 0})
-    """Run the ROUGE evaluation every N steps as well as at the end (0: only at the end)."""
+    """Run the ROUGE evaluation every N steps as well as at the end (0: only at the end); pruners need it."""
+    interim_eval_examples: int | None = field(default=None, metadata={"ge": 1})
+    """Eval rows scored by the interim evaluations (the first N); null = all. Fewer = cheaper, noisier pruning."""
     logging_steps: int = field(default=1, metadata={"ge": 1})
     """Report train loss and learning rate every N optimizer steps."""
     gradient_checkpointing: bool = False

@@ -43,12 +43,13 @@ def run_trial(cfg: TrialConfig, data: TrialData, out_dir: Path, report: Report,
     with _step("load", timings, report):
         tokenizer, model = load(cfg)
         evaluator = make_evaluator(cfg, tokenizer, data)
+        interim = make_evaluator(cfg, tokenizer, data, cfg.training.interim_eval_examples)
     adapter_dir = None
     if not cfg.zero_shot:
         with _step("adapt", timings, report):
             model = adapt(model, cfg)
         with _step("train", timings, report):
-            skipped = train(model, tokenizer, cfg, data, out_dir, report, evaluator)
+            skipped = train(model, tokenizer, cfg, data, out_dir, report, interim)
         # Rows whose summary alone does not fit max_seq_length: dropped, never truncated.
         report({"event": "metric", "name": "train/skipped_examples", "step": 0, "value": float(skipped)})
     with _step("evaluate", timings, report):
@@ -124,11 +125,13 @@ def training_rows(cfg: TrialConfig, tokenizer, data: TrialData) -> tuple[list[di
     return rows, skipped
 
 
-def make_evaluator(cfg: TrialConfig, tokenizer, data: TrialData) -> Callable[[object], EvalResult]:
-    """A function model -> EvalResult over the fixed eval prompts (built once, reused at every eval)."""
-    texts = eval_prompts(cfg, tokenizer, data)
-    references = [e.summary for e in data.eval]
-    ids = [e.id for e in data.eval]
+def make_evaluator(cfg: TrialConfig, tokenizer, data: TrialData,
+                   limit: int | None = None) -> Callable[[object], EvalResult]:
+    """A function model -> EvalResult over the first `limit` (default all) eval prompts, built once."""
+    rows = data.eval[:limit]
+    texts = eval_prompts(cfg, tokenizer, rows)
+    references = [e.summary for e in rows]
+    ids = [e.id for e in rows]
     add_special = not prompts.uses_chat(cfg, tokenizer)  # the chat template already wrote them
 
     def run(model) -> EvalResult:
@@ -143,11 +146,11 @@ def make_evaluator(cfg: TrialConfig, tokenizer, data: TrialData) -> Callable[[ob
     return run
 
 
-def eval_prompts(cfg: TrialConfig, tokenizer, data: TrialData) -> list[str]:
-    """Prompt texts of the eval rows, dialogues cut so that prompt + max_new_tokens fit max_seq_length."""
+def eval_prompts(cfg: TrialConfig, tokenizer, rows: list) -> list[str]:
+    """Prompt texts of eval rows, dialogues cut so that prompt + max_new_tokens fit max_seq_length."""
     budget = cfg.training.max_seq_length - cfg.generation.max_new_tokens
     return [prompts.prompt_text(cfg, tokenizer, prompts.fit_dialogue(cfg, tokenizer, e.dialogue, budget) or "")
-            for e in data.eval]
+            for e in rows]
 
 
 def save(model, out_dir: Path) -> str:

@@ -1,0 +1,121 @@
+"""Optuna studies: the sampler proposes trial settings, the driver runs them and tells the study.
+
+The study lives in Optuna's own RDB storage (by default the results store's database, so one file
+holds both and `optuna-dashboard <url>` opens it). Only the sweep driver talks to it. Each study
+trial carries the store row it became (user attribute `sweep_trial`) and each row its study trial
+number, so the two agree trial by trial.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState
+
+from orchestrator.plan import PlannedTrial, get_value, planned_trial, typed_value
+from orchestrator.spec import Dimension, OptunaSettings, SweepSpec
+from trainer.config import TrialConfig
+
+# Store state -> study state when a trial ends; `interrupted` leaves the study trial RUNNING, so the
+# next `sweep run` re-runs it under the same number.
+_STATES = {"completed": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "failed": TrialState.FAIL}
+SWEEP_TRIAL_ATTR = "sweep_trial"
+
+
+class Study:
+    def __init__(self, spec: SweepSpec, storage_url: str):
+        settings = spec.search.optuna
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # the driver prints its own progress
+        self.spec, self.settings = spec, settings
+        self.distributions = distributions(spec.search.space)
+        self.study = optuna.create_study(
+            study_name=settings.study_name or spec.name, storage=settings.storage or storage_url,
+            load_if_exists=True, directions=[o.direction for o in settings.objectives],
+            sampler=_sampler(settings, self.distributions), pruner=_pruner(settings, spec.training.eval_interval_steps))
+        # RUNNING trials here belong to a driver that was killed or interrupted: run them again first.
+        self._orphans = [t._trial_id for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+        self._live: dict[int, optuna.trial.Trial] = {}
+
+    @property
+    def pruning(self) -> bool:
+        return self.settings.pruner != "none"
+
+    def ask(self) -> PlannedTrial | None:
+        """The next trial to run, or None once the study holds `n_trials` trials."""
+        if self._orphans:
+            trial = optuna.trial.Trial(self.study, self._orphans.pop(0))
+        elif len(self.study.get_trials(deepcopy=False)) >= self._budget():
+            return None
+        else:
+            trial = self.study.ask(self.distributions)
+        self._live[trial.number] = trial
+        planned = planned_trial(self.spec, _in_space_order(trial.params, self.distributions), trial.number)
+        trial.set_user_attr(SWEEP_TRIAL_ATTR, planned.name)
+        return planned
+
+    def report(self, number: int, step: int, value: float) -> bool:
+        """Record an interim value of the objective; True when the pruner says stop this trial."""
+        trial = self._live.get(number)
+        if trial is None or not self.pruning:
+            return False
+        trial.report(value, step)
+        return trial.should_prune()
+
+    def tell(self, number: int, status: str, metrics: dict[str, float]) -> None:
+        """End the study trial as its store row ended (`interrupted` leaves it RUNNING for the next run)."""
+        self._live.pop(number, None)
+        if status == "interrupted":
+            self.study.set_trial_user_attr(self._trial_id(number), "interrupted", True)
+            return
+        if status == "completed":
+            values = [metrics[o.metric] for o in self.settings.objectives]
+            self.study.tell(number, values, skip_if_finished=True)
+        else:
+            self.study.tell(number, state=_STATES[status], skip_if_finished=True)
+
+    def _budget(self) -> int:
+        if self.settings.sampler == "grid":  # a grid sampler has nothing new to propose past its size
+            return min(self.settings.n_trials, math.prod(len(d.choices) for d in self.distributions.values()))
+        return self.settings.n_trials
+
+    def _trial_id(self, number: int) -> int:
+        return self.study.trials[number]._trial_id
+
+
+def distributions(space: dict[str, Dimension]) -> dict[str, BaseDistribution]:
+    """Optuna distributions of a spec's space: integer settings (lora.rank) get integer ranges."""
+    defaults = TrialConfig()
+    out: dict[str, BaseDistribution] = {}
+    for key, dim in space.items():
+        if dim.choices is not None:
+            out[key] = CategoricalDistribution([typed_value(key, v) for v in dim.choices])
+        elif key != "prompt" and isinstance(get_value(defaults, key), int):
+            out[key] = IntDistribution(int(dim.low), int(dim.high), log=dim.log, step=int(dim.step or 1))
+        else:
+            out[key] = FloatDistribution(dim.low, dim.high, log=dim.log, step=dim.step)
+    return out
+
+
+def _in_space_order(params: dict[str, Any], space: dict[str, BaseDistribution]) -> dict[str, Any]:
+    return {key: params[key] for key in space if key in params}
+
+
+def _sampler(settings: OptunaSettings, space: dict[str, BaseDistribution]) -> optuna.samplers.BaseSampler:
+    if settings.sampler == "grid":
+        return optuna.samplers.GridSampler({k: d.choices for k, d in space.items()}, seed=settings.seed)
+    if settings.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=settings.seed)
+    return optuna.samplers.TPESampler(seed=settings.seed)
+
+
+def _pruner(settings: OptunaSettings, eval_interval_steps: int) -> optuna.pruners.BasePruner:
+    if settings.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=settings.pruner_startup_trials)
+    if settings.pruner == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=eval_interval_steps,
+                                                      reduction_factor=settings.reduction_factor)
+    return optuna.pruners.NopPruner()
+

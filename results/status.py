@@ -1,0 +1,52 @@
+"""`sweep status`: each trial's state, training progress, worker and last word, from the store only."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from results.models import TRIAL_STATES
+from results.store import SweepSummary
+
+_NOTE_CHARS = 90
+
+
+def render(summary: SweepSummary, driver_alive: bool) -> str:
+    max_steps = summary.spec.get("training", {}).get("max_steps")
+    header = ["trial", "kind", "state", "step", "tries", "runtime_s", "worker", "note"]
+    rows = [[t.name, t.kind, _state(t.status, driver_alive), _step(t.last_step, max_steps, t.kind),
+             str(t.attempts), "-" if t.runtime_s is None else f"{t.runtime_s:.0f}", t.worker or "-",
+             _note(t.error)] for t in summary.trials]
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+    table = ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in [header] + rows]
+    counts = Counter(t.status for t in summary.trials)
+    tally = ", ".join(f"{counts[s]} {s}" for s in TRIAL_STATES if counts[s])
+    return "\n".join([f"sweep {summary.name}: {_driver(summary, driver_alive)}", ""] + table
+                     + ["", f"{len(summary.trials)} trials: {tally or 'none'}"])
+
+
+def _driver(summary: SweepSummary, alive: bool) -> str:
+    if alive:
+        return f"running, driver {summary.driver} (last heartbeat {summary.heartbeat_at:%H:%M:%S} UTC)"
+    if summary.driver:
+        return (f"driver {summary.driver} is gone (last heartbeat {summary.heartbeat_at:%H:%M:%S} UTC); "
+                "`sweep run` with the same spec resumes it")
+    unfinished = sum(t.status in ("pending", "running", "interrupted", "failed") for t in summary.trials)
+    return "not running" + (f"; {unfinished} trial(s) would run again on `sweep run`" if unfinished else "")
+
+
+def _state(status: str, driver_alive: bool) -> str:
+    """`running` without a live driver is a trial its killed driver left behind: say so."""
+    return f"{status} (orphaned)" if status in ("running", "pending") and not driver_alive else status
+
+
+def _step(last: int | None, max_steps: int | None, kind: str) -> str:
+    if kind == "baseline":
+        return "-"
+    return f"{last or 0}/{max_steps}" if max_steps else str(last or 0)
+
+
+def _note(error: str | None) -> str:
+    if not error:
+        return ""
+    last = [line.strip() for line in error.strip().splitlines() if line.strip()][-1]
+    return last if len(last) <= _NOTE_CHARS else last[:_NOTE_CHARS - 3] + "..."

@@ -1,0 +1,37 @@
+"""Trial functions that stand in for `trainer.trial:run_trial` in fault-injection tests.
+
+The driver runs them through real Ray workers exactly as it runs real trials
+(`RayBackend(trial_fn="tests.faults:...")`), so what is tested is the orchestrator's handling.
+"""
+
+from __future__ import annotations
+
+import time
+
+from trainer.trial import TrialResult, run_trial
+
+SCRIPTED_STEP_S = 0.4
+
+
+def out_of_memory_above_batch_1(cfg, data, out_dir, report, num_threads=None) -> TrialResult:
+    """Raise torch's CUDA out-of-memory error at micro batch > 1, else train for real."""
+    import torch
+
+    if cfg.training.micro_batch_size > 1:
+        report({"event": "metric", "name": "train/loss", "step": 1, "value": 9.0})
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected by the test)")
+    return run_trial(cfg, data, out_dir, report, num_threads)
+
+
+def scripted(cfg, data, out_dir, report, num_threads=None) -> TrialResult:
+    """No model: `eval/rougeL` is 0.9 for prompt v1 and 0.1 otherwise, at every interim evaluation."""
+    score = 0.9 if cfg.prompt == "v1" else 0.1
+    t = cfg.training
+    for step in range(1, t.max_steps + 1):
+        time.sleep(SCRIPTED_STEP_S)
+        report({"event": "metric", "name": "train/loss", "step": step, "value": 1.0 / step})
+        if t.eval_interval_steps and step % t.eval_interval_steps == 0 and step < t.max_steps:
+            report({"event": "metric", "name": "eval/rougeL", "step": step, "value": score})
+    metrics = {"rouge1": score, "rouge2": score / 2, "rougeL": score, "rougeLsum": score,
+               "gen_tokens": 10.0 if cfg.prompt == "v1" else 5.0, "gen_words": 8.0}
+    return TrialResult(metrics, [], None, {"train": t.max_steps * SCRIPTED_STEP_S})

@@ -1,0 +1,105 @@
+"""Optuna studies through real local Ray and real SQLite: the study and the store agree trial by trial,
+pruned trials keep their partial curves, and a re-run resumes the study instead of restarting it."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from orchestrator.ray_backend import RayBackend
+from orchestrator.spec import parse_spec
+from orchestrator.study import SWEEP_TRIAL_ATTR
+from orchestrator.sweep import run_sweep
+from results import leaderboard
+from results.store import Store
+from tests.conftest import tiny_spec
+
+_STATE = {"COMPLETE": "completed", "PRUNED": "pruned", "FAIL": "failed"}
+
+
+@pytest.fixture(scope="module")
+def scripted_backend():
+    backend = RayBackend(num_cpus=2, trial_fn="tests.faults:scripted")
+    yield backend
+    backend.shutdown()
+
+
+def study_spec(tiny_model_dir, local_data, tmp_path, **optuna_settings) -> dict:
+    raw = tiny_spec(tiny_model_dir, *local_data, tmp_path)
+    raw["training"].update(max_steps=6, eval_interval_steps=2)
+    raw["search"] = {"type": "optuna", "baselines": False,
+                     "space": {"prompt": {"choices": ["v1", "v2"]},
+                               "training.learning_rate": {"low": "1e-3", "high": "1e-1", "log": True}},
+                     "optuna": {"sampler": "random", "n_trials": 6, "seed": 2, **optuna_settings}}
+    raw["resources"] = {"cpus_per_trial": 2}  # one trial at a time: the pruner sees finished trials first
+    return raw
+
+
+def load_study(spec) -> optuna.Study:
+    return optuna.load_study(study_name=spec.name, storage=spec.output.store_url())
+
+
+def assert_study_matches_store(study: optuna.Study, store: Store, name: str,
+                               objectives: tuple[str, ...] = ("rougeL",)) -> None:
+    rows = {t.name: t for t in store.summary(name).trials if t.kind == "trial"}
+    assert len(rows) == len(study.trials)  # one row per study trial, none twice
+    for frozen in study.trials:
+        row = rows[frozen.user_attrs[SWEEP_TRIAL_ATTR]]
+        assert (row.status, row.study_trial) == (_STATE[frozen.state.name], frozen.number)
+        assert row.params["training.learning_rate"] == pytest.approx(frozen.params["training.learning_rate"])
+        if frozen.state.name == "COMPLETE":
+            assert frozen.values == pytest.approx([row.metrics[m] for m in objectives])
+
+
+def test_median_pruner_stops_the_worse_prompt_and_study_agrees_with_store(
+        scripted_backend, tiny_model_dir, local_data, tmp_path):
+    spec = parse_spec(study_spec(tiny_model_dir, local_data, tmp_path, pruner="median", pruner_startup_trials=1))
+    store = Store(spec.output.store_url())
+
+    outcome = run_sweep(spec, store, scripted_backend, show_progress=False)
+
+    study = load_study(spec)
+    trials = {t.name: t for t in store.summary("tiny").trials}
+    # Seed 2 proposes v1, v1, then v2 x 4. The v1 trials finish (0.9); each v2 reports 0.1 at step 2,
+    # below the median 0.9 of the finished trials, and is stopped there.
+    assert [trials[n].params["prompt"] for n in outcome.completed] == ["v1", "v1"]
+    assert len(outcome.pruned) == 4 and len(study.trials) == 6
+    for name in outcome.pruned:
+        t = trials[name]
+        assert t.params["prompt"] == "v2" and t.metrics == {} and "pruned by the median pruner" in t.error
+        curve = [(n, s) for n, s, _ in store.curves(_row_id(store, name))]
+        assert ("eval/rougeL", 2) in curve and t.last_step < 6  # partial curves kept, stopped early
+    assert_study_matches_store(study, store, "tiny")
+    board = leaderboard.build(store.summary("tiny"))
+    assert {r.status for r in board} == {"completed", "pruned"}
+
+
+def test_rerun_resumes_the_study_and_multi_objective_shows_pareto(
+        scripted_backend, tiny_model_dir, local_data, tmp_path):
+    raw = study_spec(tiny_model_dir, local_data, tmp_path,
+                     objectives=[{"metric": "rougeL"}, {"metric": "gen_tokens", "direction": "minimize"}])
+    raw["search"]["optuna"]["n_trials"] = 3
+    spec = parse_spec(raw)
+    store = Store(spec.output.store_url())
+    first = run_sweep(spec, store, scripted_backend, show_progress=False)
+    assert len(first.completed) == 3
+
+    raw["search"]["optuna"]["n_trials"] = 4  # a larger budget: only the missing trial runs
+    again = run_sweep(parse_spec(raw), store, scripted_backend, show_progress=False)
+    assert len(again.completed) == 1 and len(load_study(spec).trials) == 4
+    assert_study_matches_store(load_study(spec), store, "tiny", ("rougeL", "gen_tokens"))
+
+    rows = leaderboard.build(store.summary("tiny"))
+    prompts = {r.prompt for r in rows}
+    # v1: rougeL 0.9 at 10 tokens; v2: 0.1 at 5 tokens. Neither dominates the other.
+    assert {r.prompt for r in rows if r.pareto} == prompts
+    assert "pareto" in leaderboard.render(rows, "table", "rougeL", {}, "tiny")
+
+
+def _row_id(store: Store, name: str) -> int:
+    from sqlalchemy import select
+
+    from results.models import TrialRow
+
+    with store.session() as s:
+        return s.scalar(select(TrialRow.id).where(TrialRow.name == name))
