@@ -1,12 +1,15 @@
 """Benchmarks, measured side by side in one run; prints a table of ratios against their targets.
 
-  python bench/run.py                 # everything (runs grid_2x2x2: ~30 min on 2 cores)
+  python bench/run.py                 # everything (grid_2x2x2 + optuna_tpe: ~40 min on 2 cores)
   python bench/run.py --only load,generate
 
 - load:     cached safetensors load vs cold GGUF load+dequantize of the embedded model (>= 10x)
 - generate: batched vs one-by-one greedy generation throughput, NF4 model as in trials (>= 4x)
 - sweep:    sweep wall time vs (sum of trial times / concurrent slots) (<= 1.05), and the
             grid_2x2x2 wall time on this machine (<= 25 min), on a fresh store
+- search:   the full grid (grid_2x2x2) vs a pruned TPE study over the same space (optuna_tpe), same
+            model, data and steps per trial: compute spent (fine-tune trial-seconds, start to end as the
+            driver saw them, pruned trials included) and the best ROUGE-L each found
 """
 
 from __future__ import annotations
@@ -64,7 +67,8 @@ def bench_generate(rows: list, examples: int, batch_size: int) -> None:
                  one / batched >= 4))
 
 
-def bench_sweep(rows: list, spec_name: str, num_cpus: int | None) -> None:
+def run_spec(spec_name: str, num_cpus: int | None, baselines: bool = True):
+    """(spec, outcome, store, wall seconds) of one sweep on a fresh store in a scratch dir."""
     import dataclasses
 
     from orchestrator.ray_backend import RayBackend
@@ -75,14 +79,20 @@ def bench_sweep(rows: list, spec_name: str, num_cpus: int | None) -> None:
     work = Path(tempfile.mkdtemp(prefix="qlora-sweep-bench-"))
     spec = load_spec(str(REPO / "sweeps" / spec_name))
     spec = dataclasses.replace(spec, output=dataclasses.replace(spec.output, run_dir=str(work / "runs"),
-                                                                store=f"sqlite:///{work / 'bench.db'}"))
+                                                                store=f"sqlite:///{work / 'bench.db'}"),
+                               search=dataclasses.replace(spec.search, baselines=baselines))
     start = time.perf_counter()
     backend = RayBackend(num_cpus=num_cpus)
     try:
         outcome = run_sweep(spec, Store(spec.output.store_url()), backend, show_progress=True)
     finally:
         backend.shutdown()
-    wall = time.perf_counter() - start  # includes Ray start-up, data loading and model preparation
+    print(f"bench store: {spec.output.store_url()}  (sweep leaderboard {spec.name} --store ...)")
+    return spec, outcome, Store(spec.output.store_url()), time.perf_counter() - start
+
+
+def bench_sweep(rows: list, run) -> None:
+    spec, outcome, _, wall = run  # wall includes Ray start-up, data loading and model preparation
     ideal = sum(outcome.runtimes_s.values()) / outcome.slots
     rows.append((f"{spec.name}: wall / (sum of trial times / {outcome.slots} slots)", f"{wall:.0f} s / {ideal:.0f} s",
                  wall / ideal, "<= 1.05", wall / ideal <= 1.05))
@@ -91,7 +101,25 @@ def bench_sweep(rows: list, spec_name: str, num_cpus: int | None) -> None:
                      wall <= 1500))
     if outcome.failed:
         rows.append((f"{spec.name}: failed trials", ", ".join(outcome.failed), 0.0, "none", False))
-    print(f"bench store: {spec.output.store_url()}  (sweep leaderboard {spec.name} --store ...)")
+
+
+def bench_search(rows: list, grid_run, study_spec: str, num_cpus: int | None) -> None:
+    study_run = run_spec(study_spec, num_cpus, baselines=False)  # baselines are the same runs in both
+    grid, study = (_compute_and_best(run) for run in (grid_run, study_run))
+    pruned = len(study_run[1].pruned)
+    rows.append((f"trial-seconds: {study_spec} ({study[2]} trials, {pruned} pruned) / grid ({grid[2]})",
+                 f"{study[0]:.0f} s / {grid[0]:.0f} s", study[0] / grid[0], "< 1.0", study[0] < grid[0]))
+    rows.append((f"best ROUGE-L: {study_spec} ({study[3]}) / grid ({grid[3]})",
+                 f"{study[1]:.2f} / {grid[1]:.2f}", study[1] / grid[1], ">= 0.95", study[1] >= 0.95 * grid[1]))
+
+
+def _compute_and_best(run) -> tuple[float, float, int, str]:
+    """(fine-tune trial-seconds, best ROUGE-L x 100, fine-tunes, best trial) of a finished sweep."""
+    spec, _, store, _ = run
+    trials = [t for t in store.summary(spec.name).trials if t.kind == "trial" and t.started_at and t.finished_at]
+    seconds = sum((t.finished_at - t.started_at).total_seconds() for t in trials)
+    best = max((t for t in trials if "rougeL" in t.metrics), key=lambda t: t.metrics["rougeL"])
+    return seconds, 100 * best.metrics["rougeL"], len(trials), best.name
 
 
 def _timed(fn) -> float:
@@ -102,8 +130,10 @@ def _timed(fn) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="load,generate,sweep", help="comma list of load, generate, sweep")
+    parser.add_argument("--only", default="load,generate,sweep,search",
+                        help="comma list of load, generate, sweep, search")
     parser.add_argument("--spec", default="grid_2x2x2.yaml", help="spec file in sweeps/ for the sweep bench")
+    parser.add_argument("--study-spec", default="optuna_tpe.yaml", help="study spec compared with --spec")
     parser.add_argument("--examples", type=int, default=16, help="prompts in the generation bench")
     parser.add_argument("--batch-size", type=int, default=16, help="batch of the batched generation")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs for the local Ray instance")
@@ -114,8 +144,11 @@ def main() -> int:
         bench_load(rows)
     if "generate" in parts:
         bench_generate(rows, args.examples, args.batch_size)
+    grid_run = run_spec(args.spec, args.num_cpus) if parts & {"sweep", "search"} else None
     if "sweep" in parts:
-        bench_sweep(rows, args.spec, args.num_cpus)
+        bench_sweep(rows, grid_run)
+    if "search" in parts:
+        bench_search(rows, grid_run, args.study_spec, args.num_cpus)
     width = max(len(r[0]) for r in rows)
     print(f"\n{'measurement'.ljust(width)}  {'values':<32} {'ratio':>8}  {'target':<16} ok")
     for name, values, ratio, target, ok in rows:

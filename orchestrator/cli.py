@@ -102,7 +102,9 @@ def _validate(args) -> int:
     spec = load_spec(args.spec)
     from orchestrator.plan import expand
 
-    print(f"{args.spec}: valid; {len(expand(spec))} runs")
+    study = spec.search.optuna
+    extra = f" + a study of {study.n_trials} trials" if spec.search.type == "optuna" else ""
+    print(f"{args.spec}: valid; {len(expand(spec))} runs{extra}")
     return 0
 
 
@@ -111,13 +113,23 @@ def _plan(args) -> int:
     from orchestrator.plan import expand
 
     plan = expand(spec)
-    width = max(len(t.name) for t in plan)
+    width = max((len(t.name) for t in plan), default=0)
     for t in plan:
         shown = ", ".join(f"{k}={v}" for k, v in t.params.items())
         print(f"{t.name.ljust(width)}  {t.kind:<8}  {shown}")
     print(f"{len(plan)} runs ({sum(t.kind == 'trial' for t in plan)} fine-tunes, "
           f"{sum(t.kind == 'baseline' for t in plan)} zero-shot baselines)")
+    if spec.search.type == "optuna":
+        s = spec.search.optuna
+        print(f"+ {s.n_trials} study trials ({s.sampler} sampler, pruner {s.pruner}) over: "
+              + "; ".join(f"{k} {_dimension(d)}" for k, d in spec.search.space.items()))
     return 0
+
+
+def _dimension(d) -> str:
+    if d.choices is not None:
+        return "in " + ", ".join(map(str, d.choices))
+    return f"from {d.low:g} to {d.high:g}" + (" (log)" if d.log else "") + (f" step {d.step:g}" if d.step else "")
 
 
 def _leaderboard(args) -> int:

@@ -38,6 +38,7 @@ class TrialSummary:
     study_trial: int | None = None
     last_step: int | None = None
     """Highest training step reported so far (its progress while running)."""
+    finished_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -239,7 +240,8 @@ def _prediction(trial_id: int, p: dict) -> PredictionRow:
 def _trial_summary(t: TrialRow, last_step: int | None) -> TrialSummary:
     finals = {m.name.removeprefix(FINAL_PREFIX): m.value for m in t.metrics if m.name.startswith(FINAL_PREFIX)}
     return TrialSummary(t.name, t.kind, dict(t.params), t.status, t.runtime_s, finals, t.error,
-                        _aware(t.started_at), t.worker, t.attempts or 0, t.study_trial, last_step)
+                        _aware(t.started_at), t.worker, t.attempts or 0, t.study_trial, last_step,
+                        _aware(t.finished_at))
 
 
 def _aware(moment: datetime | None) -> datetime | None:

@@ -3,6 +3,8 @@ pruned trials keep their partial curves, and a re-run resumes the study instead 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import optuna
 import pytest
 
@@ -103,3 +105,31 @@ def _row_id(store: Store, name: str) -> int:
 
     with store.session() as s:
         return s.scalar(select(TrialRow.id).where(TrialRow.name == name))
+
+
+def test_shipped_optuna_spec_runs_on_the_embedded_model(data_root, tmp_path, monkeypatch):
+    """sweeps/optuna_tpe.yaml as shipped, on a smaller budget: real SmolLM2 (NF4), DialogSum, TPE, median pruner."""
+    import dataclasses
+
+    from orchestrator.spec import load_spec
+
+    monkeypatch.setenv("QLORA_SWEEP_DATA_DIR", str(data_root))
+    spec = load_spec(str(Path(__file__).resolve().parents[1] / "sweeps" / "optuna_tpe.yaml"))
+    small = dataclasses.replace
+    spec = small(spec, dataset=small(spec.dataset, train_examples=8, eval_examples=2),
+                 training=small(spec.training, max_steps=2, eval_interval_steps=1, interim_eval_examples=1),
+                 generation=small(spec.generation, max_new_tokens=8),
+                 search=small(spec.search, baselines=False, optuna=small(spec.search.optuna, n_trials=2)),
+                 output=small(spec.output, run_dir=str(tmp_path / "runs"), store=f"sqlite:///{tmp_path / 's.db'}"))
+    store = Store(spec.output.store_url())
+    backend = RayBackend(num_cpus=2)
+    try:
+        outcome = run_sweep(spec, store, backend, show_progress=False)
+    finally:
+        backend.shutdown()
+    assert len(outcome.completed) == 2 and not outcome.failed  # 2 startup trials: neither can be pruned
+    study = load_study(spec)
+    assert_study_matches_store(study, store, "optuna_tpe")
+    for t in store.summary("optuna_tpe").trials:
+        names = {n for n, _, _ in store.curves(_row_id(store, t.name))}
+        assert {"eval/rougeL", "train/loss", "final/rougeL"} <= names and 1e-4 <= t.params["training.learning_rate"] <= 1e-3
