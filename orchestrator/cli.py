@@ -33,11 +33,15 @@ def _run(args) -> int:
     from orchestrator.sweep import PrepareError, live_driver_check, prepare, run_sweep
     from results.store import Store
 
+    from orchestrator.study import StudyMismatch, check_stored_study
+
     try:
         prepared = prepare(spec)  # before Ray starts
         store = Store(args.store or os.environ.get(STORE_ENV) or spec.output.store_url())
         live_driver_check(store, spec.name)
-    except (PrepareError, SweepBusy) as exc:
+        if spec.search.type == "optuna":
+            check_stored_study(spec, store.url)
+    except (PrepareError, SweepBusy, StudyMismatch) as exc:
         print(f"{args.spec}: {exc}; nothing was run or written", file=sys.stderr)
         return 2
     from orchestrator.ray_backend import RayBackend
@@ -46,6 +50,9 @@ def _run(args) -> int:
         backend = RayBackend(address=args.address or os.environ.get("RAY_ADDRESS"), num_cpus=args.num_cpus)
         try:
             outcome = run_sweep(spec, store, backend, show_progress=not args.quiet, prepared=prepared, stop=stop)
+        except SweepBusy as exc:  # another driver claimed it between the check above and now
+            print(f"{args.spec}: {exc}", file=sys.stderr)
+            return 2
         finally:
             backend.shutdown()
     print(f"sweep {outcome.sweep}: {len(outcome.completed)} completed, {len(outcome.reused)} reused, "

@@ -25,10 +25,29 @@ _STATES = {"completed": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "faile
 SWEEP_TRIAL_ATTR = "sweep_trial"
 
 
+class StudyMismatch(Exception):
+    """The stored study cannot continue under this spec (its objectives changed)."""
+
+
+def check_stored_study(spec: SweepSpec, storage_url: str) -> None:
+    """Raise StudyMismatch when a study of this name exists with other objective directions."""
+    settings = spec.search.optuna
+    name, url = settings.study_name or spec.name, settings.storage or storage_url
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the driver prints its own progress
+    if name not in optuna.get_all_study_names(url):
+        return
+    stored = [d.name.lower() for d in optuna.load_study(study_name=name, storage=url).directions]
+    wanted = [o.direction for o in settings.objectives]
+    if stored != wanted:
+        raise StudyMismatch(f"a resumed study must keep its objective directions; study {name!r} in {url} has "
+                            f"{stored}, the spec asks for {wanted}. Fix: set search.optuna.study_name to a new "
+                            "name (or rename the sweep) to start a new study")
+
+
 class Study:
     def __init__(self, spec: SweepSpec, storage_url: str):
         settings = spec.search.optuna
-        optuna.logging.set_verbosity(optuna.logging.WARNING)  # the driver prints its own progress
+        check_stored_study(spec, storage_url)
         self.spec, self.settings = spec, settings
         self.distributions = distributions(spec.search.space)
         self.study = optuna.create_study(

@@ -54,6 +54,8 @@ class _Running:
     ending: tuple[str, str] | None = None
     """(status, reason) when the driver ended it: pruned, or interrupted by a stop."""
     retried: bool = False
+    done: bool = False
+    """Its outcome is recorded; late events (a killed worker's last ones) add curve points only."""
 
 
 class PrepareError(Exception):
@@ -71,8 +73,8 @@ def run_sweep(spec: SweepSpec, store: Store, backend, stream: TextIO = sys.stder
     sweep_id = store.open_sweep(spec.name, to_plain(spec), str(sweep_dir), _notes(data))
     if not store.claim_sweep(sweep_id, driver_id(), seen):
         raise SweepBusy(f"sweep {spec.name!r} was claimed by another driver just now; nothing was run")
-    driver = _Driver(spec, store, backend, sweep_id, sweep_dir, data, Progress(0, 1, stream, show_progress))
     try:
+        driver = _Driver(spec, store, backend, sweep_id, sweep_dir, data, Progress(0, 1, stream, show_progress))
         driver.run(plan, stop if stop is not None else StopFlag())
     finally:
         store.release_sweep(sweep_id)
@@ -183,6 +185,12 @@ class _Driver:
                     self._record_outcome(self.trials[result.key], result)
                 self._control(stop)
                 self.progress.show()
+        except BaseException:  # a second Ctrl-C, or a bug: leave no trial claiming to run
+            self.stopping = self.stopping or "the driver aborted"
+            for trial in self.trials.values():
+                if not trial.done and trial not in self.queue:
+                    self.store.end_trial(trial.trial_id, "interrupted", self.stopping)
+            raise
         finally:
             self._interrupt_queued()
             self.tensorboard.close()
@@ -228,7 +236,7 @@ class _Driver:
         points: dict[int, list[tuple[str, int, float]]] = {}
         for trial_id, event in events:
             trial = self.trials[trial_id]
-            if event["event"] == "started" and not trial.started:
+            if event["event"] == "started" and not trial.started and not trial.done:
                 trial.started = True
                 self.store.mark_running(trial_id, event["worker"])
                 self.progress.update(running=1)
@@ -241,7 +249,7 @@ class _Driver:
 
     def _maybe_prune(self, trial: _Running, event: dict) -> None:
         number = trial.planned.study_trial
-        if self.study is None or number is None or trial.ending or not self.study.pruning:
+        if self.study is None or number is None or trial.ending or trial.done or not self.study.pruning:
             return
         metric = self.study.settings.objectives[0].metric
         if event["name"] != f"eval/{metric}" or event["step"] >= trial.planned.config.training.max_steps:
@@ -253,8 +261,8 @@ class _Driver:
 
     def _record_outcome(self, trial: _Running, result) -> None:
         name, running = trial.planned.name, -1 if trial.started else 0
-        trial.started = False
-        if trial.ending is not None:
+        trial.started, trial.done = False, True
+        if trial.ending is not None and result.error is not None:  # it may have finished before the kill
             status, reason = trial.ending
             self.store.end_trial(trial.trial_id, status, reason)
             getattr(self.outcome, status).append(name)
@@ -262,6 +270,7 @@ class _Driver:
             self._tell(trial, status, {})
         elif result.error is not None:
             if self._retry(trial, result.error):
+                trial.done = False
                 self.progress.update(running=running)
                 return
             self.store.fail_trial(trial.trial_id, result.error, result.runtime_s)
@@ -331,6 +340,7 @@ class _Driver:
             self._end_unstarted(self.queue.popleft(), self.stopping or "the driver stopped before it started")
 
     def _end_unstarted(self, trial: _Running, reason: str) -> None:
+        trial.done = True
         self.store.end_trial(trial.trial_id, "interrupted", reason)
         self.outcome.interrupted.append(trial.planned.name)
         self.progress.update(interrupted=1)

@@ -202,3 +202,22 @@ def test_orchestrator_sigkill_then_rerun_loses_nothing(raw, tmp_path):
 
     rerun_and_check(spec, tmp_path, store, before)
     assert trials_of(store)["max_steps40"].last_step == 40
+
+
+def test_a_sweep_held_by_a_live_driver_is_not_run_twice(raw, tmp_path, capsys):
+    import socket
+
+    spec = write_spec(raw, tmp_path)
+    store = Store(raw["output"]["store"])
+    sweep_id = store.open_sweep("tiny", {}, "runs/tiny", {})
+    holder = f"{socket.gethostname()}:{os.getppid()}"  # a live process on this host: the pytest parent
+    assert store.claim_sweep(sweep_id, holder, None)
+
+    assert main(["run", str(spec), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"is being run by {holder}" in err and "nothing was run" in err
+    assert store.summary("tiny").trials == []  # nothing registered
+
+    store.release_sweep(sweep_id)
+    assert store.claim_sweep(sweep_id, f"{socket.gethostname()}:999999999", None)  # no such pid: dead
+    assert "is gone" in cli("status", "tiny", "--store", store.url).stdout

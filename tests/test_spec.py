@@ -122,7 +122,7 @@ def test_every_shipped_yaml_key_has_a_comment():
 
 
 def _is_section(line: str) -> bool:
-    return not line.startswith(" ") or line.strip() == "grid:"
+    return not line.startswith(" ") or line.strip() in ("grid:", "space:", "optuna:")
 
 
 def test_unreachable_dataset_exits_2_before_ray_and_store(spec, tmp_path, monkeypatch, capsys):
@@ -140,3 +140,48 @@ def test_unreachable_dataset_exits_2_before_ray_and_store(spec, tmp_path, monkey
     assert "dataset could not be loaded from hub knkarthick/samsum split validation" in err
     assert "QLORA_SWEEP_DATA_DIR" in err and "nothing was run or written" in err
     assert not store.exists()
+
+
+def test_optuna_search_problems_are_all_reported(spec):
+    spec["search"] = {"type": "optuna", "grid": {"prompt": ["v1"]},
+                      "space": {"prompt": {"choices": ["v1", "v9"]},
+                                "lora.rank": {"choices": [8], "low": 4, "high": 16},
+                                "training.learning_rate": {"low": 0, "high": "1e-3", "log": True},
+                                "lora.rnak": {"choices": [8]}},
+                      "optuna": {"objectives": [{"metric": "rougeL"}, {"metric": "rogue2", "direction": "minimize"}],
+                                 "pruner": "median"}}
+    found = problems_of(spec)
+    assert set(found) == {"search.grid", "search.space.prompt.choices[1]", "search.space.lora.rank",
+                          "search.space.training.learning_rate.low", "search.space.lora.rnak",
+                          "search.optuna.objectives[1].metric", "search.optuna.pruner", "training.eval_interval_steps"}
+    assert "search.space" in found["search.grid"] and "move the keys" in found["search.grid"]
+    assert "either `choices` or a range" in found["search.space.lora.rank"]
+    assert "a log range must be positive" in found["search.space.training.learning_rate.low"]
+    assert "did you mean 'lora.rank'?" in found["search.space.lora.rnak"]
+    assert "did you mean 'rouge2'?" in found["search.optuna.objectives[1].metric"]
+    assert "single-objective" in found["search.optuna.pruner"]
+    assert "given 0" in found["training.eval_interval_steps"] and "1 to 1" in found["training.eval_interval_steps"]
+
+
+def test_optuna_ranges_are_typed_and_grid_sampler_needs_choices(spec):
+    spec["search"] = {"type": "optuna", "space": {"lora.rank": {"low": 4, "high": 16.5},
+                                                  "training.learning_rate": {"low": "1e-4", "high": "1e-3"}},
+                      "optuna": {"sampler": "grid"}}
+    spec["prompt"] = "v1"
+    found = problems_of(spec)
+    assert "must be an integer" in found["search.space.lora.rank.high"]
+    assert "grid sampler needs `choices`" in found["search.space.training.learning_rate"]
+    spec["search"]["optuna"]["sampler"] = "tpe"
+    spec["search"]["space"]["lora.rank"]["high"] = 16
+    parsed = parse_spec(spec)
+    assert parsed.search.space["training.learning_rate"].low == pytest.approx(1e-4)  # YAML 1.1 text -> number
+
+
+def test_shipped_optuna_spec_is_valid_and_plans_its_baselines():
+    spec = load_spec(str(REPO / "sweeps" / "optuna_tpe.yaml"))
+    from orchestrator.plan import expand
+    from orchestrator.study import distributions
+
+    assert [t.name for t in expand(spec)] == ["v1-zero-shot", "v2-zero-shot"]
+    space = distributions(spec.search.space)
+    assert space["training.learning_rate"].log and space["lora.rank"].choices == (8, 16)

@@ -133,3 +133,13 @@ def test_shipped_optuna_spec_runs_on_the_embedded_model(data_root, tmp_path, mon
     for t in store.summary("optuna_tpe").trials:
         names = {n for n, _, _ in store.curves(_row_id(store, t.name))}
         assert {"eval/rougeL", "train/loss", "final/rougeL"} <= names and 1e-4 <= t.params["training.learning_rate"] <= 1e-3
+
+
+def test_a_study_cannot_resume_with_other_objectives(tiny_model_dir, local_data, tmp_path):
+    from orchestrator.study import StudyMismatch, check_stored_study
+
+    spec = parse_spec(study_spec(tiny_model_dir, local_data, tmp_path))
+    check_stored_study(spec, spec.output.store_url())  # no study yet: fine
+    optuna.create_study(study_name="tiny", storage=spec.output.store_url(), directions=["minimize"])
+    with pytest.raises(StudyMismatch, match=r"has \['minimize'\], the spec asks for \['maximize'\]"):
+        check_stored_study(spec, spec.output.store_url())
