@@ -10,7 +10,10 @@ export QLORA_SWEEP_DATA_DIR ?= $(if $(wildcard $(DATA_DIR)/dialogsum/test.jsonl)
 # Optional extra index for torch (e.g. a CPU-only wheel index on a machine without pip's local torch file).
 TORCH_INDEX ?=
 
-.PHONY: setup run smoke test bench clean
+# Debian's Chromium renders the HTML report in the tests; installed once (root, else sudo).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup browser run smoke test bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +33,11 @@ run: setup
 smoke: setup
 	$(BIN)/sweep run sweeps/smoke.yaml
 
-test: setup
+browser:
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium; }
+
+test: setup browser
 	$(BIN)/pytest -q
 
 bench: setup

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import lru_cache
 from statistics import fmean
 
 from evaluation.generate import generate
-from evaluation.rouge import ROUGE_TYPES, mean_scores, score_examples
+from evaluation.rouge import ROUGE_TYPES, mean_scores, provenance, score_examples
 
 # Final metrics of every trial; any of them can rank a leaderboard column or be a study objective.
 METRIC_NAMES = (*ROUGE_TYPES, "gen_tokens", "gen_words")
-SCORED_REFERENCE_NOTE = "ROUGE F1 against the first reference of each eval example"
 
 
 @dataclass(frozen=True)
@@ -18,17 +18,46 @@ class EvalResult:
     metrics: dict[str, float]
     """rouge1/rouge2/rougeL/rougeLsum (F1, 0-1), gen_tokens and gen_words (means per example)."""
     predictions: list[dict]
-    """One row per example: example_id, prediction, reference, new_tokens and its ROUGE scores."""
+    """One row per example: example_id, prediction, references, new_tokens and its ROUGE scores."""
+    scoring: dict = field(default_factory=dict)
+    """How the metrics were computed (evaluation.rouge.provenance)."""
 
 
-def evaluate(model, tokenizer, prompts: list[str], references: list[str], example_ids: list[str],
-             max_new_tokens: int, batch_size: int, add_special_tokens: bool = True) -> EvalResult:
+@dataclass(frozen=True)
+class Scoring:
+    """ROUGE settings of one evaluation, the tokenizer already resolved (never `auto`)."""
+
+    tokenizer: str = "ascii"
+    aggregation: str = "max"
+    use_stemmer: bool = True
+    reference_columns: tuple[str, ...] = ()
+    bertscore_model: str | None = None
+
+
+@lru_cache(maxsize=1)
+def _bert_scorer(path: str):
+    from evaluation.bertscore import BertScorer
+
+    return BertScorer(path)  # loaded once per worker, reused by interim and final evaluations
+
+
+def evaluate(model, tokenizer, prompts: list[str], references: list[tuple[str, ...]], example_ids: list[str],
+             max_new_tokens: int, batch_size: int, add_special_tokens: bool = True,
+             scoring: Scoring = Scoring()) -> EvalResult:
     generations = generate(model, tokenizer, prompts, max_new_tokens, batch_size, add_special_tokens)
     texts = [g.text for g in generations]
-    per_example = score_examples(texts, references)
+    per_example = score_examples(texts, references, scoring.tokenizer, scoring.aggregation, scoring.use_stemmer)
     metrics = mean_scores(per_example)
     metrics["gen_tokens"] = fmean(g.new_tokens for g in generations)
     metrics["gen_words"] = fmean(len(t.split()) for t in texts)
-    rows = [{"example_id": eid, "prediction": g.text, "reference": ref, "new_tokens": g.new_tokens, **s}
-            for eid, g, ref, s in zip(example_ids, generations, references, per_example)]
-    return EvalResult(metrics=metrics, predictions=rows)
+    how = provenance(scoring.tokenizer, scoring.aggregation, scoring.use_stemmer, list(scoring.reference_columns),
+                     len(prompts))
+    if scoring.bertscore_model:
+        scorer = _bert_scorer(scoring.bertscore_model)
+        for scores, value in zip(per_example, scorer.score(texts, references)):
+            scores["bertscore"] = value
+        metrics["bertscore"] = fmean(s["bertscore"] for s in per_example)
+        how["bertscore"] = scorer.name
+    rows = [{"example_id": eid, "prediction": g.text, "references": list(refs), "new_tokens": g.new_tokens, **s}
+            for eid, g, refs, s in zip(example_ids, generations, references, per_example)]
+    return EvalResult(metrics=metrics, predictions=rows, scoring=how)

@@ -1,4 +1,5 @@
-"""Batched greedy generation with left padding (decoder-only models continue from the right edge)."""
+"""Batched greedy generation with left padding (decoder-only models continue from the right edge;
+encoder-decoder models read the padded prompt with its attention mask and decode from scratch)."""
 
 from __future__ import annotations
 
@@ -29,7 +30,9 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
         with torch.inference_mode():
             output = model.generate(**encoded, max_new_tokens=max_new_tokens, do_sample=False,
                                     pad_token_id=tokenizer.pad_token_id)
-        for index, row in zip(batch, output[:, encoded["input_ids"].shape[1]:].tolist()):
+        # A decoder-only model returns prompt + continuation; an encoder-decoder its decoder start + summary.
+        skip = 1 if model.config.is_encoder_decoder else encoded["input_ids"].shape[1]
+        for index, row in zip(batch, output[:, skip:].tolist()):
             length = next((k for k, token in enumerate(row) if token in stop_ids), len(row))
             text = tokenizer.decode(row[:length], skip_special_tokens=True).strip()
             results[index] = Generation(text=text, new_tokens=length)

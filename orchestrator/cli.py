@@ -81,6 +81,77 @@ def _status(args) -> int:
     return 0
 
 
+def _show(args) -> int:
+    from results import show
+
+    store, sweep = _open_sweep(args, "show")
+    if sweep is None:
+        return 2
+    found = store.trial(sweep, args.trial)
+    if found is None:
+        names = [t.name for t in store.summary(sweep).trials]
+        print(f"sweep show: the trial must belong to sweep {sweep}; given {args.trial!r}; allowed: "
+              f"{', '.join(names)}", file=sys.stderr)
+        return 2
+    trial_id, trial, config = found
+    print(show.render(trial, config, store.curves(trial_id), store.predictions(sweep, args.trial), args.metric,
+                      args.examples))
+    return 0
+
+
+def _report(args) -> int:
+    from pathlib import Path
+
+    from results import leaderboard, report
+
+    store, sweep = _open_sweep(args, "report")
+    if sweep is None:
+        return 2
+    summary = store.summary(sweep)
+    rows = leaderboard.build(summary, args.metric, store.example_scores(sweep, args.metric))
+    ids = {t.name: store.trial(sweep, t.name)[0] for t in summary.trials}
+    html = report.render(summary, rows, args.metric, {name: store.curves(i) for name, i in ids.items()},
+                         {name: store.predictions(sweep, name) for name in ids},
+                         leaderboard.scoring_groups(summary.trials), args.examples)
+    out = Path(args.out or Path(summary.spec.get("output", {}).get("run_dir", "runs")) / sweep / "report.html")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(html, encoding="utf-8")
+    print(f"wrote {out} ({len(html) // 1024} KiB, {len(rows)} trials)")
+    return 0
+
+
+def _export(args) -> int:
+    from pathlib import Path
+
+    from orchestrator.export import ExportError, export
+
+    store, sweep = _open_sweep(args, "export")
+    if sweep is None:
+        return 2
+    summary = store.summary(sweep)
+    name = args.trial if not args.best else _best_fine_tune(summary, args.metric)
+    found = store.trial(sweep, name) if name else None
+    if found is None or (args.trial is not None and args.best):
+        fine_tunes = [t.name for t in summary.trials if t.kind == "trial" and t.status == "completed"]
+        print(f"sweep export: name one completed fine-tune of {sweep}, or --best (not both); given "
+              f"{args.trial!r}; allowed: {', '.join(fine_tunes) or 'none completed yet'}", file=sys.stderr)
+        return 2
+    _, trial, config = found
+    out = Path(args.out or Path(summary.spec.get("output", {}).get("run_dir", "runs")) / sweep / "export" / name)
+    try:
+        written = export(trial, config, trial.adapter_dir, sweep, out, merged=args.merged)
+    except ExportError as exc:
+        print(f"sweep export: {exc}", file=sys.stderr)
+        return 2
+    print(f"exported {name} of {sweep}: " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def _best_fine_tune(summary, metric: str) -> str | None:
+    done = [t for t in summary.trials if t.kind == "trial" and t.status == "completed" and metric in t.metrics]
+    return max(done, key=lambda t: t.metrics[metric]).name if done else None
+
+
 def _stop(args) -> int:
     from orchestrator.control import driver_alive
 
@@ -143,7 +214,7 @@ def _leaderboard(args) -> int:
     store, sweep = _open_sweep(args, "leaderboard")
     if sweep is None:
         return 2
-    print(_leaderboard_text(store, sweep, args.metric, args.format))
+    print(_leaderboard_text(store, sweep, args.metric, args.format, args.bootstrap))
     return 0
 
 
@@ -162,11 +233,12 @@ def _open_sweep(args, command: str):
     return store, sweep
 
 
-def _leaderboard_text(store, sweep: str, metric: str, fmt: str) -> str:
+def _leaderboard_text(store, sweep: str, metric: str, fmt: str, samples: int = 1000) -> str:
     from results import leaderboard
 
     summary = store.summary(sweep)
-    return leaderboard.render(leaderboard.build(summary, metric), fmt, metric, summary.notes, sweep)
+    rows = leaderboard.build(summary, metric, store.example_scores(sweep, metric), samples)
+    return leaderboard.render(rows, fmt, metric, summary.notes, sweep, leaderboard.scoring_groups(summary.trials))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -190,15 +262,37 @@ def _parser() -> argparse.ArgumentParser:
     board.add_argument("sweep", nargs="?", help="sweep name (default: the latest)")
     board.add_argument("--metric", default="rougeL", choices=RANKABLE)
     board.add_argument("--format", default="table", choices=FORMATS)
+    board.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                       help="resamples of the eval examples for the 95%% intervals (default 1000)")
     board.set_defaults(handler=_leaderboard)
     status = sub.add_parser("status", help="each trial's state, progress and worker; whether a driver is alive")
     status.add_argument("sweep", nargs="?", help="sweep name (default: the latest)")
     status.set_defaults(handler=_status)
+    show = sub.add_parser("show", help="one trial: settings, curves, worst and best predictions with references")
+    show.add_argument("sweep", help="sweep name")
+    show.add_argument("trial", help="trial name (see `sweep status`)")
+    show.add_argument("--metric", default="rougeL", choices=RANKABLE, help="orders the examples")
+    show.add_argument("--examples", type=int, default=3, help="worst and best examples shown (default 3 each)")
+    show.set_defaults(handler=_show)
+    rep = sub.add_parser("report", help="write a self-contained HTML report of a sweep")
+    rep.add_argument("sweep", nargs="?", help="sweep name (default: the latest)")
+    rep.add_argument("--out", help="HTML file (default: <run_dir>/<sweep>/report.html)")
+    rep.add_argument("--metric", default="rougeL", choices=RANKABLE)
+    rep.add_argument("--examples", type=int, default=3, help="worst and best predictions per trial (default 3 each)")
+    rep.set_defaults(handler=_report)
+    exp = sub.add_parser("export", help="a trial's adapter (optionally merged into its base) with a model card")
+    exp.add_argument("sweep", help="sweep name")
+    exp.add_argument("trial", nargs="?", help="trial name; or --best")
+    exp.add_argument("--best", action="store_true", help="the completed fine-tune with the highest --metric")
+    exp.add_argument("--metric", default="rougeL", choices=RANKABLE)
+    exp.add_argument("--merged", action="store_true", help="also write the base model with the adapter merged in")
+    exp.add_argument("--out", help="folder (default: <run_dir>/<sweep>/export/<trial>)")
+    exp.set_defaults(handler=_export)
     stop = sub.add_parser("stop", help="stop a running sweep, or one of its trials, from another terminal")
     stop.add_argument("sweep", help="sweep name")
     stop.add_argument("trial", nargs="?", help="one trial (default: the whole sweep)")
     stop.set_defaults(handler=_stop)
-    for p in (board, status, stop):
+    for p in (board, status, show, rep, exp, stop):
         p.add_argument("--store", help=f"SQLAlchemy URL (default: ${STORE_ENV}, else {DEFAULT_STORE})")
     return parser
 

@@ -62,7 +62,8 @@ def planned_trial(spec: SweepSpec, values: dict[str, Any], study_trial: int | No
 
 def base_config(spec: SweepSpec) -> TrialConfig:
     base = TrialConfig(model=spec.model, dataset=spec.dataset, lora=spec.lora, quantization=spec.quantization,
-                       training=spec.training, generation=spec.generation)
+                       training=spec.training, generation=spec.generation, scoring=spec.scoring,
+                       augmentation=spec.augmentation)
     return with_value(base, "prompt", spec.prompt or next(iter(spec.prompts)), spec)
 
 

@@ -1,7 +1,7 @@
 """Build typed config dataclasses from plain YAML mappings, collecting every problem at once.
 
 Checks, per field: unknown keys (with a did-you-mean), the declared type, Literal choices and
-the numeric bounds in field metadata (`ge`, `gt`, `lt`). Numbers written as strings (PyYAML
+the numeric bounds in field metadata (`ge`, `gt`, `lt`, `le`). Numbers written as strings (PyYAML
 reads `1e-4` as a string, YAML 1.1) are accepted as floats.
 """
 
@@ -121,10 +121,10 @@ def _check_bounds(spec: dataclasses.Field, value: Any, path: str, problems: list
         return value
     failed = [(op, bound) for op, bound in meta.items()
               if (op == "ge" and value < bound) or (op == "gt" and value <= bound)
-              or (op == "lt" and value >= bound)]
+              or (op == "lt" and value >= bound) or (op == "le" and value > bound)]
     if not failed:
         return value
-    words = {"ge": ">=", "gt": ">", "lt": "<"}
+    words = {"ge": ">=", "gt": ">", "lt": "<", "le": "<="}
     allowed = " and ".join(f"{words[op]} {bound}" for op, bound in meta.items() if op in words)
     return _fail(problems, path, f"must be {allowed}", value, f"a value {allowed}")
 

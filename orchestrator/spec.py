@@ -13,8 +13,8 @@ import yaml
 from orchestrator import schema
 from trainer import prompts as prompt_rules
 from evaluation import METRIC_NAMES
-from trainer.config import (PROMPT_PLACEHOLDER, ConfigProblem, DatasetConfig, GenerationConfig, LoraSettings,
-                            ModelConfig, QuantizationConfig, TrainingConfig, TrialConfig)
+from trainer.config import (PROMPT_PLACEHOLDER, AugmentationConfig, ConfigProblem, DatasetConfig, GenerationConfig,
+                            LoraSettings, ModelConfig, QuantizationConfig, ScoringConfig, TrainingConfig, TrialConfig)
 from trainer.data import read_rows, reference_columns, split_source
 from trainer.models import model_problem
 
@@ -122,6 +122,8 @@ class SweepSpec:
     quantization: QuantizationConfig = field(default_factory=QuantizationConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
@@ -172,6 +174,11 @@ def semantic_problems(spec: SweepSpec) -> list[ConfigProblem]:
     problems = _name_problems(spec) + _prompt_problems(spec) + _grid_problems(spec) + _study_problems(spec)
     problems += spec.dataset.problems("dataset") + spec.training.problems("training")
     problems += _model_problems(spec) + _data_problems(spec.dataset) + _output_problems(spec.output)
+    bert = spec.scoring.bertscore_model
+    if bert is not None and not (Path(bert).expanduser() / "config.json").exists():
+        problems.append(ConfigProblem("scoring.bertscore_model", "BERTScore needs a local encoder directory", bert,
+                                      "a folder with config.json and tokenizer files, or null (off)",
+                                      "download the model once elsewhere and copy it here, or set null"))
     if spec.generation.max_new_tokens >= spec.training.max_seq_length:
         problems.append(ConfigProblem("generation.max_new_tokens", "the summary budget must leave room for the "
                                       "dialogue inside training.max_seq_length", spec.generation.max_new_tokens,

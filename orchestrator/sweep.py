@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from evaluation import SCORED_REFERENCE_NOTE
+from evaluation.rouge import resolve_tokenizer
 from orchestrator.control import HEARTBEAT_INTERVAL_S, StopFlag, SweepBusy, driver_alive, driver_id
 from orchestrator.plan import PlannedTrial, content_key, expand, planned_trial
 from orchestrator.progress import Progress
@@ -123,6 +123,10 @@ def _load_data(trial: PlannedTrial) -> TrialData:
                            "dataset.train_file/eval_file") from exc
     if not data.train or not data.eval:
         raise PrepareError(f"dataset has {len(data.train)} training and {len(data.eval)} eval rows; both must be > 0")
+    try:
+        resolve_tokenizer(trial.config.scoring.tokenizer, [r for e in data.eval for r in e.references])
+    except ValueError as exc:
+        raise PrepareError(f"scoring.tokenizer: {exc}") from exc
     return data
 
 
@@ -280,7 +284,7 @@ class _Driver:
         else:
             r = result.result
             self.store.complete_trial(trial.trial_id, r.metrics, r.predictions, result.runtime_s, r.timings_s,
-                                      r.adapter_dir)
+                                      r.adapter_dir, r.scoring)
             self.tensorboard.hparams(name, {"kind": trial.planned.kind, **trial.planned.params}, r.metrics)
             self.outcome.completed.append(name)
             self.outcome.runtimes_s[name] = result.runtime_s
@@ -349,9 +353,12 @@ class _Driver:
 
 def _notes(data: dict[str, TrialData]) -> dict:
     first = next(iter(data.values()))
-    return {"scoring": f"{SCORED_REFERENCE_NOTE} (column {first.reference_columns[0]}; "
-                       f"{len(first.reference_columns)} available, multi-reference scoring not yet used)",
-            "eval_examples": len(first.eval), "train_examples": len(first.train)}
+    notes = {"eval_examples": len(first.eval), "train_examples": len(first.train),
+             "reference_columns": ", ".join(first.reference_columns)}
+    if any(first.skipped_rows):
+        notes["skipped_rows"] = (f"{first.skipped_rows[0]} train, {first.skipped_rows[1]} eval "
+                                 "(empty or missing dialogue or summary)")
+    return notes
 
 
 def _data_key(trial: PlannedTrial) -> str:

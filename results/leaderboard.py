@@ -1,4 +1,10 @@
-"""Leaderboard: one row per trial and baseline of a sweep, ranked by a ROUGE metric, from the store only."""
+"""Leaderboard: one row per trial and baseline of a sweep, ranked by a ROUGE metric, from the store only.
+
+Rows whose scores were computed differently (tokenizer, references, metric version, examples) are
+never ranked against each other silently: each such group gets its own letter, its own best and its
+own differences, and the header says so. With per-example scores, every difference comes with a
+95% paired bootstrap interval over the eval examples.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ import json
 from dataclasses import asdict, dataclass
 
 from evaluation.rouge import ROUGE_TYPES
+from results.significance import Interval, mean_interval, paired_difference
 from results.store import SweepSummary, TrialSummary
 
 RANKABLE = ROUGE_TYPES  # every ROUGE variant the evaluation stores can rank the board
@@ -30,19 +37,80 @@ class Row:
     status: str
     pareto: bool | None = None
     """On the Pareto front of a multi-objective study; None when the sweep has one objective."""
+    scoring: str = "A"
+    """Letter of the way its scores were computed (see `scoring_groups`); rows compare within a letter."""
+    interval: Interval | None = None
+    """95% bootstrap interval of the ranking metric (points)."""
+    vs_best: Interval | None = None
+    """Paired difference to the best row of its scoring group (points)."""
+    vs_baseline: Interval | None = None
+    """Paired difference to its prompt's zero-shot baseline (points)."""
 
 
-def build(summary: SweepSummary, metric: str = "rougeL") -> list[Row]:
+def build(summary: SweepSummary, metric: str = "rougeL", per_example: dict[str, dict[str, float]] | None = None,
+          samples: int = 1000) -> list[Row]:
+    """Rows ranked by `metric` within each scoring group; `per_example` ({trial: {example: score}},
+    from Store.example_scores) adds the bootstrap intervals."""
     if metric not in RANKABLE:
         raise ValueError(f"the ranking metric must be one of {', '.join(RANKABLE)}; got {metric!r}")
-    baselines = {t.params.get("prompt"): t.metrics.get(metric) for t in summary.trials
-                 if t.kind == "baseline" and t.status == "completed"}
+    letters = scoring_letters(summary.trials)
     done = [t for t in summary.trials if t.status == "completed" and metric in t.metrics]
-    ranked = sorted(done, key=lambda t: -t.metrics[metric]) + [t for t in summary.trials if t not in done]
-    best = ranked[0].name if done else None
+    ranked = sorted(done, key=lambda t: (letters[t.name], -t.metrics[metric]))
+    ranked += [t for t in summary.trials if t not in done]
+    best = {}
+    for t in ranked[:len(done)]:
+        best.setdefault(letters[t.name], t)
+    baselines = {(t.params.get("prompt"), letters[t.name]): t for t in done if t.kind == "baseline"}
     objectives = study_objectives(summary.spec)
     front = pareto_front(summary.trials, objectives) if len(objectives) > 1 else None
-    return [_row(t, metric, baselines, t.name == best, None if front is None else t.name in front) for t in ranked]
+    compare = _Comparer(metric, per_example, samples)
+    rows = []
+    for t in ranked:
+        group = letters[t.name]
+        top, base = best.get(group), baselines.get((t.params.get("prompt"), group))
+        rows.append(_row(t, metric, base, top is t, None if front is None else t.name in front, group,
+                         compare.intervals(t, top, base)))
+    return rows
+
+
+def scoring_letters(trials: list[TrialSummary]) -> dict[str, str]:
+    """Trial name -> A, B, ... by distinct scoring provenance, in order of first appearance."""
+    keys: dict[str, str] = {}
+    out = {}
+    for t in trials:
+        key = json.dumps(t.scoring, sort_keys=True)
+        out[t.name] = keys.setdefault(key, chr(ord("A") + len(keys)))
+    return out
+
+
+def scoring_groups(trials: list[TrialSummary]) -> dict[str, dict | None]:
+    """Letter -> the provenance it stands for (None: not recorded, stored before provenance was)."""
+    letters = scoring_letters(trials)
+    return {letters[t.name]: t.scoring for t in trials if t.status == "completed"}
+
+
+class _Comparer:
+    """Bootstrap intervals for one board: the metric's interval per trial and its paired differences."""
+
+    def __init__(self, metric: str, per_example: dict[str, dict[str, float]] | None, samples: int):
+        self.metric, self.scores, self.samples = metric, per_example or {}, samples
+
+    def intervals(self, t: TrialSummary, top: TrialSummary | None, base: TrialSummary | None):
+        mine = self.scores.get(t.name)
+        if not mine or t.status != "completed":
+            return None, None, None
+        return (_points(mean_interval(list(mine.values()), self.samples)),
+                self._difference(mine, top) if top is not None and top is not t else None,
+                self._difference(mine, base) if base is not None and t.kind != "baseline" else None)
+
+    def _difference(self, mine: dict[str, float], other: TrialSummary) -> Interval | None:
+        theirs = self.scores.get(other.name)
+        found = paired_difference(mine, theirs, self.samples) if theirs else None
+        return _points(found) if found else None
+
+
+def _points(i: Interval) -> Interval:
+    return Interval(100 * i.estimate, 100 * i.low, 100 * i.high, i.examples)
 
 
 def study_objectives(spec: dict) -> list[tuple[str, str]]:
@@ -66,35 +134,39 @@ def _dominates(a: list[float], b: list[float]) -> bool:
     return all(x >= y for x, y in zip(a, b)) and any(x > y for x, y in zip(a, b))
 
 
-def _row(t: TrialSummary, metric: str, baselines: dict, best: bool, pareto: bool | None) -> Row:
-    base = baselines.get(t.params.get("prompt"))
-    value = t.metrics.get(metric)
-    delta = None if t.kind == "baseline" or base is None or value is None else 100 * (value - base)
+def _row(t: TrialSummary, metric: str, base: TrialSummary | None, best: bool, pareto: bool | None, group: str,
+         intervals: tuple) -> Row:
+    value, base_value = t.metrics.get(metric), base.metrics.get(metric) if base is not None else None
+    delta = None if t.kind == "baseline" or base_value is None or value is None else 100 * (value - base_value)
     scores = {k: 100 * t.metrics[k] for k in ROUGE_TYPES if k in t.metrics}
     scores.update({k: t.metrics[k] for k in ("gen_tokens", "gen_words") if k in t.metrics})
     return Row(best, t.name, t.kind, str(t.params.get("prompt", "")), t.params.get("lora.rank"),
-               t.params.get("training.learning_rate"), scores, delta, t.runtime_s, t.status, pareto)
+               t.params.get("training.learning_rate"), scores, delta, t.runtime_s, t.status, pareto, group, *intervals)
 
 
-def render(rows: list[Row], fmt: str, metric: str, notes: dict, sweep: str) -> str:
+def render(rows: list[Row], fmt: str, metric: str, notes: dict, sweep: str,
+           groups: dict[str, dict | None] | None = None) -> str:
+    groups = groups or {}
     if fmt == "json":
-        return json.dumps({"sweep": sweep, "metric": metric, "notes": notes,
+        return json.dumps({"sweep": sweep, "metric": metric, "notes": notes, "scoring": groups,
                            "rows": [asdict(r) for r in rows]}, indent=2)
+    m = _short(metric)
     header = ["", "trial", "kind", "prompt", "rank", "lr", "R1", "R2", "RL", "RLsum", "gen_tok", "gen_words",
-              f"d{_short(metric)}_vs_0shot", "runtime_s", "status"]
+              f"{m}_95ci", f"d{m}_vs_best", f"d{m}_vs_0shot", "runtime_s", "status"]
     cells = [_cells(r) for r in rows]
+    several = len({r.scoring for r in rows}) > 1
     multi = any(r.pareto is not None for r in rows)
-    if multi:
-        header.append("pareto")
-        cells = [c + ["yes" if r.pareto else ""] for c, r in zip(cells, rows)]
+    for shown, column, value in ((several, "scoring", lambda r: r.scoring),
+                                 (multi, "pareto", lambda r: "yes" if r.pareto else "")):
+        if shown:
+            header.append(column)
+            cells = [c + [value(r)] for c, r in zip(cells, rows)]
     if fmt == "csv":
         out = io.StringIO()
         csv.writer(out, lineterminator="\n").writerows([header[1:] + ["best"]] + [c[1:] + ["yes" if r.best else ""]
                                                                                for c, r in zip(cells, rows)])
         return out.getvalue().rstrip("\n")  # the caller prints: no blank last line
-    title = [f"sweep {sweep}: ranked by {metric} (F1 x 100); * = best"] + [f"{k}: {v}" for k, v in notes.items()]
-    if multi:
-        title.append("pareto: yes = no other completed fine-tune is at least as good on every study objective")
+    title = _title(sweep, metric, notes, groups, several, multi)
     if fmt == "markdown":
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         return "\n".join([f"_{t}_  " for t in title] + [""] + lines + ["| " + " | ".join(c) + " |" for c in cells])
@@ -105,11 +177,35 @@ def render(rows: list[Row], fmt: str, metric: str, notes: dict, sweep: str) -> s
     return "\n".join(title + [""] + body)
 
 
+def _title(sweep: str, metric: str, notes: dict, groups: dict, several: bool, multi: bool) -> list[str]:
+    title = [f"sweep {sweep}: ranked by {metric} (F1 x 100); * = best"] + [f"{k}: {v}" for k, v in notes.items()]
+    for letter, how in sorted(groups.items()):
+        label = f"scoring {letter}" if several else "scoring"
+        title.append(f"{label}: " + (", ".join(f"{k} {v}" for k, v in how.items()) if how else
+                                     "not recorded (stored before 0.2: first reference, ascii tokenizer)"))
+    if several:
+        title.append(f"WARNING: rows were scored in {len(groups)} different ways; best, ranks and differences "
+                     "are computed within one scoring letter only, never across")
+    title.append("[lo, hi]: 95% paired bootstrap interval over the eval examples; "
+                 "! = the difference's interval excludes 0 (unlikely to be noise)")
+    if multi:
+        title.append("pareto: yes = no other completed fine-tune is at least as good on every study objective")
+    return title
+
+
 def _cells(r: Row) -> list[str]:
     s = r.scores
+    ci = "-" if r.interval is None else f"[{r.interval.low:.1f}, {r.interval.high:.1f}]"
     return ["*" if r.best else "", r.trial, r.kind, r.prompt, _fmt(r.rank), _lr(r.lr),
             *(_fmt(s.get(k), 2) for k in ROUGE_TYPES), _fmt(s.get("gen_tokens"), 1), _fmt(s.get("gen_words"), 1),
-            _fmt(r.delta, 2, signed=True), _fmt(r.runtime_s, 0), r.status]
+            ci, _difference(r.vs_best, None), _difference(r.vs_baseline, r.delta), _fmt(r.runtime_s, 0), r.status]
+
+
+def _difference(interval: Interval | None, plain: float | None) -> str:
+    if interval is None:
+        return _fmt(plain, 2, signed=True)
+    mark = "!" if interval.excludes_zero else ""
+    return f"{interval.estimate:+.2f} [{interval.low:+.1f}, {interval.high:+.1f}]{mark}"
 
 
 def _fmt(value, digits: int = 0, signed: bool = False) -> str:

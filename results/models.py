@@ -61,6 +61,8 @@ class TrialRow(Base):
     """Seconds inside the trial function (load to save), without worker start-up."""
     timings: Mapped[dict] = mapped_column(JSON, default=dict)
     adapter_dir: Mapped[str | None] = mapped_column(Text)
+    scoring: Mapped[dict | None] = mapped_column(JSON)
+    """How its metrics were computed (metric version, tokenizer, stemming, references, examples)."""
     error: Mapped[str | None] = mapped_column(Text)
     """Last lines of the error (failed), or why it stopped (interrupted, pruned)."""
     worker: Mapped[str | None] = mapped_column(String(200))
@@ -95,5 +97,8 @@ class PredictionRow(Base):
     example_id: Mapped[str] = mapped_column(String(100))
     prediction: Mapped[str] = mapped_column(Text)
     reference: Mapped[str] = mapped_column(Text)
+    """The first reference."""
+    references: Mapped[list | None] = mapped_column(JSON)
+    """Every reference it was scored against."""
     new_tokens: Mapped[int] = mapped_column(Integer)
     scores: Mapped[dict] = mapped_column(JSON)

@@ -39,6 +39,9 @@ class TrialSummary:
     last_step: int | None = None
     """Highest training step reported so far (its progress while running)."""
     finished_at: datetime | None = None
+    scoring: dict | None = None
+    """How its final metrics were computed; None for results stored before this was recorded."""
+    adapter_dir: str | None = None
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,7 @@ class Store:
         self.engine = create_engine(url)
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        _upgrade_legacy_layout(self.engine)
+        _upgrade_layout(self.engine)
         Base.metadata.create_all(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
@@ -124,11 +127,11 @@ class Store:
             s.add_all(MetricRow(trial_id=trial_id, name=n, step=step, value=v) for n, step, v in points)
 
     def complete_trial(self, trial_id: int, metrics: dict[str, float], predictions: list[dict],
-                       runtime_s: float, timings: dict, adapter_dir: str | None) -> None:
+                       runtime_s: float, timings: dict, adapter_dir: str | None, scoring: dict | None = None) -> None:
         with self.session() as s:
             row = s.get(TrialRow, trial_id)
             row.status, row.finished_at, row.runtime_s = "completed", utcnow(), runtime_s
-            row.timings, row.adapter_dir = timings, adapter_dir
+            row.timings, row.adapter_dir, row.scoring = timings, adapter_dir, scoring
             step = max((m.step for m in row.metrics), default=0)
             s.add_all(MetricRow(trial_id=trial_id, name=FINAL_PREFIX + k, step=step, value=v)
                       for k, v in metrics.items())
@@ -213,17 +216,41 @@ class Store:
                                 [_trial_summary(t, steps.get(t.id)) for t in sorted(sweep.trials, key=lambda t: t.id)],
                                 dict(sweep.spec or {}), sweep.driver, _aware(sweep.heartbeat_at))
 
+    def trial(self, sweep_name: str, trial_name: str) -> tuple[int, TrialSummary, dict] | None:
+        """(id, summary, resolved config) of one trial, or None."""
+        with self.session() as s:
+            row = s.scalar(select(TrialRow).join(SweepRow).where(SweepRow.name == sweep_name,
+                                                                  TrialRow.name == trial_name))
+            if row is None:
+                return None
+            last = s.scalar(select(func.max(MetricRow.step)).where(MetricRow.trial_id == row.id,
+                                                                   MetricRow.name.like("train/%")))
+            return row.id, _trial_summary(row, last), dict(row.config or {})
+
     def curves(self, trial_id: int) -> list[tuple[str, int, float]]:
         with self.session() as s:
             rows = s.scalars(select(MetricRow).where(MetricRow.trial_id == trial_id).order_by(MetricRow.id))
             return [(r.name, r.step, r.value) for r in rows]
+
+    def example_scores(self, sweep_name: str, metric: str) -> dict[str, dict[str, float]]:
+        """{trial name: {example id: score}} of every completed trial, for paired comparisons."""
+        with self.session() as s:
+            rows = s.execute(select(TrialRow.name, PredictionRow.example_id, PredictionRow.scores)
+                             .join(TrialRow, PredictionRow.trial_id == TrialRow.id)
+                             .join(SweepRow).where(SweepRow.name == sweep_name, TrialRow.status == "completed"))
+            out: dict[str, dict[str, float]] = {}
+            for name, example_id, scores in rows:
+                if metric in scores:
+                    out.setdefault(name, {})[example_id] = scores[metric]
+            return out
 
     def predictions(self, sweep_name: str, trial_name: str) -> list[dict]:
         with self.session() as s:
             rows = s.scalars(select(PredictionRow).join(TrialRow).join(SweepRow).where(
                 SweepRow.name == sweep_name, TrialRow.name == trial_name).order_by(PredictionRow.id))
             return [{"example_id": r.example_id, "prediction": r.prediction, "reference": r.reference,
-                     "new_tokens": r.new_tokens, **r.scores} for r in rows]
+                     "references": r.references or [r.reference], "new_tokens": r.new_tokens, **r.scores}
+                    for r in rows]
 
 
 def _clear_results(s: Session, trial_id: int) -> None:
@@ -232,16 +259,18 @@ def _clear_results(s: Session, trial_id: int) -> None:
 
 
 def _prediction(trial_id: int, p: dict) -> PredictionRow:
-    scores = {k: v for k, v in p.items() if k not in ("example_id", "prediction", "reference", "new_tokens")}
+    references = p.get("references") or [p["reference"]]
+    scores = {k: v for k, v in p.items() if k not in ("example_id", "prediction", "reference", "references",
+                                                      "new_tokens")}
     return PredictionRow(trial_id=trial_id, example_id=p["example_id"], prediction=p["prediction"],
-                         reference=p["reference"], new_tokens=p["new_tokens"], scores=scores)
+                         reference=references[0], references=references, new_tokens=p["new_tokens"], scores=scores)
 
 
 def _trial_summary(t: TrialRow, last_step: int | None) -> TrialSummary:
     finals = {m.name.removeprefix(FINAL_PREFIX): m.value for m in t.metrics if m.name.startswith(FINAL_PREFIX)}
     return TrialSummary(t.name, t.kind, dict(t.params), t.status, t.runtime_s, finals, t.error,
                         _aware(t.started_at), t.worker, t.attempts or 0, t.study_trial, last_step,
-                        _aware(t.finished_at))
+                        _aware(t.finished_at), t.scoring, t.adapter_dir)
 
 
 def _aware(moment: datetime | None) -> datetime | None:
@@ -251,22 +280,30 @@ def _aware(moment: datetime | None) -> datetime | None:
 
 # 0.1 -> 0.2: Optuna's storage (sharing this database) owns a table named `trials`.
 _RENAMED = {"trials": "sweep_trials", "metrics": "sweep_metrics", "predictions": "sweep_predictions"}
+# Columns added since 0.1, added in place to older stores.
 _ADDED = {"sweeps": ["driver VARCHAR(200)", "heartbeat_at DATETIME", "stop_requested BOOLEAN DEFAULT 0"],
           "sweep_trials": ["worker VARCHAR(200)", "attempts INTEGER DEFAULT 0", "study_trial INTEGER",
-                           "stop_requested BOOLEAN DEFAULT 0"]}
+                           "stop_requested BOOLEAN DEFAULT 0", "scoring JSON"],
+          "sweep_predictions": ["\"references\" JSON"]}
 
 
-def _upgrade_legacy_layout(engine) -> None:
-    """Upgrade a store written by 0.1 in place (rename three tables, add columns); nothing is lost."""
+def _upgrade_layout(engine) -> None:
+    """Bring a store written by an older version up to date in place (renames, new columns); nothing is lost."""
     tables = inspect(engine)
-    if "trials" not in tables.get_table_names() or "content_key" not in {c["name"] for c in tables.get_columns("trials")}:
-        return
+    names = set(tables.get_table_names())
+    legacy = "trials" in names and "content_key" in {c["name"] for c in tables.get_columns("trials")}
+    if not legacy and "sweep_trials" not in names:
+        return  # a new store: create_all makes every table as it is now
     with engine.begin() as connection:
-        for old, new in _RENAMED.items():
-            connection.exec_driver_sql(f"ALTER TABLE {old} RENAME TO {new}")  # SQLite rewrites the foreign keys
+        if legacy:
+            for old, new in _RENAMED.items():
+                connection.exec_driver_sql(f"ALTER TABLE {old} RENAME TO {new}")  # SQLite rewrites the foreign keys
+        have = inspect(connection)
         for table, columns in _ADDED.items():
+            present = {c["name"] for c in have.get_columns(table)}
             for column in columns:
-                connection.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {column}")
+                if column.split()[0].strip('"') not in present:
+                    connection.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {column}")
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:

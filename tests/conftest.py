@@ -85,3 +85,20 @@ def tiny_spec(model_dir: Path, train: Path, evals: Path, tmp_path: Path, **overr
     for key, value in overrides.items():
         spec[key] = value
     return spec
+
+
+@pytest.fixture(scope="session")
+def tiny_t5_dir(tmp_path_factory, tiny_model_dir) -> Path:
+    """An encoder-decoder (T5 layout: 1+1 layers, d_model 64) with the same real tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
+
+    out = tmp_path_factory.mktemp("tiny-t5")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    config = T5Config(vocab_size=len(tokenizer), d_model=64, d_kv=16, d_ff=128, num_layers=1, num_decoder_layers=1,
+                      num_heads=4, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                      decoder_start_token_id=tokenizer.bos_token_id)  # pad is the end token here
+    torch.manual_seed(0)
+    T5ForConditionalGeneration(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out

@@ -67,3 +67,36 @@ def test_cli_reads_store(filled, capsys):
     assert len(out.splitlines()) == 6 and not out.endswith("\n\n") and "\r" not in out  # header + 5 rows
     assert main(["leaderboard", "nope", "--store", url]) == 2
     assert "allowed: g" in capsys.readouterr().err
+
+
+def _scored(store, sweep_id, name, kind, prompt, per_example: list[float], scoring: dict) -> None:
+    trial_id, _ = store.register_trial(sweep_id, name, kind, {"prompt": prompt}, {}, name)
+    predictions = [{"example_id": f"e{i}", "prediction": "p", "references": ["r1", "r2"], "new_tokens": 3,
+                    "rougeL": v} for i, v in enumerate(per_example)]
+    mean = sum(per_example) / len(per_example)
+    store.complete_trial(trial_id, {"rougeL": mean}, predictions, 1.0, {}, None, scoring)
+
+
+def test_rows_scored_differently_are_never_ranked_together_silently(tmp_path):
+    store = Store(f"sqlite:///{tmp_path / 'p.db'}")
+    sweep_id = store.open_sweep("s", {}, "runs/s", {})
+    ascii_way = {"tokenizer": "ascii", "references": "max over summary1, summary2"}
+    first_way = {"tokenizer": "ascii", "references": "summary1"}
+    _scored(store, sweep_id, "a-high", "trial", "v1", [0.5] * 10, ascii_way)
+    _scored(store, sweep_id, "a-base", "baseline", "v1", [0.1, 0.2] * 5, ascii_way)
+    _scored(store, sweep_id, "b-higher", "trial", "v1", [0.9] * 10, first_way)  # scored another way
+
+    summary = store.summary("s")
+    rows = {r.trial: r for r in leaderboard.build(summary, "rougeL", store.example_scores("s", "rougeL"))}
+    assert (rows["a-high"].scoring, rows["b-higher"].scoring) == ("A", "B")
+    assert rows["a-high"].best and rows["b-higher"].best  # one best per way of scoring, not one overall
+    assert rows["a-high"].vs_best is None and rows["a-base"].vs_best.estimate == pytest.approx(-35.0)
+    # a-high vs its baseline: +35 points on every example pair -> the interval is +35 and excludes 0
+    assert rows["a-high"].vs_baseline.estimate == pytest.approx(35.0) and rows["a-high"].vs_baseline.excludes_zero
+    assert rows["b-higher"].vs_baseline is None  # its prompt's baseline was scored the other way
+    assert rows["a-base"].interval.low <= 15.0 <= rows["a-base"].interval.high
+
+    text = leaderboard.render(list(rows.values()), "table", "rougeL", {}, "s", leaderboard.scoring_groups(summary.trials))
+    assert "WARNING: rows were scored in 2 different ways" in text
+    assert "scoring A: tokenizer ascii, references max over summary1, summary2" in text
+    assert "scoring B: tokenizer ascii, references summary1" in text

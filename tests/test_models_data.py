@@ -44,3 +44,32 @@ def test_dialogsum_mirror_eval_uses_numbered_references(data_root):
 def test_missing_mirror_falls_back_to_the_hub_id(tmp_path):
     source = split_source(DatasetConfig(name="samsum", mirror_dir=str(tmp_path)), "train")
     assert (source.path, source.hub_id, source.split) == (None, "knkarthick/samsum", "validation")
+
+
+def _csv(path, rows: list[dict]):
+    import csv
+
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def test_mapped_csv_columns_and_empty_rows_skipped_with_a_count(tmp_path):
+    import pytest
+
+    rows = [{"key": f"k{i}", "chat": f"A: hi {i}\nB: hello", "gist": f"A greets B {i}.", "gist2": "B answers."}
+            for i in range(6)]
+    rows[1]["chat"] = "  "          # empty dialogue
+    rows[2]["gist"] = ""            # no training summary (train) but gist2 stays (eval)
+    train = _csv(tmp_path / "train.csv", rows)
+    evals = _csv(tmp_path / "eval.csv", [dict(r, gist="", gist2="") if i == 3 else r for i, r in enumerate(rows)])
+    cfg = DatasetConfig(name=None, train_file=str(train), eval_file=str(evals), dialogue_column="chat",
+                        summary_column="gist", reference_columns=["gist", "gist2"], train_examples=10, eval_examples=10)
+    data = load_trial_data(cfg)
+    assert data.skipped_rows == (2, 2)  # train: rows 1 and 2; eval: row 1 (dialogue) and row 3 (both refs)
+    assert len(data.train) == 4 and len(data.eval) == 4
+    assert [e.references for e in data.eval if e.dialogue.endswith("hi 2\nB: hello")] == [("B answers.",)]
+    with pytest.raises(ValueError, match=r"2 of 6 do not, the first is row 1 .*dataset.empty_rows: skip"):
+        load_trial_data(DatasetConfig(**{**cfg.__dict__, "empty_rows": "error"}))

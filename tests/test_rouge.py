@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from evaluation.rouge import mean_scores, score_examples, sentence_lines
+from evaluation.rouge import (UnicodeTokenizer, mean_scores, provenance, resolve_tokenizer, score_examples,
+                              sentence_lines)
 
 
 def test_unigram_bigram_lcs_by_hand():
@@ -37,3 +38,90 @@ def test_mean_and_pairing():
     assert mean_scores(scores)["rouge1"] == pytest.approx(0.5)
     with pytest.raises(ValueError, match="pair up; got 2 predictions and 1 references"):
         score_examples(["a", "b"], ["a"])
+
+
+def test_korean_scores_as_a_hand_count_and_ascii_would_score_zero():
+    # ref: 철수가 영희에게 책을 빌려줬다 (4 words) / pred: 철수가 책을 빌려줬다 (3 words).
+    # unigrams: 3 of 3 predicted are in the ref, 3 of 4 ref words found -> F1 = 2*1*0.75/1.75 = 6/7;
+    # bigrams: pred (철수가 책을), (책을 빌려줬다); ref has (책을 빌려줬다) only -> P 1/2, R 1/3 -> F1 0.4;
+    # LCS = 3 -> same as unigrams.
+    pred, ref = "철수가 책을 빌려줬다", "철수가 영희에게 책을 빌려줬다"
+    [s] = score_examples([pred], [ref], tokenizer="unicode")
+    assert (s["rouge1"], s["rouge2"], s["rougeL"]) == (pytest.approx(6 / 7), pytest.approx(0.4), pytest.approx(6 / 7))
+    [ascii_score] = score_examples([pred], [ref], tokenizer="ascii")
+    assert ascii_score["rouge1"] == 0.0  # the reason the unicode tokenizer exists
+
+
+def test_tokenizer_choice_is_never_silently_ascii_on_other_scripts():
+    assert resolve_tokenizer("auto", ["plain English only."]) == "ascii"
+    assert resolve_tokenizer("auto", ["A café", "x"]) == "unicode"
+    assert resolve_tokenizer("auto", ["오늘은 회의가 있다"]) == "unicode"
+    with pytest.raises(ValueError, match="scoring.tokenizer: unicode"):
+        resolve_tokenizer("ascii", ["fine", "会议在星期五"])
+    assert UnicodeTokenizer(False).tokenize("会议在星期五。Meeting on_Friday 3.5") == \
+        ["会", "议", "在", "星", "期", "五", "meeting", "on", "friday", "3", "5"]
+
+
+def test_unicode_tokenizer_equals_rouge_scores_own_on_ascii_text():
+    from rouge_score.tokenizers import DefaultTokenizer
+
+    text = "#Person1# asks #Person2#'s help: running 3.5 km, isn't it? Dogs_and cats."
+    assert UnicodeTokenizer(True).tokenize(text) == DefaultTokenizer(use_stemmer=True).tokenize(text)
+
+
+def test_multi_reference_max_mean_and_first_by_hand():
+    # pred "a b c d"; ref1 "a b x y" -> R1 F1 2/4 = 0.5; ref2 "a b c d" -> 1.0; ref3 "x y z w" -> 0.
+    refs = [("a b x y", "a b c d", "x y z w")]
+    assert score_examples(["a b c d"], refs, aggregation="max")[0]["rouge1"] == pytest.approx(1.0)
+    assert score_examples(["a b c d"], refs, aggregation="mean")[0]["rouge1"] == pytest.approx(0.5)
+    assert score_examples(["a b c d"], refs, aggregation="first")[0]["rouge1"] == pytest.approx(0.5)
+    # Per ROUGE type: rouge2 of ref2 (3 of 3 bigrams) wins under max as well.
+    assert score_examples(["a b c d"], refs)[0]["rouge2"] == pytest.approx(1.0)
+
+
+def test_provenance_names_everything_that_changes_a_score():
+    how = provenance("unicode", "max", True, ["summary1", "summary2", "summary3"], 32)
+    assert how["tokenizer"] == "unicode" and how["stemming"] == "porter" and how["eval_examples"] == 32
+    assert how["references"] == "max over summary1, summary2, summary3"
+    assert how["metric"].startswith("rouge-score ") and "sentence" in how["lsum_split"]
+    assert provenance("ascii", "first", True, ["summary1", "summary2"], 4)["references"] == "summary1"
+
+
+def test_paired_bootstrap_interval_contains_the_observed_difference():
+    import random
+
+    from results.significance import mean_interval, paired_difference
+
+    rng = random.Random(1)
+    base = {f"e{i}": rng.random() for i in range(40)}
+    better = {k: min(v + 0.1 + rng.uniform(-0.05, 0.05), 1.0) for k, v in base.items()}
+    diff = paired_difference(better, base)
+    observed = sum(better[k] - base[k] for k in base) / len(base)
+    assert diff.estimate == pytest.approx(observed) and diff.low <= observed <= diff.high
+    assert diff.excludes_zero and diff.examples == 40  # +0.1 on every example: a real difference
+    noise = {k: v + rng.uniform(-0.05, 0.05) for k, v in base.items()}
+    assert not paired_difference(noise, base).excludes_zero  # zero-mean jitter: not a real difference
+    same = paired_difference(base, base)
+    assert (same.low, same.high) == (0.0, 0.0)
+    whole = mean_interval(list(base.values()))
+    assert whole.low < whole.estimate < whole.high
+    assert paired_difference({"a": 1.0}, {"b": 1.0}) is None  # no example in common: nothing to compare
+
+
+def test_bertscore_with_a_local_tiny_encoder(tmp_path, tiny_model_dir):
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from evaluation.bertscore import BertScorer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64, pad_token_id=tokenizer.pad_token_id)).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    scorer = BertScorer(str(tmp_path))
+    same, other = scorer.score(["the meeting moved to Friday", "the meeting moved to Friday"],
+                               [("the meeting moved to Friday",), ("bananas are yellow", "the meeting moved to Friday")])
+    assert same == pytest.approx(1.0, abs=1e-5) and other == pytest.approx(1.0, abs=1e-5)  # best reference wins
+    [low] = scorer.score(["the meeting moved to Friday"], [("bananas are yellow",)])
+    assert low < 0.99 and "no idf" in scorer.name

@@ -33,7 +33,7 @@ def test_trial_lifecycle(store):
     assert summary.notes == {"scoring": "first ref"}
     assert store.curves(trial_id)[:2] == [("train/loss", 1, 2.5), ("train/loss", 2, 2.0)]
     assert store.predictions("s", "v1-r8") == [{"example_id": "e1", "prediction": "p", "reference": "r",
-                                               "new_tokens": 3, "rougeL": 0.3}]
+                                               "references": ["r"], "new_tokens": 3, "rougeL": 0.3}]
 
 
 def test_rerun_reuses_completed_and_never_duplicates(store):

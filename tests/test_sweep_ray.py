@@ -70,3 +70,35 @@ def test_tensorboard_has_curves_and_hparams(tmp_path):
     assert events.Scalars("hparams/rougeL")[0].value == pytest.approx(0.3)
     assert set(events.PluginTagToContent("hparams")) == {"_hparams_/experiment", "_hparams_/session_start_info",
                                                          "_hparams_/session_end_info"}
+
+
+def test_decoder_only_and_encoder_decoder_in_one_sweep_then_export(backend, tiny_model_dir, tiny_t5_dir, local_data,
+                                                                   tmp_path, capsys):
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    raw = tiny_spec(tiny_model_dir, *local_data, tmp_path)
+    raw["prompt"] = "v1"
+    raw["search"]["grid"] = {"model.name": [str(tiny_model_dir), str(tiny_t5_dir)]}
+    spec = parse_spec(raw)
+    store = Store(spec.output.store_url())
+    outcome = run_sweep(spec, store, backend, show_progress=False)
+
+    names = {"tiny-llama0", "tiny-t50"}
+    assert not outcome.failed and set(outcome.completed) == names | {f"v1-{n}-zero-shot" for n in names}
+    trials = {t.name: t for t in store.summary("tiny").trials}
+    assert trials["tiny-t50"].params["model.name"] == str(tiny_t5_dir) and trials["tiny-t50"].metrics["gen_tokens"] > 0
+    t5_adapter = load_file(f"{trials['tiny-t50'].adapter_dir}/adapter_model.safetensors")
+    assert any("decoder" in k for k in t5_adapter)
+
+    out = tmp_path / "export"
+    assert main(["export", "tiny", "tiny-llama0", "--merged", "--out", str(out), "--store", store.url]) == 0
+    card = (out / "README.md").read_text()
+    assert "base_model: " + str(tiny_model_dir) in card and "| rougeL |" in card and "lora:" in card
+    merged = AutoModelForCausalLM.from_pretrained(out / "merged")
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    q = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(merged.state_dict()[q], base.state_dict()[q])  # the adapter is in the weights
+    assert main(["export", "tiny", "v1-tiny-llama0-zero-shot", "--store", store.url]) == 2  # no adapter
+    assert "only a completed fine-tune" in capsys.readouterr().err

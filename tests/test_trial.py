@@ -87,3 +87,21 @@ def test_full_precision_base_also_trains(trial_cfg, tmp_path):
     result = run_trial(cfg, load_trial_data(cfg.dataset), tmp_path / "fp", lambda e: None, num_threads=1)
     adapter = load_file(f"{result.adapter_dir}/adapter_model.safetensors")
     assert all(v.abs().sum() > 0 for k, v in adapter.items() if "lora_B" in k)
+
+
+def test_encoder_decoder_trial_trains_lora_with_seq2seq_trainer(trial_cfg, tiny_t5_dir, tmp_path):
+    import bitsandbytes as bnb
+
+    cfg = dataclasses.replace(trial_cfg, model=dataclasses.replace(trial_cfg.model, name=str(tiny_t5_dir)))
+    model = load_model(str(tiny_t5_dir), cfg.quantization)
+    assert model.config.is_encoder_decoder and isinstance(model.encoder.block[0].layer[0].SelfAttention.q,
+                                                          bnb.nn.Linear4bit)
+    assert load_tokenizer(str(tiny_t5_dir)).chat_template is None  # plain prompt into the encoder
+    events: list[dict] = []
+    result = run_trial(cfg, load_trial_data(cfg.dataset), tmp_path / "t5", events.append, num_threads=1)
+    adapter = load_file(f"{result.adapter_dir}/adapter_model.safetensors")
+    lora_b = {k: v for k, v in adapter.items() if "lora_B" in k}
+    assert any("encoder" in k for k in lora_b) and any("decoder" in k for k in lora_b)
+    assert all(v.abs().sum() > 0 for v in lora_b.values())  # every adapter moved
+    assert ("train/loss", 2) in [(e["name"], e["step"]) for e in events if e["event"] == "metric"]
+    assert len(result.predictions) == 4 and 0 < result.metrics["gen_tokens"] <= cfg.generation.max_new_tokens

@@ -58,13 +58,17 @@ class DatasetConfig:
     summary_column: str = "summary"
     """Column holding the training target; in the eval split the first reference column."""
     reference_columns: list[str] | None = None
-    """Eval reference columns, first one scored; null: `summary_column`, else `summary1`, `summary2`, ..."""
+    """Eval reference columns, all scored (see scoring.references); null: `summary_column`, else
+    `summary1`, `summary2`, ..."""
     train_examples: int = field(default=128, metadata={"ge": 1})
     """Training rows used (a fixed seeded sample); more rows cost nothing per step, only variety."""
     eval_examples: int = field(default=40, metadata={"ge": 1})
     """Evaluation rows (a fixed seeded subset); each costs one generation per trial."""
     sample_seed: int = 0
     """Seed of the train sample and the eval subset, shared by every trial so scores compare."""
+    empty_rows: Literal["skip", "error"] = "skip"
+    """Rows with an empty or missing dialogue, training summary or every reference: skipped (and
+    counted in the sweep's notes) before sampling, or an error naming the first such row."""
 
     def problems(self, path: str) -> list[ConfigProblem]:
         if self.name is None and not (self.train_file and self.eval_file):
@@ -149,6 +153,31 @@ class GenerationConfig:
 
 
 @dataclass(frozen=True)
+class AugmentationConfig:
+    speaker_swap: float = field(default=0.0, metadata={"ge": 0.0, "le": 1.0})
+    """Share of training rows added once more with their speakers exchanged (consistently in dialogue and
+    summary); 0 = none. Teaches who-did-what rather than names; the eval split is never augmented."""
+    seed: int = 0
+    """Which rows are swapped."""
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    tokenizer: Literal["auto", "ascii", "unicode"] = "auto"
+    """`ascii` is rouge-score's own (it deletes non-ASCII letters, so it is refused on such text);
+    `unicode` keeps every script (one token per CJK character); `auto` picks ascii for ASCII-only
+    references, else unicode. The one used is recorded with every result."""
+    references: Literal["max", "mean", "first"] = "max"
+    """Several references per example: score against the best-matching one (max, rouge-score's
+    score_multi), their mean, or the first only."""
+    stemming: bool = True
+    """Porter stemming of English words longer than 3 letters (summaries ~ summary); no effect on other scripts."""
+    bertscore_model: str | None = None
+    """Local encoder directory (e.g. a roberta-large or klue/bert-base copy) for BERTScore F1 next to ROUGE;
+    null = off. Costs one encoder pass per prediction and reference."""
+
+
+@dataclass(frozen=True)
 class TrialConfig:
     """Everything one trial needs: the spec's defaults with one grid point applied."""
 
@@ -162,5 +191,7 @@ class TrialConfig:
     quantization: QuantizationConfig = field(default_factory=QuantizationConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
     zero_shot: bool = False
     """True for a baseline: no adapter, no training, only the evaluation."""

@@ -35,7 +35,9 @@ class TrialData:
     train: tuple[Example, ...]
     eval: tuple[Example, ...]
     reference_columns: tuple[str, ...]
-    """Eval columns the references came from, first one scored."""
+    """Eval columns the references came from."""
+    skipped_rows: tuple[int, int] = (0, 0)
+    """(train, eval) rows dropped for an empty or missing dialogue or summary."""
 
 
 @dataclass(frozen=True)
@@ -89,7 +91,7 @@ def reference_columns(cfg: DatasetConfig, columns: list[str]) -> list[str]:
     return sorted((c for c in columns if _NUMBERED_REFERENCE.match(c)), key=lambda c: int(c[7:]))
 
 
-def seeded_sample(rows: list[dict], count: int, seed: int) -> list[dict]:
+def seeded_sample(rows: list, count: int, seed: int) -> list:
     """A fixed subset: the same rows, in the same order, for the same seed and row count."""
     if count >= len(rows):
         return list(rows)
@@ -98,12 +100,36 @@ def seeded_sample(rows: list[dict], count: int, seed: int) -> list[dict]:
 
 
 def load_trial_data(cfg: DatasetConfig) -> TrialData:
-    train_rows = seeded_sample(read_rows(split_source(cfg, "train")), cfg.train_examples, cfg.sample_seed)
-    eval_rows = seeded_sample(read_rows(split_source(cfg, "eval")), cfg.eval_examples, cfg.sample_seed)
-    refs = reference_columns(cfg, list(eval_rows[0]) if eval_rows else [])
-    train = tuple(_example(r, i, cfg, [cfg.summary_column]) for i, r in enumerate(train_rows))
-    evals = tuple(_example(r, i, cfg, refs) for i, r in enumerate(eval_rows))
-    return TrialData(train=train, eval=evals, reference_columns=tuple(refs))
+    train_all, eval_all = read_rows(split_source(cfg, "train")), read_rows(split_source(cfg, "eval"))
+    refs = reference_columns(cfg, list(eval_all[0]) if eval_all else [])
+    train_ok, train_skipped = usable_rows(train_all, cfg, [cfg.summary_column], "train")
+    eval_ok, eval_skipped = usable_rows(eval_all, cfg, refs, "eval")
+    train_rows = seeded_sample(train_ok, cfg.train_examples, cfg.sample_seed)
+    eval_rows = seeded_sample(eval_ok, cfg.eval_examples, cfg.sample_seed)
+    train = tuple(_example(r, i, cfg, [cfg.summary_column]) for i, r in train_rows)
+    evals = tuple(_example(r, i, cfg, refs) for i, r in eval_rows)
+    return TrialData(train=train, eval=evals, reference_columns=tuple(refs),
+                     skipped_rows=(train_skipped, eval_skipped))
+
+
+def usable_rows(rows: list[dict], cfg: DatasetConfig, summaries: list[str], which: str
+                ) -> tuple[list[tuple[int, dict]], int]:
+    """(file position, row) of rows with a dialogue and at least one summary; how many were not."""
+    kept, bad = [], []
+    for i, row in enumerate(rows):
+        has_dialogue = bool(str(row.get(cfg.dialogue_column) or "").strip())
+        if has_dialogue and any(str(row.get(c) or "").strip() for c in summaries):
+            kept.append((i, row))
+        else:
+            bad.append(i)
+    if bad and cfg.empty_rows == "error":
+        first = rows[bad[0]]
+        raise ValueError(f"every {which} row needs a non-empty {cfg.dialogue_column!r} and {' or '.join(summaries)}; "
+                         f"{len(bad)} of {len(rows)} do not, the first is row {bad[0]} (id "
+                         f"{first.get('fname') or first.get('id') or '-'}) with columns {sorted(first)}. Fix: clean "
+                         "the data, map the columns (dataset.dialogue_column / summary_column / reference_columns), "
+                         "or set dataset.empty_rows: skip")
+    return kept, len(bad)
 
 
 def _example(row: dict, index: int, cfg: DatasetConfig, columns: list[str]) -> Example:

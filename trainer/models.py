@@ -84,19 +84,28 @@ def convert_gguf(gguf_dir: Path, gguf_file: str, target: Path) -> None:
     staging.rename(target)
 
 
+def is_encoder_decoder(path: str) -> bool:
+    """T5, FLAN-T5, BART, KoBART, ...: the config says so."""
+    from transformers import AutoConfig
+
+    return bool(getattr(AutoConfig.from_pretrained(path), "is_encoder_decoder", False))
+
+
 def load_tokenizer(path: str):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if is_encoder_decoder(path):
+        tokenizer.chat_template = None  # the encoder reads the plain prompt; chat turns are for decoder-only models
     return tokenizer
 
 
 def load_model(path: str, quant: QuantizationConfig):
-    """The base model, 4-bit NF4 when asked; the same code on CPU and CUDA."""
+    """The base model (causal LM or encoder-decoder), 4-bit NF4 when asked; the same code on CPU and CUDA."""
     import torch
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, BitsAndBytesConfig
 
     dtype = getattr(torch, quant.compute_dtype)
     kwargs = {"dtype": dtype}
@@ -106,7 +115,8 @@ def load_model(path: str, quant: QuantizationConfig):
             bnb_4bit_use_double_quant=quant.double_quant, bnb_4bit_compute_dtype=dtype)
     if torch.cuda.is_available():
         kwargs["device_map"] = {"": torch.cuda.current_device()}
-    return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    family = AutoModelForSeq2SeqLM if is_encoder_decoder(path) else AutoModelForCausalLM
+    return family.from_pretrained(path, **kwargs)
 
 
 @contextmanager

@@ -9,13 +9,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from transformers import TrainerCallback, set_seed
 
-from evaluation import EvalResult, evaluate
+from evaluation import EvalResult, Scoring, evaluate
+from evaluation.rouge import resolve_tokenizer
 from trainer import prompts
+from trainer.augment import augment
 from trainer.config import TrialConfig
 from trainer.data import TrialData
 from trainer.models import load_model, load_tokenizer, resolve_model_path
@@ -32,6 +34,8 @@ class TrialResult:
     adapter_dir: str | None
     timings_s: dict[str, float]
     """Wall seconds of each named step."""
+    scoring: dict = field(default_factory=dict)
+    """How the metrics were computed: metric version, tokenizer, stemming, references, examples."""
 
 
 def run_trial(cfg: TrialConfig, data: TrialData, out_dir: Path, report: Report,
@@ -58,7 +62,7 @@ def run_trial(cfg: TrialConfig, data: TrialData, out_dir: Path, report: Report,
     if not cfg.zero_shot:
         with _step("save", timings, report):
             adapter_dir = save(model, out_dir)
-    return TrialResult(result.metrics, result.predictions, adapter_dir, timings)
+    return TrialResult(result.metrics, result.predictions, adapter_dir, timings, result.scoring)
 
 
 def load(cfg: TrialConfig):
@@ -70,8 +74,9 @@ def adapt(model, cfg: TrialConfig):
     """Wrap the base model in LoRA adapters; base weights stay frozen (and 4-bit under nf4)."""
     from peft import LoraConfig, get_peft_model
 
+    task = "SEQ_2_SEQ_LM" if model.config.is_encoder_decoder else "CAUSAL_LM"
     lora = LoraConfig(r=cfg.lora.rank, lora_alpha=cfg.lora.effective_alpha, lora_dropout=cfg.lora.dropout,
-                      target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM")
+                      target_modules=cfg.lora.target_modules, task_type=task)
     # Not prepare_model_for_kbit_training: it upcasts every non-4-bit weight (embeddings, 49k-vocab
     # head) to float32, which costs speed on CPU; PEFT keeps the adapter weights in float32 anyway.
     return get_peft_model(model, lora)
@@ -79,34 +84,70 @@ def adapt(model, cfg: TrialConfig):
 
 def train(model, tokenizer, cfg: TrialConfig, data: TrialData, out_dir: Path, report: Report,
           evaluator: Callable[[object], EvalResult]) -> int:
-    """SFT on summary tokens only; returns how many training rows were skipped as too long."""
-    import torch
-    from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
+    """Fine-tune on summary tokens only; returns how many training rows were skipped as too long.
 
-    rows, skipped = training_rows(cfg, tokenizer, data)
-    t = cfg.training
-    args = SFTConfig(
-        output_dir=str(out_dir / "trainer"), max_steps=t.max_steps,
-        per_device_train_batch_size=t.micro_batch_size, gradient_accumulation_steps=t.gradient_accumulation_steps,
-        learning_rate=t.learning_rate, lr_scheduler_type=t.lr_scheduler, warmup_steps=t.warmup_steps,
-        seed=t.seed, data_seed=t.seed, logging_steps=t.logging_steps, max_length=t.max_seq_length,
-        completion_only_loss=True, activation_checkpointing=t.gradient_checkpointing,
-        bf16=cfg.quantization.compute_dtype == "bfloat16",
-        fp16=cfg.quantization.compute_dtype == "float16" and torch.cuda.is_available(),
-        use_cpu=not torch.cuda.is_available(), save_strategy="no", report_to=[], disable_tqdm=True)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
-                         processing_class=tokenizer,
-                         callbacks=[ReportCallback(report, evaluator, t.eval_interval_steps)])
+    Decoder-only models: TRL's SFTTrainer on prompt/completion rows (completion-only loss).
+    Encoder-decoder models: transformers' Seq2SeqTrainer, prompt into the encoder, summary as labels."""
+    from datasets import Dataset
+
+    callback = ReportCallback(report, evaluator, cfg.training.eval_interval_steps)
+    if model.config.is_encoder_decoder:
+        from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments
+
+        rows, skipped = seq2seq_rows(cfg, tokenizer, data)
+        trainer = Seq2SeqTrainer(model=model, args=Seq2SeqTrainingArguments(**_trainer_args(cfg, out_dir)),
+                                 train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+                                 data_collator=DataCollatorForSeq2Seq(tokenizer, model=model), callbacks=[callback])
+    else:
+        from trl import SFTConfig, SFTTrainer
+
+        rows, skipped = training_rows(cfg, tokenizer, data)
+        # TRL turns activation checkpointing on by default; _trainer_args sets it from the spec.
+        args = SFTConfig(**_trainer_args(cfg, out_dir), max_length=cfg.training.max_seq_length,
+                         completion_only_loss=True)
+        trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
+                             processing_class=tokenizer, callbacks=[callback])
     trainer.train()
     return skipped
+
+
+def _trainer_args(cfg: TrialConfig, out_dir: Path) -> dict:
+    """TrainingArguments shared by both trainers."""
+    import torch
+
+    t = cfg.training
+    return dict(output_dir=str(out_dir / "trainer"), max_steps=t.max_steps,
+                per_device_train_batch_size=t.micro_batch_size,
+                gradient_accumulation_steps=t.gradient_accumulation_steps, learning_rate=t.learning_rate,
+                lr_scheduler_type=t.lr_scheduler, warmup_steps=t.warmup_steps, seed=t.seed, data_seed=t.seed,
+                logging_steps=t.logging_steps, activation_checkpointing=t.gradient_checkpointing,
+                bf16=cfg.quantization.compute_dtype == "bfloat16",
+                fp16=cfg.quantization.compute_dtype == "float16" and torch.cuda.is_available(),
+                use_cpu=not torch.cuda.is_available(), save_strategy="no", report_to=[], disable_tqdm=True)
+
+
+def seq2seq_rows(cfg: TrialConfig, tokenizer, data: TrialData) -> tuple[list[dict], int]:
+    """Encoder input ids (dialogue cut to max_seq_length) and label ids (the whole summary + end token)."""
+    rows, skipped = [], 0
+    for example in augment(data.train, cfg.augmentation):
+        labels = tokenizer(example.summary, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        dialogue = prompts.fit_dialogue(cfg, tokenizer, example.dialogue, cfg.training.max_seq_length)
+        if dialogue is None or len(labels) > cfg.training.max_seq_length:
+            skipped += 1
+            continue
+        encoded = tokenizer(prompts.prompt_text(cfg, tokenizer, dialogue), add_special_tokens=True)
+        rows.append({"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"],
+                     "labels": labels})
+    if not rows:
+        raise ValueError(f"no training row fits training.max_seq_length={cfg.training.max_seq_length}")
+    return rows, skipped
 
 
 def training_rows(cfg: TrialConfig, tokenizer, data: TrialData) -> tuple[list[dict], int]:
     """Prompt-completion rows with each dialogue cut so that prompt + full summary fit max_seq_length."""
     rows, skipped = [], 0
     chat = prompts.uses_chat(cfg, tokenizer)
-    for example in data.train:
+    for example in augment(data.train, cfg.augmentation):  # speaker-swapped copies: training split only
         summary_tokens = len(tokenizer(example.summary, add_special_tokens=False)["input_ids"])
         budget = cfg.training.max_seq_length - summary_tokens - _COMPLETION_END_TOKENS
         dialogue = prompts.fit_dialogue(cfg, tokenizer, example.dialogue, budget)
@@ -130,20 +171,28 @@ def make_evaluator(cfg: TrialConfig, tokenizer, data: TrialData,
     """A function model -> EvalResult over the first `limit` (default all) eval prompts, built once."""
     rows = data.eval[:limit]
     texts = eval_prompts(cfg, tokenizer, rows)
-    references = [e.summary for e in rows]
+    references = [e.references or (e.summary,) for e in rows]
     ids = [e.id for e in rows]
     add_special = not prompts.uses_chat(cfg, tokenizer)  # the chat template already wrote them
+    how = scoring(cfg, data)
 
     def run(model) -> EvalResult:
         was_training = model.training
         model.eval()
         try:
             return evaluate(model, tokenizer, texts, references, ids, cfg.generation.max_new_tokens,
-                            cfg.generation.eval_batch_size, add_special)
+                            cfg.generation.eval_batch_size, add_special, how)
         finally:
             model.train(was_training)
 
     return run
+
+
+def scoring(cfg: TrialConfig, data: TrialData) -> Scoring:
+    """The ROUGE settings, the tokenizer resolved on every eval reference (interim evals use the same)."""
+    texts = [r for e in data.eval for r in e.references]
+    return Scoring(resolve_tokenizer(cfg.scoring.tokenizer, texts), cfg.scoring.references, cfg.scoring.stemming,
+                   data.reference_columns, cfg.scoring.bertscore_model)
 
 
 def eval_prompts(cfg: TrialConfig, tokenizer, rows: list) -> list[str]:

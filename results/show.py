@@ -1,0 +1,71 @@
+"""`sweep show SWEEP TRIAL`: one trial's settings, curves in brief, and its worst and best predictions
+next to their references, from the store only."""
+
+from __future__ import annotations
+
+import textwrap
+
+import yaml
+
+from results.store import TrialSummary
+
+_WRAP = 100
+
+
+def render(trial: TrialSummary, config: dict, curves: list[tuple[str, int, float]], predictions: list[dict],
+           metric: str, examples: int) -> str:
+    lines = [f"trial {trial.name} ({trial.kind}): {trial.status}" + _runtime(trial),
+             "params: " + ", ".join(f"{k}={v}" for k, v in trial.params.items())]
+    if trial.error:
+        lines.append("note: " + trial.error.strip().splitlines()[-1])
+    if trial.scoring:
+        lines.append("scoring: " + ", ".join(f"{k} {v}" for k, v in trial.scoring.items()))
+    if trial.metrics:
+        lines.append("final: " + "  ".join(f"{k} {_value(k, v)}" for k, v in trial.metrics.items()))
+    lines += ["", "curves (first -> last; min of losses, max of the rest; points):"] + [f"  {line}" for line in curve_lines(curves)]
+    scored = sorted((p for p in predictions if metric in p), key=lambda p: p[metric])
+    if scored:
+        count = min(examples, (len(scored) + 1) // 2)
+        lines += _examples(f"worst {count} by {metric}", scored[:count], metric)
+        lines += _examples(f"best {count} by {metric}", scored[::-1][:count], metric)
+    return "\n".join(lines + ["", "config:", textwrap.indent(yaml.safe_dump(config, sort_keys=False), "  ")])
+
+
+def curve_lines(curves: list[tuple[str, int, float]]) -> list[str]:
+    """One line per curve: its first and last points, its best point (min for losses, else max)."""
+    series: dict[str, list[tuple[int, float]]] = {}
+    for name, step, value in curves:
+        if not name.startswith("final/"):
+            series.setdefault(name, []).append((step, value))
+    out = []
+    for name, points in series.items():
+        pick = min if "loss" in name else max
+        step, value = pick(points, key=lambda p: p[1])
+        out.append(f"{name}: {points[0][1]:.4g} (step {points[0][0]}) -> {points[-1][1]:.4g} (step {points[-1][0]}); "
+                   f"{pick.__name__} {value:.4g} at step {step}; {len(points)} points")
+    return out or ["none reported"]
+
+
+def _examples(title: str, rows: list[dict], metric: str) -> list[str]:
+    out = ["", f"{title}:"]
+    for p in rows:
+        out.append(f"  [{p['example_id']}] {metric} {100 * p[metric]:.1f}, {p['new_tokens']} tokens")
+        out.append(_wrapped("prediction", p["prediction"]))
+        out += [_wrapped(f"reference {i}", ref) for i, ref in enumerate(p.get("references") or [p["reference"]], 1)]
+    return out
+
+
+def _wrapped(label: str, text: str) -> str:
+    return textwrap.fill(text.replace("\n", " / "), _WRAP, initial_indent=f"    {label}: ",
+                         subsequent_indent=" " * (6 + len(label)))
+
+
+def _runtime(t: TrialSummary) -> str:
+    parts = [f"{t.runtime_s:.0f} s" if t.runtime_s is not None else None, t.worker and f"worker {t.worker}",
+             f"{t.attempts} tries" if t.attempts > 1 else None]
+    shown = ", ".join(p for p in parts if p)
+    return f" ({shown})" if shown else ""
+
+
+def _value(name: str, value: float) -> str:
+    return f"{100 * value:.2f}" if name.startswith("rouge") else f"{value:.1f}"

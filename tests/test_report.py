@@ -1,0 +1,47 @@
+"""The HTML report rendered in real headless Chromium: model output stays text, nothing runs."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from orchestrator.cli import main
+from results.store import Store
+
+HOSTILE = "<script>document.title='pwned'</script><img src=x onerror=\"document.title='pwned too'\"> & done"
+
+
+@pytest.fixture
+def report_store(tmp_path) -> str:
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    store = Store(url)
+    sweep_id = store.open_sweep("s", {"output": {"run_dir": str(tmp_path / "runs")}}, "runs/s", {"eval_examples": 2})
+    for name, kind, score, text in (("v1-r8", "trial", 0.4, HOSTILE), ("v1-zero-shot", "baseline", 0.1, "plain")):
+        trial_id, _ = store.register_trial(sweep_id, name, kind, {"prompt": "v1"}, {}, name)
+        store.add_metrics(trial_id, [("train/loss", 1, 2.0), ("train/loss", 2, 1.5), ("eval/rougeL", 2, score)])
+        predictions = [{"example_id": f"e{i}", "prediction": text, "references": ["ref one", "ref <b>two</b>"],
+                        "new_tokens": 5, "rougeL": score + i / 100} for i in range(2)]
+        store.complete_trial(trial_id, {"rougeL": score, "rouge1": score, "rouge2": score, "rougeLsum": score,
+                                        "gen_tokens": 5.0, "gen_words": 4.0}, predictions, 1.0, {}, None,
+                             {"tokenizer": "ascii", "references": "max over summary1, summary2"})
+    return url
+
+
+def test_report_in_headless_chromium_shows_model_output_as_text(report_store, tmp_path, capsys):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "Chromium is part of the test set-up (make test installs Debian's chromium)"
+    out = tmp_path / "report.html"
+    assert main(["report", "s", "--store", report_store, "--out", str(out)]) == 0
+    html = out.read_text(encoding="utf-8")
+    assert "<script" not in html.lower() and "&lt;script&gt;" in html  # escaped, and the report has no script
+
+    dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=2000",
+                          "--dump-dom", out.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    assert "<title>sweep s</title>" in dom  # neither injected handler changed it: nothing ran
+    assert "pwned" in dom and not re.search(r"<script|<img", dom, re.IGNORECASE)  # shown, never parsed as tags
+    assert "prediction: &lt;script&gt;document.title='pwned'&lt;/script&gt;" in dom
+    assert "reference 2: ref &lt;b&gt;two&lt;/b&gt;" in dom and dom.count("<svg") >= 3  # curves and the scatter
+    assert "scoring A: tokenizer ascii, references max over summary1, summary2" in dom
