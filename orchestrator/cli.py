@@ -113,7 +113,7 @@ def _report(args) -> int:
     html = report.render(summary, rows, args.metric, {name: store.curves(i) for name, i in ids.items()},
                          {name: store.predictions(sweep, name) for name in ids},
                          leaderboard.scoring_groups(summary.trials), args.examples)
-    out = Path(args.out or Path(summary.spec.get("output", {}).get("run_dir", "runs")) / sweep / "report.html")
+    out = Path(args.out or _sweep_dir(summary) / "report.html")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(html, encoding="utf-8")
     print(f"wrote {out} ({len(html) // 1024} KiB, {len(rows)} trials)")
@@ -137,7 +137,7 @@ def _export(args) -> int:
               f"{args.trial!r}; allowed: {', '.join(fine_tunes) or 'none completed yet'}", file=sys.stderr)
         return 2
     _, trial, config = found
-    out = Path(args.out or Path(summary.spec.get("output", {}).get("run_dir", "runs")) / sweep / "export" / name)
+    out = Path(args.out or _sweep_dir(summary) / "export" / name)
     try:
         written = export(trial, config, trial.adapter_dir, sweep, out, merged=args.merged)
     except ExportError as exc:
@@ -145,6 +145,13 @@ def _export(args) -> int:
         return 2
     print(f"exported {name} of {sweep}: " + ", ".join(str(p) for p in written))
     return 0
+
+
+def _sweep_dir(summary):
+    """<run_dir>/<sweep> as the sweep's stored spec says."""
+    from pathlib import Path
+
+    return Path(summary.spec.get("output", {}).get("run_dir", "runs")) / summary.name
 
 
 def _best_fine_tune(summary, metric: str) -> str | None:
