@@ -217,7 +217,8 @@ def _prompt_problems(spec: SweepSpec) -> list[ConfigProblem]:
                                       ", ".join(spec.prompts), schema.did_you_mean(spec.prompt, spec.prompts)))
     elif spec.prompt is None and not swept and len(spec.prompts) > 1:
         problems.append(ConfigProblem("prompt", "with several templates, pick one or sweep them", None,
-                                      ", ".join(spec.prompts), "set prompt: <name>, or sweep prompt in search.grid (search.space for optuna)"))
+                                      ", ".join(spec.prompts),
+                                      "set prompt: <name>, or sweep prompt in search.grid (search.space for optuna)"))
     return problems
 
 
