@@ -140,6 +140,8 @@ def _row(t: TrialSummary, metric: str, base: TrialSummary | None, best: bool, pa
     delta = None if t.kind == "baseline" or base_value is None or value is None else 100 * (value - base_value)
     scores = {k: 100 * t.metrics[k] for k in ROUGE_TYPES if k in t.metrics}
     scores.update({k: t.metrics[k] for k in ("gen_tokens", "gen_words") if k in t.metrics})
+    if "bertscore" in t.metrics:  # optional (scoring.bertscore_model)
+        scores["bertscore"] = 100 * t.metrics["bertscore"]
     return Row(best, t.name, t.kind, str(t.params.get("prompt", "")), t.params.get("lora.rank"),
                t.params.get("training.learning_rate"), scores, delta, t.runtime_s, t.status, pareto, group, *intervals)
 
@@ -156,7 +158,9 @@ def render(rows: list[Row], fmt: str, metric: str, notes: dict, sweep: str,
     cells = [_cells(r) for r in rows]
     several = len({r.scoring for r in rows}) > 1
     multi = any(r.pareto is not None for r in rows)
-    for shown, column, value in ((several, "scoring", lambda r: r.scoring),
+    bert = any("bertscore" in r.scores for r in rows)
+    for shown, column, value in ((bert, "BERTScore", lambda r: _fmt(r.scores.get("bertscore"), 2)),
+                                 (several, "scoring", lambda r: r.scoring),
                                  (multi, "pareto", lambda r: "yes" if r.pareto else "")):
         if shown:
             header.append(column)

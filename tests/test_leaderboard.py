@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 
@@ -97,6 +98,17 @@ def test_rows_scored_differently_are_never_ranked_together_silently(tmp_path):
     assert rows["a-base"].interval.low <= 15.0 <= rows["a-base"].interval.high
 
     text = leaderboard.render(list(rows.values()), "table", "rougeL", {}, "s", leaderboard.scoring_groups(summary.trials))
+    assert "BERTScore" not in text  # only a column when some trial computed it
     assert "WARNING: rows were scored in 2 different ways" in text
     assert "scoring A: tokenizer ascii, references max over summary1, summary2" in text
     assert "scoring B: tokenizer ascii, references summary1" in text
+
+
+def test_bertscore_gets_a_column_when_computed(filled):
+    store, _ = filled
+    summary = store.summary("g")
+    trials = [dataclasses.replace(t, metrics={**t.metrics, "bertscore": 0.871}) if t.name == "v1-r8-lr5e-4" else t
+              for t in summary.trials]
+    rows = leaderboard.build(dataclasses.replace(summary, trials=trials))
+    parsed = {r["trial"]: r for r in csv.DictReader(io.StringIO(leaderboard.render(rows, "csv", "rougeL", {}, "g")))}
+    assert parsed["v1-r8-lr5e-4"]["BERTScore"] == "87.10" and parsed["v2-r8-lr5e-4"]["BERTScore"] == "-"
