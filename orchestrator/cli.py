@@ -30,10 +30,9 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args) -> int:
     spec = load_spec(args.spec)
     from orchestrator.control import SweepBusy, graceful_stop
+    from orchestrator.study import StudyMismatch, check_stored_study
     from orchestrator.sweep import PrepareError, live_driver_check, prepare, run_sweep
     from results.store import Store
-
-    from orchestrator.study import StudyMismatch, check_stored_study
 
     try:
         prepared = prepare(spec)  # before Ray starts
@@ -89,12 +88,9 @@ def _show(args) -> int:
         return 2
     found = store.trial(sweep, args.trial)
     if found is None:
-        names = [t.name for t in store.summary(sweep).trials]
-        print(f"sweep show: the trial must belong to sweep {sweep}; given {args.trial!r}; allowed: "
-              f"{', '.join(names)}", file=sys.stderr)
-        return 2
-    trial_id, trial, config = found
-    print(show.render(trial, config, store.curves(trial_id), store.predictions(sweep, args.trial), args.metric,
+        return _unknown_trial("show", sweep, args.trial, [t.name for t in store.summary(sweep).trials])
+    trial, config = found
+    print(show.render(trial, config, store.curves(trial.id), store.predictions(sweep, args.trial), args.metric,
                       args.examples))
     return 0
 
@@ -109,9 +105,8 @@ def _report(args) -> int:
         return 2
     summary = store.summary(sweep)
     rows = leaderboard.build(summary, args.metric, store.example_scores(sweep, args.metric))
-    ids = {t.name: store.trial(sweep, t.name)[0] for t in summary.trials}
-    html = report.render(summary, rows, args.metric, {name: store.curves(i) for name, i in ids.items()},
-                         {name: store.predictions(sweep, name) for name in ids},
+    html = report.render(summary, rows, args.metric, {t.name: store.curves(t.id) for t in summary.trials},
+                         {t.name: store.predictions(sweep, t.name) for t in summary.trials},
                          leaderboard.scoring_groups(summary.trials), args.examples)
     out = Path(args.out or _sweep_dir(summary) / "report.html")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -136,7 +131,7 @@ def _export(args) -> int:
         print(f"sweep export: name one completed fine-tune of {sweep}, or --best (not both); given "
               f"{args.trial!r}; allowed: {', '.join(fine_tunes) or 'none completed yet'}", file=sys.stderr)
         return 2
-    _, trial, config = found
+    trial, config = found
     out = Path(args.out or _sweep_dir(summary) / "export" / name)
     try:
         written = export(trial, config, trial.adapter_dir, sweep, out, merged=args.merged)
@@ -145,6 +140,12 @@ def _export(args) -> int:
         return 2
     print(f"exported {name} of {sweep}: " + ", ".join(str(p) for p in written))
     return 0
+
+
+def _unknown_trial(command: str, sweep: str, given: str, names: list[str]) -> int:
+    print(f"sweep {command}: the trial must belong to sweep {sweep}; given {given!r}; allowed: {', '.join(names)}",
+          file=sys.stderr)
+    return 2
 
 
 def _sweep_dir(summary):
@@ -168,9 +169,7 @@ def _stop(args) -> int:
     summary = store.summary(sweep)
     names = [t.name for t in summary.trials]
     if args.trial is not None and args.trial not in names:
-        print(f"sweep stop: the trial must belong to sweep {sweep}; given {args.trial!r}; allowed: "
-              f"{', '.join(names)}", file=sys.stderr)
-        return 2
+        return _unknown_trial("stop", sweep, args.trial, names)
     what = f"trial {args.trial}" if args.trial else "every trial"
     if driver_alive(summary.driver, summary.heartbeat_at):
         store.request_stop(sweep, args.trial)

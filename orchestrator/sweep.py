@@ -22,8 +22,8 @@ from orchestrator.control import HEARTBEAT_INTERVAL_S, StopFlag, SweepBusy, driv
 from orchestrator.plan import PlannedTrial, content_key, expand, planned_trial
 from orchestrator.progress import Progress
 from orchestrator.spec import ResourcesConfig, SweepSpec, to_plain
-from results.store import Store
 from orchestrator.study import Study
+from results.store import Store
 from results.tensorboard import TensorBoardSink
 from trainer.config import TrialConfig
 from trainer.data import DATA_DIR_ENV, TrialData, load_trial_data, split_source
@@ -84,13 +84,13 @@ def run_sweep(spec: SweepSpec, store: Store, backend, stream: TextIO = sys.stder
 
 def live_driver_check(store: Store, name: str) -> str | None:
     """The recorded driver when it is gone (so it may be replaced); SweepBusy while it lives."""
-    summary = store.summary(name)
-    if summary is None or summary.driver is None:
+    driver, heartbeat_at = store.driver_of(name) or (None, None)
+    if driver is None:
         return None
-    if driver_alive(summary.driver, summary.heartbeat_at):
-        raise SweepBusy(f"sweep {name!r} is being run by {summary.driver} (heartbeat {summary.heartbeat_at:%H:%M:%S}"
+    if driver_alive(driver, heartbeat_at):
+        raise SweepBusy(f"sweep {name!r} is being run by {driver} (heartbeat {heartbeat_at:%H:%M:%S}"
                         f" UTC); nothing was run. Fix: wait, or `sweep stop {name}` first")
-    return summary.driver
+    return driver
 
 
 def prepare(spec: SweepSpec) -> tuple[list[PlannedTrial], dict[str, TrialData]]:

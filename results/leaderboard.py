@@ -184,9 +184,7 @@ def render(rows: list[Row], fmt: str, metric: str, notes: dict, sweep: str,
 def _title(sweep: str, metric: str, notes: dict, groups: dict, several: bool, multi: bool) -> list[str]:
     title = [f"sweep {sweep}: ranked by {metric} (F1 x 100); * = best"] + [f"{k}: {v}" for k, v in notes.items()]
     for letter, how in sorted(groups.items()):
-        label = f"scoring {letter}" if several else "scoring"
-        title.append(f"{label}: " + (", ".join(f"{k} {v}" for k, v in how.items()) if how else
-                                     "not recorded (stored before 0.2: first reference, ascii tokenizer)"))
+        title.append(f"{f'scoring {letter}' if several else 'scoring'}: {describe_scoring(how)}")
     if several:
         title.append(f"WARNING: rows were scored in {len(groups)} different ways; best, ranks and differences "
                      "are computed within one scoring letter only, never across")
@@ -197,19 +195,31 @@ def _title(sweep: str, metric: str, notes: dict, groups: dict, several: bool, mu
     return title
 
 
-def _cells(r: Row) -> list[str]:
-    s = r.scores
-    ci = "-" if r.interval is None else f"[{r.interval.low:.1f}, {r.interval.high:.1f}]"
-    return ["*" if r.best else "", r.trial, r.kind, r.prompt, _fmt(r.rank), _lr(r.lr),
-            *(_fmt(s.get(k), 2) for k in ROUGE_TYPES), _fmt(s.get("gen_tokens"), 1), _fmt(s.get("gen_words"), 1),
-            ci, _difference(r.vs_best, None), _difference(r.vs_baseline, r.delta), _fmt(r.runtime_s, 0), r.status]
+def describe_scoring(how: dict | None) -> str:
+    """One line of a result's scoring provenance, as every view prints it."""
+    if not how:
+        return "not recorded (stored before 0.2: first reference, ascii tokenizer)"
+    return ", ".join(f"{k} {v}" for k, v in how.items())
 
 
-def _difference(interval: Interval | None, plain: float | None) -> str:
+def format_interval(interval: Interval | None) -> str:
+    return "-" if interval is None else f"[{interval.low:.1f}, {interval.high:.1f}]"
+
+
+def format_difference(interval: Interval | None, plain: float | None = None) -> str:
+    """`+2.31 [+0.4, +4.2]!` (`!`: the interval excludes 0), else the plain difference or `-`."""
     if interval is None:
         return _fmt(plain, 2, signed=True)
     mark = "!" if interval.excludes_zero else ""
     return f"{interval.estimate:+.2f} [{interval.low:+.1f}, {interval.high:+.1f}]{mark}"
+
+
+def _cells(r: Row) -> list[str]:
+    s = r.scores
+    return ["*" if r.best else "", r.trial, r.kind, r.prompt, _fmt(r.rank), _lr(r.lr),
+            *(_fmt(s.get(k), 2) for k in ROUGE_TYPES), _fmt(s.get("gen_tokens"), 1), _fmt(s.get("gen_words"), 1),
+            format_interval(r.interval), format_difference(r.vs_best), format_difference(r.vs_baseline, r.delta),
+            _fmt(r.runtime_s, 0), r.status]
 
 
 def _fmt(value, digits: int = 0, signed: bool = False) -> str:

@@ -7,8 +7,8 @@ from __future__ import annotations
 from html import escape
 
 from evaluation.rouge import ROUGE_TYPES
-from results.leaderboard import Row
-from results.show import curve_lines
+from results.leaderboard import Row, describe_scoring, format_difference, format_interval
+from results.show import curve_lines, curve_series, worst_and_best
 from results.store import SweepSummary
 
 _CSS = """body{font:14px/1.45 system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
@@ -37,8 +37,7 @@ def _e(value) -> str:
 def _notes(summary: SweepSummary, groups: dict) -> str:
     items = [f"<li>{_e(k)}: {_e(v)}</li>" for k, v in summary.notes.items()]
     for letter, how in sorted(groups.items()):
-        shown = ", ".join(f"{k} {v}" for k, v in how.items()) if how else "not recorded"
-        items.append(f"<li>scoring {_e(letter)}: {_e(shown)}</li>")
+        items.append(f"<li>scoring {_e(letter)}: {_e(describe_scoring(how))}</li>")
     return f"<ul class='note'>{''.join(items)}</ul>"
 
 
@@ -49,8 +48,8 @@ def _board(rows: list[Row], metric: str) -> str:
     for r in rows:
         cells = [r.trial, r.kind, r.status, r.prompt, r.rank if r.rank is not None else "-",
                  f"{r.lr:.2g}" if r.lr else "-", *(_num(r.scores.get(k)) for k in ROUGE_TYPES),
-                 _num(r.scores.get("gen_tokens"), 1), _ci(r.interval), _diff(r.vs_best), _diff(r.vs_baseline),
-                 r.scoring]
+                 _num(r.scores.get("gen_tokens"), 1), format_interval(r.interval), format_difference(r.vs_best),
+                 format_difference(r.vs_baseline, r.delta), r.scoring]
         tds = "".join(f"<td class='l'>{_e(c)}</td>" if i < 4 else f"<td>{_e(c)}</td>" for i, c in enumerate(cells))
         body.append(f"<tr class='{'best' if r.best else ''}'>{tds}</tr>")
     ths = "".join(f"<th class='l'>{_e(h)}</th>" if i < 4 else f"<th>{_e(h)}</th>" for i, h in enumerate(head))
@@ -59,14 +58,6 @@ def _board(rows: list[Row], metric: str) -> str:
 
 def _num(value, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
-
-
-def _ci(i) -> str:
-    return "-" if i is None else f"[{i.low:.1f}, {i.high:.1f}]"
-
-
-def _diff(i) -> str:
-    return "-" if i is None else f"{i.estimate:+.2f} [{i.low:+.1f}, {i.high:+.1f}]" + ("!" if i.excludes_zero else "")
 
 
 def _scatter(rows: list[Row], metric: str) -> str:
@@ -80,11 +71,7 @@ def _scatter(rows: list[Row], metric: str) -> str:
 
 def _trial(row: Row, curve: list[tuple[str, int, float]], predictions: list[dict], metric: str,
            examples: int) -> str:
-    series: dict[str, list[tuple[float, float]]] = {}
-    for name, step, value in curve:
-        if not name.startswith("final/"):
-            series.setdefault(name, []).append((step, value))
-    charts = [_svg([(name, pts)], "step", name) for name, pts in series.items()
+    charts = [_svg([(name, pts)], "step", name) for name, pts in curve_series(curve).items()
               if name in ("train/loss", f"eval/{metric}") and len(pts) > 1]
     brief = "".join(f"<li>{_e(line)}</li>" for line in curve_lines(curve))
     return (f"<h3 id='{_e(row.trial)}'>{_e(row.trial)} <small class='note'>{_e(row.kind)}, {_e(row.status)}"
@@ -92,16 +79,12 @@ def _trial(row: Row, curve: list[tuple[str, int, float]], predictions: list[dict
 
 
 def _samples(predictions: list[dict], metric: str, examples: int) -> str:
-    scored = sorted((p for p in predictions if metric in p), key=lambda p: p[metric])
-    if not scored:
-        return ""
-    count = min(examples, (len(scored) + 1) // 2)
     out = []
-    for title, picked in ((f"worst {count}", scored[:count]), (f"best {count}", scored[::-1][:count])):
+    for title, picked in worst_and_best(predictions, metric, examples):
         out.append(f"<p><b>{_e(title)} by {_e(metric)}</b></p>")
         for p in picked:
             refs = "".join(f"<div class='ref'>reference {i}: {_e(r)}</div>"
-                           for i, r in enumerate(p.get("references") or [p["reference"]], 1))
+                           for i, r in enumerate(p["references"], 1))
             out.append(f"<div class='ex'><div class='note'>{_e(p['example_id'])}: {_e(metric)} "
                        f"{100 * p[metric]:.1f}</div><div class='pred'>prediction: {_e(p['prediction'])}</div>"
                        f"{refs}</div>")

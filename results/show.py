@@ -7,6 +7,8 @@ import textwrap
 
 import yaml
 
+from results.leaderboard import describe_scoring
+from results.status import last_line
 from results.store import TrialSummary
 
 _WRAP = 100
@@ -17,28 +19,39 @@ def render(trial: TrialSummary, config: dict, curves: list[tuple[str, int, float
     lines = [f"trial {trial.name} ({trial.kind}): {trial.status}" + _runtime(trial),
              "params: " + ", ".join(f"{k}={v}" for k, v in trial.params.items())]
     if trial.error:
-        lines.append("note: " + trial.error.strip().splitlines()[-1])
+        lines.append("note: " + last_line(trial.error))
     if trial.scoring:
-        lines.append("scoring: " + ", ".join(f"{k} {v}" for k, v in trial.scoring.items()))
+        lines.append("scoring: " + describe_scoring(trial.scoring))
     if trial.metrics:
         lines.append("final: " + "  ".join(f"{k} {_value(k, v)}" for k, v in trial.metrics.items()))
     lines += ["", "curves (first -> last; min of losses, max of the rest; points):"] + [f"  {line}" for line in curve_lines(curves)]
-    scored = sorted((p for p in predictions if metric in p), key=lambda p: p[metric])
-    if scored:
-        count = min(examples, (len(scored) + 1) // 2)
-        lines += _examples(f"worst {count} by {metric}", scored[:count], metric)
-        lines += _examples(f"best {count} by {metric}", scored[::-1][:count], metric)
+    for title, picked in worst_and_best(predictions, metric, examples):
+        lines += _examples(f"{title} by {metric}", picked, metric)
     return "\n".join(lines + ["", "config:", textwrap.indent(yaml.safe_dump(config, sort_keys=False), "  ")])
 
 
-def curve_lines(curves: list[tuple[str, int, float]]) -> list[str]:
-    """One line per curve: its first and last points, its best point (min for losses, else max)."""
+def curve_series(curves: list[tuple[str, int, float]]) -> dict[str, list[tuple[int, float]]]:
+    """Metric name -> its (step, value) points in report order; the `final/` values are not a curve."""
     series: dict[str, list[tuple[int, float]]] = {}
     for name, step, value in curves:
         if not name.startswith("final/"):
             series.setdefault(name, []).append((step, value))
+    return series
+
+
+def worst_and_best(predictions: list[dict], metric: str, examples: int) -> list[tuple[str, list[dict]]]:
+    """[("worst N", rows), ("best N", rows)] by `metric`; N is at most half the scored rows (rounded up)."""
+    scored = sorted((p for p in predictions if metric in p), key=lambda p: p[metric])
+    if not scored:
+        return []
+    count = min(examples, (len(scored) + 1) // 2)
+    return [(f"worst {count}", scored[:count]), (f"best {count}", scored[::-1][:count])]
+
+
+def curve_lines(curves: list[tuple[str, int, float]]) -> list[str]:
+    """One line per curve: its first and last points, its best point (min for losses, else max)."""
     out = []
-    for name, points in series.items():
+    for name, points in curve_series(curves).items():
         pick = min if "loss" in name else max
         step, value = pick(points, key=lambda p: p[1])
         out.append(f"{name}: {points[0][1]:.4g} (step {points[0][0]}) -> {points[-1][1]:.4g} (step {points[-1][0]}); "
@@ -51,7 +64,7 @@ def _examples(title: str, rows: list[dict], metric: str) -> list[str]:
     for p in rows:
         out.append(f"  [{p['example_id']}] {metric} {100 * p[metric]:.1f}, {p['new_tokens']} tokens")
         out.append(_wrapped("prediction", p["prediction"]))
-        out += [_wrapped(f"reference {i}", ref) for i, ref in enumerate(p.get("references") or [p["reference"]], 1)]
+        out += [_wrapped(f"reference {i}", ref) for i, ref in enumerate(p["references"], 1)]
     return out
 
 

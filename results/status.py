@@ -48,5 +48,10 @@ def _step(last: int | None, max_steps: int | None, kind: str) -> str:
 def _note(error: str | None) -> str:
     if not error:
         return ""
-    last = [line.strip() for line in error.strip().splitlines() if line.strip()][-1]
+    last = last_line(error)
     return last if len(last) <= _NOTE_CHARS else last[:_NOTE_CHARS - 3] + "..."
+
+
+def last_line(text: str) -> str:
+    """The last non-blank line: where a traceback or a stop reason says what happened."""
+    return [line.strip() for line in text.strip().splitlines() if line.strip()][-1]

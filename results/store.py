@@ -42,6 +42,8 @@ class TrialSummary:
     scoring: dict | None = None
     """How its final metrics were computed; None for results stored before this was recorded."""
     adapter_dir: str | None = None
+    id: int | None = None
+    """Row id, for the per-trial reads (curves)."""
 
 
 @dataclass(frozen=True)
@@ -198,8 +200,13 @@ class Store:
         """(status, final metrics) of one trial."""
         with self.session() as s:
             row = s.get(TrialRow, trial_id)
-            return row.status, {m.name.removeprefix(FINAL_PREFIX): m.value for m in row.metrics
-                                if m.name.startswith(FINAL_PREFIX)}
+            return row.status, _finals(row)
+
+    def driver_of(self, sweep_name: str) -> tuple[str | None, datetime | None] | None:
+        """(driver, last heartbeat) of a sweep, None when there is no such sweep; reads nothing else."""
+        with self.session() as s:
+            found = s.execute(select(SweepRow.driver, SweepRow.heartbeat_at).where(SweepRow.name == sweep_name)).first()
+            return None if found is None else (found.driver, _aware(found.heartbeat_at))
 
     def sweep_names(self) -> list[str]:
         with self.session() as s:
@@ -210,22 +217,19 @@ class Store:
             sweep = s.scalar(select(SweepRow).where(SweepRow.name == sweep_name))
             if sweep is None:
                 return None
-            steps = dict(s.execute(select(MetricRow.trial_id, func.max(MetricRow.step)).join(TrialRow).where(
-                TrialRow.sweep_id == sweep.id, MetricRow.name.like("train/%")).group_by(MetricRow.trial_id)).all())
+            steps = _last_train_steps(s, TrialRow.sweep_id == sweep.id)
             return SweepSummary(sweep.name, dict(sweep.notes or {}),
                                 [_trial_summary(t, steps.get(t.id)) for t in sorted(sweep.trials, key=lambda t: t.id)],
                                 dict(sweep.spec or {}), sweep.driver, _aware(sweep.heartbeat_at))
 
-    def trial(self, sweep_name: str, trial_name: str) -> tuple[int, TrialSummary, dict] | None:
-        """(id, summary, resolved config) of one trial, or None."""
+    def trial(self, sweep_name: str, trial_name: str) -> tuple[TrialSummary, dict] | None:
+        """(summary, resolved config) of one trial, or None."""
         with self.session() as s:
             row = s.scalar(select(TrialRow).join(SweepRow).where(SweepRow.name == sweep_name,
                                                                   TrialRow.name == trial_name))
             if row is None:
                 return None
-            last = s.scalar(select(func.max(MetricRow.step)).where(MetricRow.trial_id == row.id,
-                                                                   MetricRow.name.like("train/%")))
-            return row.id, _trial_summary(row, last), dict(row.config or {})
+            return _trial_summary(row, _last_train_steps(s, TrialRow.id == row.id).get(row.id)), dict(row.config or {})
 
     def curves(self, trial_id: int) -> list[tuple[str, int, float]]:
         with self.session() as s:
@@ -267,10 +271,20 @@ def _prediction(trial_id: int, p: dict) -> PredictionRow:
 
 
 def _trial_summary(t: TrialRow, last_step: int | None) -> TrialSummary:
-    finals = {m.name.removeprefix(FINAL_PREFIX): m.value for m in t.metrics if m.name.startswith(FINAL_PREFIX)}
-    return TrialSummary(t.name, t.kind, dict(t.params), t.status, t.runtime_s, finals, t.error,
+    return TrialSummary(t.name, t.kind, dict(t.params), t.status, t.runtime_s, _finals(t), t.error,
                         _aware(t.started_at), t.worker, t.attempts or 0, t.study_trial, last_step,
-                        _aware(t.finished_at), t.scoring, t.adapter_dir)
+                        _aware(t.finished_at), t.scoring, t.adapter_dir, t.id)
+
+
+def _finals(t: TrialRow) -> dict[str, float]:
+    """The trial's metrics of record, without the `final/` prefix."""
+    return {m.name.removeprefix(FINAL_PREFIX): m.value for m in t.metrics if m.name.startswith(FINAL_PREFIX)}
+
+
+def _last_train_steps(s: Session, *where) -> dict[int, int]:
+    """Trial id -> highest training step reported, for the trials matching `where`."""
+    return dict(s.execute(select(MetricRow.trial_id, func.max(MetricRow.step)).join(TrialRow)
+                          .where(MetricRow.name.like("train/%"), *where).group_by(MetricRow.trial_id)).all())
 
 
 def _aware(moment: datetime | None) -> datetime | None:

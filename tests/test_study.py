@@ -99,12 +99,8 @@ def test_rerun_resumes_the_study_and_multi_objective_shows_pareto(
 
 
 def _row_id(store: Store, name: str) -> int:
-    from sqlalchemy import select
-
-    from results.models import TrialRow
-
-    with store.session() as s:
-        return s.scalar(select(TrialRow.id).where(TrialRow.name == name))
+    [trial] = [t for t in store.summary(store.sweep_names()[-1]).trials if t.name == name]
+    return trial.id
 
 
 def test_shipped_optuna_spec_runs_on_the_embedded_model(data_root, tmp_path, monkeypatch):
@@ -131,7 +127,7 @@ def test_shipped_optuna_spec_runs_on_the_embedded_model(data_root, tmp_path, mon
     study = load_study(spec)
     assert_study_matches_store(study, store, "optuna_tpe")
     for t in store.summary("optuna_tpe").trials:
-        names = {n for n, _, _ in store.curves(_row_id(store, t.name))}
+        names = {n for n, _, _ in store.curves(t.id)}
         assert {"eval/rougeL", "train/loss", "final/rougeL"} <= names and 1e-4 <= t.params["training.learning_rate"] <= 1e-3
 
 
