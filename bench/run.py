@@ -3,6 +3,11 @@
   python bench/run.py                 # everything (grid_2x2x2 + optuna_tpe: ~40 min on 2 cores)
   python bench/run.py --only load,generate
 
+- step:     where a trial's optimizer step goes (grid_2x2x2's model, batches and sequence length, one thread,
+            each measurement in its own process so peak memory is its own): the trial's SFTTrainer step
+            against a bare PEFT forward+backward+AdamW step on the same batches and dtype (<= 1.15), stock
+            TRL's step for comparison, `auto` against forced bfloat16, NF4 against a full-precision base
+            (time and peak RSS), and the training FLOP/s achieved against this CPU's one-thread matmul FLOP/s
 - load:     cached safetensors load vs cold GGUF load+dequantize of the embedded model (>= 10x)
 - generate: batched vs one-by-one greedy generation throughput, NF4 model as in trials (>= 4x)
 - sweep:    sweep wall time vs (sum of trial times / concurrent slots) (<= 1.05), and the
@@ -65,6 +70,178 @@ def bench_generate(rows: list, examples: int, batch_size: int) -> None:
     rows.append((f"generation, {examples} prompts: batch 1 / batch {batch_size}",
                  f"{examples / one:.2f} / {examples / batched:.2f} prompts/s", one / batched, ">= 4x",
                  one / batched >= 4))
+
+
+STEP_SPEC = "grid_2x2x2.yaml"
+_MATMUL = (448, 576, 1536)  # (m, k, n): one of SmolLM2-135M's MLP projections on 2x224 tokens
+
+
+def hardware_line() -> str:
+    """The machine every figure below was measured on, and what `auto` resolves to on it."""
+    import torch
+
+    from trainer.hardware import probe_device, resolve_precision
+
+    torch.set_num_threads(1)
+    device = probe_device()
+    return (f"hardware: {device.kind}: {device.name}, {device.detail}; matmul slowdown vs float32 "
+            f"{device.slowdown}; auto -> {resolve_precision('auto', device).dtype}; torch {torch.__version__}")
+
+
+def bench_step(rows: list, steps: int) -> None:
+    """Seconds per optimizer step of grid_2x2x2's trial, each variant in a fresh process (own peak memory)."""
+    trial = _isolated(step_seconds, "trial", "nf4", "auto", steps)
+    bare = _isolated(step_seconds, "bare", "nf4", "auto", steps)
+    stock = _isolated(step_seconds, "stock", "nf4", "auto", steps)
+    rows.append((f"{trial['dtype']} step: trial (SweepSFTTrainer) / bare PEFT fwd+bwd+AdamW",
+                 f"{trial['s']:.2f} s / {bare['s']:.2f} s", trial["s"] / bare["s"], "<= 1.15",
+                 trial["s"] / bare["s"] <= 1.15))
+    rows.append(("step: stock TRL SFTTrainer / trial (before / after this change)",
+                 f"{stock['s']:.2f} s / {trial['s']:.2f} s", stock["s"] / trial["s"], "report", True))
+    forced = _isolated(step_seconds, "bare", "nf4", "bfloat16", 1, 1)  # one micro batch: emulated bf16 is slow
+    auto_micro = _isolated(step_seconds, "bare", "nf4", "auto", 2, 1)
+    native = trial["native_bf16"]
+    ratio = forced["s"] / auto_micro["s"]
+    rows.append((f"micro batch fwd+bwd: forced bfloat16 / auto ({auto_micro['dtype']})",
+                 f"{forced['s']:.2f} s / {auto_micro['s']:.2f} s", ratio,
+                 "~1.0 (+-5%)" if native else ">= 5x", abs(ratio - 1) <= 0.05 if native else ratio >= 5))
+    full = _isolated(step_seconds, "bare", "none", "auto", steps)
+    rows.append(("step time: NF4 base / full-precision base", f"{bare['s']:.2f} s / {full['s']:.2f} s",
+                 bare["s"] / full["s"], "report", True))
+    rows.append(("weights in memory: NF4 base / full-precision base (+ LoRA)",
+                 f"{bare['weights_mib']:.0f} / {full['weights_mib']:.0f} MiB", bare["weights_mib"] / full["weights_mib"],
+                 "report", True))
+    rows.append(("peak host RSS (whole process): NF4 base / full-precision base",
+                 f"{bare['rss_mib']:.0f} / {full['rss_mib']:.0f} MiB", bare["rss_mib"] / full["rss_mib"], "report",
+                 True))
+    peak = _isolated(matmul_flops)
+    achieved = trial["flop"] / trial["s"]
+    rows.append((f"training FLOP/s (FLOP/step {trial['flop'] / 1e9:.0f} G) / {peak['dtype']} matmul FLOP/s, 1 thread",
+                 f"{achieved / 1e9:.1f} / {peak['flops'] / 1e9:.1f} GFLOP/s", achieved / peak["flops"], "report", True))
+
+
+def step_seconds(kind: str, mode: str, dtype: str, steps: int, micro_batches: int | None = None) -> dict:
+    """Mean seconds per optimizer step after the first (warm-up), or of `micro_batches` bare micro batches."""
+    import dataclasses
+
+    import torch
+
+    from orchestrator.plan import expand
+    from orchestrator.spec import load_spec
+    from trainer.data import load_trial_data
+    from trainer.hardware import peak_memory_mib, probe_device, resolve_precision
+    from trainer.trial import adapt, load, set_seed
+
+    torch.set_num_threads(1)  # one trial's share of this machine
+    device = probe_device()
+    cfg = expand(load_spec(str(REPO / "sweeps" / STEP_SPEC)))[0].config
+    dtype = resolve_precision(dtype, device).dtype
+    cfg = dataclasses.replace(cfg, quantization=dataclasses.replace(cfg.quantization, mode=mode, compute_dtype=dtype),
+                              training=dataclasses.replace(cfg.training, max_steps=steps))
+    set_seed(cfg.training.seed)
+    tokenizer, model = load(cfg)
+    model = adapt(model, cfg)
+    trainer = _sft_trainer(kind, cfg, model, tokenizer, load_trial_data(cfg.dataset))
+    accumulation = cfg.training.gradient_accumulation_steps
+    batches = [b for _, b in zip(range(steps * accumulation), trainer.get_train_dataloader())]
+    if kind != "bare":
+        times = _timed_trainer_steps(trainer)
+    else:
+        times = _bare_steps(model, batches[:micro_batches] if micro_batches else batches,
+                            1 if micro_batches else accumulation, cfg.training.learning_rate)
+    timed = times[1:] or times
+    flop = sum(_train_flop(model.config, *b["input_ids"].shape) for b in batches[:accumulation])
+    return {"s": sum(timed) / len(timed), "dtype": dtype, "native_bf16": device.bf16_native, "flop": flop,
+            "rss_mib": peak_memory_mib()["host_rss_mib"], "weights_mib": _weights_mib(model)}
+
+
+def _weights_mib(model) -> float:
+    """Bytes held by parameters and buffers (4-bit packed weights count as stored), MiB."""
+    tensors = list(model.parameters()) + list(model.buffers())
+    return sum(t.numel() * t.element_size() for t in tensors) / 2**20
+
+
+def _sft_trainer(kind: str, cfg, model, tokenizer, data):
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from trainer.sft import SweepSFTTrainer
+    from trainer.trial import _trainer_args, training_rows
+
+    rows, _ = training_rows(cfg, tokenizer, data)
+    args = SFTConfig(**_trainer_args(cfg, Path(tempfile.mkdtemp())), max_length=cfg.training.max_seq_length,
+                     completion_only_loss=True)
+    family = SFTTrainer if kind == "stock" else SweepSFTTrainer
+    return family(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+
+
+def _timed_trainer_steps(trainer) -> list[float]:
+    from transformers import TrainerCallback
+
+    times: list[float] = []
+
+    class StepTimer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.start = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            times.append(time.perf_counter() - self.start)
+
+    trainer.add_callback(StepTimer())
+    trainer.train()
+    return times
+
+
+def _bare_steps(model, batches: list[dict], accumulation: int, learning_rate: float) -> list[float]:
+    """PEFT model, plain loop: forward with labels, backward, AdamW every `accumulation` micro batches."""
+    import torch
+
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=learning_rate)
+    times = []
+    for start in range(0, len(batches), accumulation):
+        began = time.perf_counter()
+        for batch in batches[start:start + accumulation]:
+            (model(**batch).loss / accumulation).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        times.append(time.perf_counter() - began)
+    return times
+
+
+def _train_flop(config, batch: int, tokens: int) -> float:
+    """Training FLOP of one micro batch with a frozen base: forward + activation gradients = 2 x forward.
+    Forward = 2 x (decoder linear params + LM head) x tokens + attention scores and mixing (4 x layers x T^2 x d)."""
+    hidden, layers = config.hidden_size, config.num_hidden_layers
+    head_dim = hidden // config.num_attention_heads
+    kv = config.num_key_value_heads * head_dim
+    per_layer = hidden * (2 * hidden + 2 * kv) + 3 * hidden * config.intermediate_size
+    forward = 2 * batch * tokens * (layers * per_layer + hidden * config.vocab_size)
+    forward += 4 * batch * layers * tokens * tokens * hidden
+    return 2.0 * forward
+
+
+def matmul_flops() -> dict:
+    """Best one-thread FLOP/s of a trial-sized matmul in the dtype `auto` picks here."""
+    import torch
+
+    from trainer.hardware import probe_device, resolve_precision
+
+    torch.set_num_threads(1)
+    dtype = resolve_precision("auto", probe_device()).dtype
+    m, k, n = _MATMUL
+    a, b = torch.randn(m, k).to(getattr(torch, dtype)), torch.randn(k, n).to(getattr(torch, dtype))
+    best = min(_timed(lambda: a @ b) for _ in range(20))
+    return {"flops": 2 * m * k * n / best, "dtype": dtype}
+
+
+def _isolated(fn, *args) -> dict:
+    """fn(*args) in a fresh spawned process: its own peak memory, nothing cached from the previous one."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
 
 
 def run_spec(spec_name: str, num_cpus: int | None, baselines: bool = True):
@@ -130,8 +307,9 @@ def _timed(fn) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="load,generate,sweep,search",
-                        help="comma list of load, generate, sweep, search")
+    parser.add_argument("--only", default="step,load,generate,sweep,search",
+                        help="comma list of step, load, generate, sweep, search")
+    parser.add_argument("--steps", type=int, default=4, help="optimizer steps per step measurement (first = warm-up)")
     parser.add_argument("--spec", default="grid_2x2x2.yaml", help="spec file in sweeps/ for the sweep bench")
     parser.add_argument("--study-spec", default="optuna_tpe.yaml", help="study spec compared with --spec")
     parser.add_argument("--examples", type=int, default=16, help="prompts in the generation bench")
@@ -140,6 +318,9 @@ def main() -> int:
     args = parser.parse_args()
     parts = set(args.only.split(","))
     rows: list = []
+    print(hardware_line(), flush=True)
+    if "step" in parts:
+        bench_step(rows, args.steps)
     if "load" in parts:
         bench_load(rows)
     if "generate" in parts:
@@ -150,7 +331,8 @@ def main() -> int:
     if "search" in parts:
         bench_search(rows, grid_run, args.study_spec, args.num_cpus)
     width = max(len(r[0]) for r in rows)
-    print(f"\n{'measurement'.ljust(width)}  {'values':<32} {'ratio':>8}  {'target':<16} ok")
+    print(f"\n{hardware_line()}")
+    print(f"{'measurement'.ljust(width)}  {'values':<32} {'ratio':>8}  {'target':<16} ok")
     for name, values, ratio, target, ok in rows:
         print(f"{name.ljust(width)}  {values:<32} {ratio:>8.2f}  {target:<16} {'yes' if ok else 'NO'}")
     return 0

@@ -240,11 +240,12 @@ def _open_sweep(args, command: str):
 
 
 def _leaderboard_text(store, sweep: str, metric: str, fmt: str, samples: int = 1000) -> str:
-    from results import leaderboard
+    from results import environment, leaderboard
 
     summary = store.summary(sweep)
     rows = leaderboard.build(summary, metric, store.example_scores(sweep, metric), samples)
-    return leaderboard.render(rows, fmt, metric, summary.notes, sweep, leaderboard.scoring_groups(summary.trials))
+    return leaderboard.render(rows, fmt, metric, summary.notes, sweep, leaderboard.scoring_groups(summary.trials),
+                              environment.sweep_lines(summary.trials))
 
 
 def _parser() -> argparse.ArgumentParser:

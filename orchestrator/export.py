@@ -8,6 +8,7 @@ from pathlib import Path
 
 import yaml
 
+from results import environment
 from results.store import TrialSummary
 
 
@@ -28,23 +29,25 @@ def export(trial: TrialSummary, config: dict, adapter_dir: str | None, sweep: st
     shutil.copytree(adapter_dir, out / "adapter", dirs_exist_ok=True)
     written = [out / "adapter"]
     if merged:
-        written.append(merge(config, adapter_dir, out / "merged"))
+        dtype = (trial.environment or {}).get("compute_dtype") or config["quantization"]["compute_dtype"]
+        written.append(merge(config, adapter_dir, out / "merged", dtype))
     card = out / "README.md"
     card.write_text(model_card(trial, config, sweep, merged), encoding="utf-8")
     return written + [card]
 
 
-def merge(config: dict, adapter_dir: str, target: Path) -> Path:
-    """The base model in its compute dtype (not 4-bit: merged weights must be exact) plus the adapter."""
+def merge(config: dict, adapter_dir: str, target: Path, dtype: str) -> Path:
+    """The base model in the trial's compute dtype (`dtype`, as it resolved; not 4-bit: merged weights must be
+    exact) plus the adapter."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-    from trainer.models import is_encoder_decoder, load_tokenizer, resolve_model_path
+    from trainer.models import is_encoder_decoder, load_tokenizer, resolve_model_path, resolved_dtype
 
     path = resolve_model_path(config["model"]["name"])
     family = AutoModelForSeq2SeqLM if is_encoder_decoder(path) else AutoModelForCausalLM
-    base = family.from_pretrained(path, dtype=getattr(torch, config["quantization"]["compute_dtype"]))
+    base = family.from_pretrained(path, dtype=getattr(torch, resolved_dtype(dtype)))
     PeftModel.from_pretrained(base, adapter_dir).merge_and_unload().save_pretrained(target)
     load_tokenizer(path).save_pretrained(target)
     return target
@@ -73,6 +76,8 @@ qlora-sweep with a {config["quantization"]["mode"]} base model. {"`merged/` hold
 
 How they were computed:
 {how}
+
+Trained on: {environment.describe(trial.environment)}
 
 ## Swept settings
 

@@ -244,6 +244,8 @@ class _Driver:
                 trial.started = True
                 self.store.mark_running(trial_id, event["worker"])
                 self.progress.update(running=1)
+            elif event["event"] == "environment":
+                self.store.set_environment(trial_id, event["environment"])
             elif event["event"] == "metric":
                 points.setdefault(trial_id, []).append((event["name"], event["step"], event["value"]))
                 self.tensorboard.scalar(trial.planned.name, event["name"], event["step"], event["value"])
@@ -284,7 +286,7 @@ class _Driver:
         else:
             r = result.result
             self.store.complete_trial(trial.trial_id, r.metrics, r.predictions, result.runtime_s, r.timings_s,
-                                      r.adapter_dir, r.scoring)
+                                      r.adapter_dir, r.scoring, r.environment)
             self.tensorboard.hparams(name, {"kind": trial.planned.kind, **trial.planned.params}, r.metrics)
             self.outcome.completed.append(name)
             self.outcome.runtimes_s[name] = result.runtime_s

@@ -147,10 +147,11 @@ def _row(t: TrialSummary, metric: str, base: TrialSummary | None, best: bool, pa
 
 
 def render(rows: list[Row], fmt: str, metric: str, notes: dict, sweep: str,
-           groups: dict[str, dict | None] | None = None) -> str:
-    groups = groups or {}
+           groups: dict[str, dict | None] | None = None, hardware: list[str] | None = None) -> str:
+    """`hardware`: results.environment.sweep_lines of the sweep's trials, shown under the notes."""
+    groups, hardware = groups or {}, hardware or []
     if fmt == "json":
-        return json.dumps({"sweep": sweep, "metric": metric, "notes": notes, "scoring": groups,
+        return json.dumps({"sweep": sweep, "metric": metric, "notes": notes, "scoring": groups, "hardware": hardware,
                            "rows": [asdict(r) for r in rows]}, indent=2)
     m = _short(metric)
     header = ["", "trial", "kind", "prompt", "rank", "lr", "R1", "R2", "RL", "RLsum", "gen_tok", "gen_words",
@@ -170,7 +171,7 @@ def render(rows: list[Row], fmt: str, metric: str, notes: dict, sweep: str,
         csv.writer(out, lineterminator="\n").writerows([header[1:] + ["best"]] + [c[1:] + ["yes" if r.best else ""]
                                                                                for c, r in zip(cells, rows)])
         return out.getvalue().rstrip("\n")  # the caller prints: no blank last line
-    title = _title(sweep, metric, notes, groups, several, multi)
+    title = _title(sweep, metric, notes, groups, several, multi) + hardware
     if fmt == "markdown":
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         return "\n".join([f"_{t}_  " for t in title] + [""] + lines + ["| " + " | ".join(c) + " |" for c in cells])

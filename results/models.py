@@ -63,6 +63,8 @@ class TrialRow(Base):
     adapter_dir: Mapped[str | None] = mapped_column(Text)
     scoring: Mapped[dict | None] = mapped_column(JSON)
     """How its metrics were computed (metric version, tokenizer, stemming, references, examples)."""
+    environment: Mapped[dict | None] = mapped_column(JSON)
+    """Where it ran: device, resolved compute dtype, library versions, peak memory (trainer.hardware)."""
     error: Mapped[str | None] = mapped_column(Text)
     """Last lines of the error (failed), or why it stopped (interrupted, pruned)."""
     worker: Mapped[str | None] = mapped_column(String(200))

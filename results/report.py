@@ -7,6 +7,7 @@ from __future__ import annotations
 from html import escape
 
 from evaluation.rouge import ROUGE_TYPES
+from results import environment
 from results.leaderboard import Row, describe_scoring, format_difference, format_interval
 from results.show import curve_lines, curve_series, worst_and_best
 from results.store import SweepSummary
@@ -24,8 +25,10 @@ def render(summary: SweepSummary, rows: list[Row], metric: str, curves: dict[str
     parts = [f"<h1>sweep {_e(summary.name)}</h1>", _notes(summary, groups), "<h2>Leaderboard</h2>",
              _board(rows, metric), "<h2>ROUGE against generated length</h2>", _scatter(rows, metric),
              "<h2>Trials</h2>"]
+    ran_on = {t.name: t.environment for t in summary.trials}
     for row in rows:
-        parts.append(_trial(row, curves.get(row.trial, []), predictions.get(row.trial, []), metric, examples))
+        parts.append(_trial(row, curves.get(row.trial, []), predictions.get(row.trial, []), metric, examples,
+                            ran_on.get(row.trial)))
     return ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>sweep " + _e(summary.name) + "</title>"
             f"<style>{_CSS}</style></head><body>" + "\n".join(parts) + "</body></html>")
 
@@ -38,6 +41,7 @@ def _notes(summary: SweepSummary, groups: dict) -> str:
     items = [f"<li>{_e(k)}: {_e(v)}</li>" for k, v in summary.notes.items()]
     for letter, how in sorted(groups.items()):
         items.append(f"<li>scoring {_e(letter)}: {_e(describe_scoring(how))}</li>")
+    items += [f"<li>{_e(line)}</li>" for line in environment.sweep_lines(summary.trials)]
     return f"<ul class='note'>{''.join(items)}</ul>"
 
 
@@ -70,10 +74,11 @@ def _scatter(rows: list[Row], metric: str) -> str:
 
 
 def _trial(row: Row, curve: list[tuple[str, int, float]], predictions: list[dict], metric: str,
-           examples: int) -> str:
+           examples: int, ran_on: dict | None = None) -> str:
     charts = [_svg([(name, pts)], "step", name) for name, pts in curve_series(curve).items()
               if name in ("train/loss", f"eval/{metric}") and len(pts) > 1]
     brief = "".join(f"<li>{_e(line)}</li>" for line in curve_lines(curve))
+    brief += f"<li>ran on: {_e(environment.describe(ran_on))}</li>" if ran_on else ""
     return (f"<h3 id='{_e(row.trial)}'>{_e(row.trial)} <small class='note'>{_e(row.kind)}, {_e(row.status)}"
             f"</small></h3>{''.join(charts)}<ul class='note'>{brief}</ul>{_samples(predictions, metric, examples)}")
 

@@ -7,6 +7,7 @@ import textwrap
 
 import yaml
 
+from results import environment
 from results.leaderboard import describe_scoring
 from results.status import last_line
 from results.store import TrialSummary
@@ -22,6 +23,8 @@ def render(trial: TrialSummary, config: dict, curves: list[tuple[str, int, float
         lines.append("note: " + last_line(trial.error))
     if trial.scoring:
         lines.append("scoring: " + describe_scoring(trial.scoring))
+    if trial.environment:
+        lines.append("ran on: " + environment.describe(trial.environment))
     if trial.metrics:
         lines.append("final: " + "  ".join(f"{k} {_value(k, v)}" for k, v in trial.metrics.items()))
     lines += ["", "curves (first -> last; min of losses, max of the rest; points):"] + [f"  {line}" for line in curve_lines(curves)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+from results.environment import dtype_notes
 from results.models import TRIAL_STATES
 from results.store import SweepSummary
 
@@ -20,7 +21,8 @@ def render(summary: SweepSummary, driver_alive: bool) -> str:
     table = ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in [header] + rows]
     counts = Counter(t.status for t in summary.trials)
     tally = ", ".join(f"{counts[s]} {s}" for s in TRIAL_STATES if counts[s])
-    return "\n".join([f"sweep {summary.name}: {_driver(summary, driver_alive)}", ""] + table
+    notes = [f"note: {n}" for n in dtype_notes(summary.trials)]
+    return "\n".join([f"sweep {summary.name}: {_driver(summary, driver_alive)}"] + notes + [""] + table
                      + ["", f"{len(summary.trials)} trials: {tally or 'none'}"])
 
 

@@ -44,6 +44,8 @@ class TrialSummary:
     adapter_dir: str | None = None
     id: int | None = None
     """Row id, for the per-trial reads (curves)."""
+    environment: dict | None = None
+    """Device, resolved compute dtype, versions and peak memory; None before the trial reported them."""
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,7 @@ class Store:
             row.kind, row.params, row.config, row.content_key = kind, params, config, content_key
             row.status, row.error, row.runtime_s, row.started_at, row.finished_at = "pending", None, None, None, None
             row.worker, row.attempts, row.study_trial, row.stop_requested = None, 0, study_trial, False
+            row.environment = None
             s.flush()
             return row.id, False
 
@@ -129,15 +132,22 @@ class Store:
             s.add_all(MetricRow(trial_id=trial_id, name=n, step=step, value=v) for n, step, v in points)
 
     def complete_trial(self, trial_id: int, metrics: dict[str, float], predictions: list[dict],
-                       runtime_s: float, timings: dict, adapter_dir: str | None, scoring: dict | None = None) -> None:
+                       runtime_s: float, timings: dict, adapter_dir: str | None, scoring: dict | None = None,
+                       environment: dict | None = None) -> None:
         with self.session() as s:
             row = s.get(TrialRow, trial_id)
             row.status, row.finished_at, row.runtime_s = "completed", utcnow(), runtime_s
             row.timings, row.adapter_dir, row.scoring = timings, adapter_dir, scoring
+            row.environment = environment or row.environment
             step = max((m.step for m in row.metrics), default=0)
             s.add_all(MetricRow(trial_id=trial_id, name=FINAL_PREFIX + k, step=step, value=v)
                       for k, v in metrics.items())
             s.add_all(_prediction(trial_id, p) for p in predictions)
+
+    def set_environment(self, trial_id: int, environment: dict) -> None:
+        """What the trial reported of its device when it started (before any result)."""
+        with self.session() as s:
+            s.get(TrialRow, trial_id).environment = environment
 
     def fail_trial(self, trial_id: int, error: str, runtime_s: float | None) -> None:
         """Failed, with the error's text; metrics reported so far stay."""
@@ -273,7 +283,7 @@ def _prediction(trial_id: int, p: dict) -> PredictionRow:
 def _trial_summary(t: TrialRow, last_step: int | None) -> TrialSummary:
     return TrialSummary(t.name, t.kind, dict(t.params), t.status, t.runtime_s, _finals(t), t.error,
                         _aware(t.started_at), t.worker, t.attempts or 0, t.study_trial, last_step,
-                        _aware(t.finished_at), t.scoring, t.adapter_dir, t.id)
+                        _aware(t.finished_at), t.scoring, t.adapter_dir, t.id, t.environment)
 
 
 def _finals(t: TrialRow) -> dict[str, float]:
@@ -297,7 +307,8 @@ _RENAMED = {"trials": "sweep_trials", "metrics": "sweep_metrics", "predictions":
 # Columns added since 0.1, added in place to older stores.
 _ADDED = {"sweeps": ["driver VARCHAR(200)", "heartbeat_at DATETIME", "stop_requested BOOLEAN DEFAULT 0"],
           "sweep_trials": ["worker VARCHAR(200)", "attempts INTEGER DEFAULT 0", "study_trial INTEGER",
-                           "stop_requested BOOLEAN DEFAULT 0", "scoring JSON"],
+                           "stop_requested BOOLEAN DEFAULT 0", "scoring JSON",
+                           "environment JSON"],
           "sweep_predictions": ["\"references\" JSON"]}
 
 

@@ -112,3 +112,37 @@ def test_bertscore_gets_a_column_when_computed(filled):
     rows = leaderboard.build(dataclasses.replace(summary, trials=trials))
     parsed = {r["trial"]: r for r in csv.DictReader(io.StringIO(leaderboard.render(rows, "csv", "rougeL", {}, "g")))}
     assert parsed["v1-r8-lr5e-4"]["BERTScore"] == "87.10" and parsed["v2-r8-lr5e-4"]["BERTScore"] == "-"
+
+
+def _environment(device: str, dtype: str, note: str | None = None) -> dict:
+    return {"device": device, "device_kind": "cpu", "compute_dtype": dtype, "requested_dtype": "auto",
+            "dtype_note": note, "versions": {"torch": "2.13.0"}, "host_rss_mib": 900.0}
+
+
+def test_mixed_hardware_is_said_in_the_header_and_one_device_in_one_line(filled, capsys):
+    store, url = filled
+    summary = store.summary("g")
+    ids = {t.name: t.id for t in summary.trials}
+    avx2, amx = "cpu: AMD EPYC, ISA AVX2 (no bf16 flags), 1 thread(s)", "cpu: Xeon, ISA AVX512 (amx_bf16), 1 thread(s)"
+    for name in ids:
+        store.set_environment(ids[name], _environment(avx2, "float32"))
+    assert main(["leaderboard", "g", "--store", url]) == 0
+    same = capsys.readouterr().out
+    assert f"hardware: {avx2}, float32 (auto)" in same and "WARNING: trials ran on" not in same
+    store.set_environment(ids["v2-r8-lr5e-4"], _environment(amx, "bfloat16"))
+    assert main(["leaderboard", "g", "--store", url, "--format", "json"]) == 0
+    hardware = json.loads(capsys.readouterr().out)["hardware"]
+    assert hardware[0].startswith("WARNING: trials ran on 2 different devices or compute dtypes")
+    assert f"  {amx}, bfloat16 (auto): v2-r8-lr5e-4" in hardware
+    assert any(line.startswith(f"  {avx2}, float32 (auto): v1-r8-lr5e-4") for line in hardware)
+
+
+def test_an_emulated_explicit_dtype_is_noted_once_in_status_and_show(filled, capsys):
+    store, url = filled
+    note = "compute_dtype bfloat16 is emulated on this CPU (AMD EPYC): a bfloat16 matmul ran 58x slower"
+    for t in store.summary("g").trials:
+        store.set_environment(t.id, _environment("cpu: AMD EPYC", "bfloat16", note))
+    assert main(["status", "g", "--store", url]) == 0
+    assert capsys.readouterr().out.count(note) == 1
+    assert main(["show", "g", "v1-r8-lr5e-4", "--store", url]) == 0
+    assert "ran on: cpu: AMD EPYC; bfloat16 (auto); host rss 900 MiB; torch 2.13.0" in capsys.readouterr().out

@@ -26,14 +26,18 @@ def test_trial_lifecycle(store):
     store.add_metrics(trial_id, [("train/loss", 1, 2.5), ("train/loss", 2, 2.0)])
     store.complete_trial(trial_id, {"rougeL": 0.31, "gen_tokens": 20.0},
                          [{"example_id": "e1", "prediction": "p", "reference": "r", "new_tokens": 3, "rougeL": 0.3}],
-                         runtime_s=12.5, timings={"train": 10.0}, adapter_dir="a")
+                         runtime_s=12.5, timings={"train": 10.0}, adapter_dir="a",
+                         environment={"device": "cpu: x", "compute_dtype": "float32", "host_rss_mib": 812.5})
     summary = store.summary("s")
     [t] = summary.trials
+    assert t.environment == {"device": "cpu: x", "compute_dtype": "float32", "host_rss_mib": 812.5}
     assert (t.name, t.status, t.runtime_s, t.metrics) == ("v1-r8", "completed", 12.5, {"rougeL": 0.31, "gen_tokens": 20.0})
     assert summary.notes == {"scoring": "first ref"}
     assert store.curves(trial_id)[:2] == [("train/loss", 1, 2.5), ("train/loss", 2, 2.0)]
     assert store.predictions("s", "v1-r8") == [{"example_id": "e1", "prediction": "p", "reference": "r",
                                                "references": ["r"], "new_tokens": 3, "rougeL": 0.3}]
+    assert _trial(store, sweep_id, key="k2")[1] is False  # changed config: run again, and where it ran is unknown
+    assert store.summary("s").trials[0].environment is None
 
 
 def test_rerun_reuses_completed_and_never_duplicates(store):
@@ -126,7 +130,7 @@ def test_a_0_1_store_is_upgraded_in_place(tmp_path):
         """)
     store = Store(f"sqlite:///{path}")
     [t] = store.summary("old").trials
-    assert (t.name, t.status, t.metrics, t.attempts) == ("v1-r8", "completed", {"rougeL": 0.27}, 0)
+    assert (t.name, t.status, t.metrics, t.attempts, t.environment) == ("v1-r8", "completed", {"rougeL": 0.27}, 0, None)
     import optuna  # the point of the rename: Optuna's own `trials` table now fits beside ours
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)

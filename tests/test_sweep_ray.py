@@ -41,6 +41,12 @@ def test_sweep_end_to_end(backend, tiny_model_dir, local_data, tmp_path, capsys)
     assert "no training row fits" in trials["v1-max_seq_length40"].error
     assert set(trials["v1-max_seq_length128"].metrics) >= {"rougeL", "gen_tokens"}
     assert len(store.predictions("tiny", "v2-zero-shot")) == 4
+    # Where each ran, as its worker reported it: at the start (so a failed trial has it) and, completed, with peak memory.
+    import torch
+
+    ran = trials["v1-max_seq_length128"].environment
+    assert ran["compute_dtype"] == "float32" and ran["versions"]["torch"] == torch.__version__ and ran["host_rss_mib"] > 0
+    assert trials["v1-max_seq_length40"].environment["device"] == ran["device"]
 
     sweep_dir = Path(spec.output.run_dir) / "tiny"
     assert (sweep_dir / "trials" / "v1-max_seq_length128" / "adapter" / "adapter_model.safetensors").exists()

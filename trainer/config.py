@@ -105,8 +105,10 @@ class QuantizationConfig:
     """`nf4`: 4-bit NormalFloat base weights (QLoRA); `none`: full-precision base weights."""
     double_quant: bool = True
     """Quantize the quantization constants too: ~0.4 bit/param less memory, negligible cost."""
-    compute_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
-    """Dtype of the 4-bit matmuls and the base model; bfloat16 is ~1.7x faster than float32 on this CPU."""
+    compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    """Dtype of the 4-bit matmuls and the base model. `auto` is resolved by each trial on its own device
+    (trainer.hardware): bfloat16 on a GPU or CPU that runs it natively, float16 on a GPU without bf16,
+    float32 on a CPU that would emulate bf16 (tens of times slower). An explicit dtype is honoured."""
 
 
 @dataclass(frozen=True)

@@ -107,7 +107,7 @@ def load_model(path: str, quant: QuantizationConfig):
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, BitsAndBytesConfig
 
-    dtype = getattr(torch, quant.compute_dtype)
+    dtype = getattr(torch, resolved_dtype(quant.compute_dtype))
     kwargs = {"dtype": dtype}
     if quant.mode == "nf4":
         kwargs["quantization_config"] = BitsAndBytesConfig(
@@ -117,6 +117,13 @@ def load_model(path: str, quant: QuantizationConfig):
         kwargs["device_map"] = {"": torch.cuda.current_device()}
     family = AutoModelForSeq2SeqLM if is_encoder_decoder(path) else AutoModelForCausalLM
     return family.from_pretrained(path, **kwargs)
+
+
+def resolved_dtype(compute_dtype: str) -> str:
+    """`auto` measured on this process's device (a trial resolves it once, up front); else as given."""
+    from trainer.hardware import probe_device, resolve_precision
+
+    return compute_dtype if compute_dtype != "auto" else resolve_precision("auto", probe_device()).dtype
 
 
 @contextmanager

@@ -6,6 +6,7 @@ callable it is given and returns a TrialResult. The orchestrator decides where b
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ from trainer import prompts
 from trainer.augment import augment
 from trainer.config import TrialConfig
 from trainer.data import TrialData
+from trainer.hardware import environment_record, peak_memory_mib, probe_device, resolve_precision
 from trainer.models import load_model, load_tokenizer, resolve_model_path
 
 Report = Callable[[dict], None]
@@ -36,12 +38,15 @@ class TrialResult:
     """Wall seconds of each named step."""
     scoring: dict = field(default_factory=dict)
     """How the metrics were computed: metric version, tokenizer, stemming, references, examples."""
+    environment: dict = field(default_factory=dict)
+    """Where it ran: device, resolved compute dtype, library versions, peak memory (trainer.hardware)."""
 
 
 def run_trial(cfg: TrialConfig, data: TrialData, out_dir: Path, report: Report,
               num_threads: int | None = None) -> TrialResult:
     """Run one trial end to end and return its final metrics and predictions."""
     _set_threads(num_threads)
+    cfg, environment = resolve_device(cfg, report)
     set_seed(cfg.training.seed)  # LoRA init happens in adapt(), before SFTTrainer would seed
     timings: dict[str, float] = {}
     with _step("load", timings, report):
@@ -62,7 +67,20 @@ def run_trial(cfg: TrialConfig, data: TrialData, out_dir: Path, report: Report,
     if not cfg.zero_shot:
         with _step("save", timings, report):
             adapter_dir = save(model, out_dir)
-    return TrialResult(result.metrics, result.predictions, adapter_dir, timings, result.scoring)
+    environment.update(peak_memory_mib())
+    return TrialResult(result.metrics, result.predictions, adapter_dir, timings, result.scoring, environment)
+
+
+def resolve_device(cfg: TrialConfig, report: Report) -> tuple[TrialConfig, dict]:
+    """Measure this worker's device, resolve `compute_dtype: auto` on it, and report both once."""
+    device = probe_device()
+    precision = resolve_precision(cfg.quantization.compute_dtype, device)
+    environment = environment_record(device, precision)
+    if precision.note:
+        print(f"WARNING: {precision.note}", flush=True)  # the trial log; `sweep status` shows it too
+    report({"event": "environment", "environment": environment})
+    quantization = dataclasses.replace(cfg.quantization, compute_dtype=precision.dtype)
+    return dataclasses.replace(cfg, quantization=quantization), environment
 
 
 def load(cfg: TrialConfig):
@@ -99,13 +117,15 @@ def train(model, tokenizer, cfg: TrialConfig, data: TrialData, out_dir: Path, re
                                  train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                                  data_collator=DataCollatorForSeq2Seq(tokenizer, model=model), callbacks=[callback])
     else:
-        from trl import SFTConfig, SFTTrainer
+        from trl import SFTConfig
+
+        from trainer.sft import SweepSFTTrainer
 
         rows, skipped = training_rows(cfg, tokenizer, data)
         # TRL turns activation checkpointing on by default; _trainer_args sets it from the spec.
         args = SFTConfig(**_trainer_args(cfg, out_dir), max_length=cfg.training.max_seq_length,
                          completion_only_loss=True)
-        trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
+        trainer = SweepSFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
                              processing_class=tokenizer, callbacks=[callback])
     trainer.train()
     return skipped

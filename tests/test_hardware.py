@@ -1,0 +1,121 @@
+"""Hardware-aware precision: `compute_dtype: auto` decided by the function trials use, the real probe on
+this CPU (and on an imitated AVX2-only one), and what a real trial records of where it ran."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from importlib import metadata
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from orchestrator.plan import expand
+from orchestrator.spec import parse_spec
+from tests.conftest import REPO, tiny_spec
+from trainer.data import load_trial_data
+from trainer.hardware import EMULATED_SLOWDOWN, Device, probe_device, resolve_precision
+from trainer.trial import run_trial
+
+EMULATING_CPU = Device("cpu", "AMD EPYC", "ISA AVX2 (no bf16 flags), 1 thread(s)", bf16_native=False,
+                       slowdown={"bfloat16": 58.0, "float16": 55.0})
+NATIVE_BF16_CPU = Device("cpu", "Intel Xeon", "ISA AVX512 (avx512_bf16,amx_bf16), 1 thread(s)", bf16_native=True,
+                         slowdown={"bfloat16": 0.4, "float16": 9.0})
+AMPERE = Device("cuda", "NVIDIA A100", "sm_80, 40.0 GiB", bf16_native=True)
+TURING = Device("cuda", "Tesla T4", "sm_75, 15.0 GiB", bf16_native=False)
+
+
+@pytest.mark.parametrize(("device", "expected"), [(EMULATING_CPU, "float32"), (NATIVE_BF16_CPU, "bfloat16"),
+                                                  (AMPERE, "bfloat16"), (TURING, "float16")])
+def test_auto_resolves_per_device(device, expected):
+    precision = resolve_precision("auto", device)
+    assert (precision.dtype, precision.requested, precision.note) == (expected, "auto", None)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
+def test_an_explicit_dtype_is_honoured(dtype):
+    for device in (EMULATING_CPU, NATIVE_BF16_CPU, AMPERE, TURING):
+        assert resolve_precision(dtype, device).dtype == dtype
+
+
+def test_an_explicit_emulated_dtype_says_so_with_the_measured_factor():
+    note = resolve_precision("bfloat16", EMULATING_CPU).note
+    assert note and "emulated" in note and "58x slower than float32" in note and "AMD EPYC" in note
+    assert resolve_precision("float16", NATIVE_BF16_CPU).note.startswith("compute_dtype float16 is emulated")
+    assert resolve_precision("bfloat16", NATIVE_BF16_CPU).note is None
+    assert resolve_precision("float32", EMULATING_CPU).note is None
+    assert resolve_precision("float16", TURING).note is None  # GPUs are never said to emulate
+
+
+def test_an_unknown_dtype_is_refused():
+    with pytest.raises(ValueError, match="compute_dtype must be auto or one of bfloat16, float16, float32; given 'fp8'"):
+        resolve_precision("fp8", EMULATING_CPU)
+
+
+def test_the_probe_on_this_cpu_decides_from_its_measurement():
+    device = probe_device()
+    assert device.kind == "cpu" and device.name and "thread" in device.detail
+    factor = device.slowdown["bfloat16"]
+    assert factor > 0 and device.bf16_native == (factor < EMULATED_SLOWDOWN)
+    assert resolve_precision("auto", device).dtype == ("bfloat16" if device.bf16_native else "float32")
+
+
+def test_an_imitated_avx2_only_cpu_emulates_bf16_and_auto_picks_float32():
+    """What a developer with native bf16 runs to see an AVX2-only machine; on an AVX2 CPU it is the real thing."""
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+    code = ("import json, torch; torch.set_num_threads(1); from trainer.hardware import probe_device, resolve_precision; "
+            "d = probe_device(); print(json.dumps([d.slowdown, d.bf16_native, resolve_precision('auto', d).dtype]))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    slowdown, native, dtype = json.loads(out.stdout.strip().splitlines()[-1])
+    assert slowdown["bfloat16"] >= EMULATED_SLOWDOWN and not native and dtype == "float32"
+
+
+@pytest.fixture
+def auto_cfg(tiny_model_dir, local_data, tmp_path):
+    spec = tiny_spec(tiny_model_dir, *local_data, tmp_path, quantization={"mode": "nf4", "compute_dtype": "auto"})
+    return expand(parse_spec(spec))[0].config
+
+
+def test_a_real_trial_records_its_device_dtype_versions_and_peak_memory(auto_cfg, tmp_path):
+    assert auto_cfg.quantization.compute_dtype == "auto"
+    events: list[dict] = []
+    result = run_trial(auto_cfg, load_trial_data(auto_cfg.dataset), tmp_path / "t", events.append, num_threads=1)
+    env = result.environment
+    expected = resolve_precision("auto", probe_device()).dtype
+    assert env["compute_dtype"] == expected and env["requested_dtype"] == "auto" and env["dtype_note"] is None
+    assert env["device"].startswith("cpu: ") and env["device_kind"] == "cpu"
+    assert env["versions"] == {p: metadata.version(p) for p in ("torch", "transformers", "peft", "trl", "bitsandbytes")}
+    assert 50 < env["host_rss_mib"] < 24 * 1024
+    first = [e for e in events if e["event"] in ("environment", "step")][:2]
+    assert first[0]["event"] == "environment" and first[1] == {"event": "step", "name": "load"}  # reported up front
+    # TRL would have cast the adapters of a 4-bit model to bfloat16; they stay float32 and still train.
+    adapter = load_file(f"{result.adapter_dir}/adapter_model.safetensors")
+    assert {v.dtype for v in adapter.values()} == {torch.float32}
+    assert all(v.abs().sum() > 0 for k, v in adapter.items() if "lora_B" in k)
+
+
+def test_the_sweep_trainer_loss_is_trls_summary_only_loss(auto_cfg, tmp_path):
+    """Same labels, same number: the model's own cross-entropy equals TRL's fused loss on summary tokens."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from trainer.sft import SweepSFTTrainer
+    from trainer.trial import _trainer_args, adapt, load, training_rows
+
+    cfg = dataclasses.replace(auto_cfg, quantization=dataclasses.replace(auto_cfg.quantization, compute_dtype="float32"))
+    tokenizer, model = load(cfg)
+    model = adapt(model, cfg)
+    rows, _ = training_rows(cfg, tokenizer, load_trial_data(cfg.dataset))
+    args = SFTConfig(**_trainer_args(cfg, tmp_path), max_length=cfg.training.max_seq_length, completion_only_loss=True)
+    ours = SweepSFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
+    batch = next(iter(ours.get_train_dataloader()))
+    assert (batch["labels"] == -100).any() and (batch["labels"] != -100).any()  # prompt masked, summary scored
+    with torch.no_grad():
+        loss = ours.compute_loss(model, dict(batch))
+        trl_loss = SFTTrainer.compute_loss(ours, model, dict(batch))
+    assert torch.isfinite(loss) and abs(loss.item() - trl_loss.item()) < 1e-4
