@@ -104,8 +104,9 @@ def test_a_real_trial_records_its_device_dtype_versions_and_peak_memory(auto_cfg
 
 
 def test_the_sweep_trainer_loss_is_trls_summary_only_loss(auto_cfg, tmp_path):
-    """Same labels, same number: the model's own cross-entropy equals TRL's fused loss on summary tokens."""
+    """Same labels, same number: the loss over summary positions only equals TRL's fused loss and the model's own."""
     from datasets import Dataset
+    from transformers import Trainer
     from trl import SFTConfig, SFTTrainer
 
     from trainer.sft import SweepSFTTrainer
@@ -120,7 +121,13 @@ def test_the_sweep_trainer_loss_is_trls_summary_only_loss(auto_cfg, tmp_path):
     assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
     batch = next(iter(ours.get_train_dataloader()))
     assert (batch["labels"] == -100).any() and (batch["labels"] != -100).any()  # prompt masked, summary scored
+    assert ours._slices_logits  # Llama takes a boolean logits_to_keep: the summary-only path is the one tested
+    summary_tokens = int((batch["labels"][:, 1:] != -100).sum())
     with torch.no_grad():
         loss = ours.compute_loss(model, dict(batch))
         trl_loss = SFTTrainer.compute_loss(ours, model, dict(batch))
+        model_loss = Trainer.compute_loss(ours, model, dict(batch))
+        # Gradient accumulation: the Trainer passes the token count of all accumulated micro batches.
+        halved = ours.compute_loss(model, dict(batch), num_items_in_batch=torch.tensor(2 * summary_tokens))
     assert torch.isfinite(loss) and abs(loss.item() - trl_loss.item()) < 1e-4
+    assert abs(loss.item() - model_loss.item()) < 1e-4 and abs(halved.item() - loss.item() / 2) < 1e-4

@@ -11,10 +11,14 @@ float32, one thread, one micro batch forward+backward (bench/run.py --only step 
 - TRL's loss runs its tiled fused LM-head kernel and computes entropy and top-1 accuracy over the whole
   vocabulary for its logs: 6.6 s against 5.2 s for the model's own cross-entropy on the same labels
   (prompt and padding at -100, so the loss on summary tokens only is the same to 1e-5). A sweep logs
-  neither metric.
+  neither metric. The loss here goes one step further than the model's own: it projects onto the
+  vocabulary only the positions whose next token is a summary token (`logits_to_keep` as a mask),
+  as TRL's kernel meant to, with plain torch ops.
 """
 
 from __future__ import annotations
+
+import sys
 
 import torch
 from transformers import Trainer
@@ -22,15 +26,35 @@ from trl import SFTTrainer
 
 
 class SweepSFTTrainer(SFTTrainer):
-    """SFTTrainer whose adapters stay float32 and whose loss is the model's own (summary tokens only)."""
+    """SFTTrainer whose adapters stay float32 and whose loss is plain cross-entropy on summary tokens only."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         keep_adapters_float32(self.model)
+        self._slices_logits = _slices_logits_by_mask(self.accelerator.unwrap_model(self.model))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs["use_cache"] = False  # no KV cache while training
-        return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+        if return_outputs or not self._slices_logits:
+            return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+        labels = inputs.pop("labels")
+        targets = labels[:, 1:]  # position p predicts token p + 1
+        scored = targets != -100
+        # The LM head only where the next token is a summary token: a prompt position's logits cost a
+        # (vocabulary x hidden) matmul and a softmax each, and its loss is masked anyway.
+        logits = model(**inputs, logits_to_keep=torch.nn.functional.pad(scored, (0, 1))).logits
+        loss = torch.nn.functional.cross_entropy(logits.float(), targets[scored], reduction="sum")
+        # As transformers' causal-LM loss: summed over the accumulated batch's tokens when the Trainer counted them.
+        counted = num_items_in_batch is not None and self.model_accepts_loss_kwargs
+        return loss / torch.as_tensor(num_items_in_batch if counted else scored.sum()).clamp(min=1)
+
+
+def _slices_logits_by_mask(model) -> bool:
+    """The model's forward takes `logits_to_keep` as a boolean (batch, position) mask (transformers'
+    `slice_logits_to_keep`, used by Llama, Qwen, Mistral, Gemma, ...); other models get the plain loss."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    module = sys.modules.get(type(base).__module__)
+    return module is not None and hasattr(module, "slice_logits_to_keep")
 
 
 def keep_adapters_float32(model) -> int:
