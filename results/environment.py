@@ -31,6 +31,8 @@ def sweep_lines(trials: list[TrialSummary]) -> list[str]:
     for t in trials:
         if t.environment:
             groups.setdefault(setup_key(t.environment), []).append(t.name)
+    if not groups:  # stored before trials recorded it
+        return []
     lines = [f"hardware: {key}" for key in groups] if len(groups) == 1 else (
         [f"WARNING: trials ran on {len(groups)} different devices or compute dtypes; runtimes (and, across "
          "dtypes, scores) are not like for like:"] + [f"  {key}: {', '.join(names)}" for key, names in groups.items()])

@@ -124,6 +124,9 @@ def test_mixed_hardware_is_said_in_the_header_and_one_device_in_one_line(filled,
     summary = store.summary("g")
     ids = {t.name: t.id for t in summary.trials}
     avx2, amx = "cpu: AMD EPYC, ISA AVX2 (no bf16 flags), 1 thread(s)", "cpu: Xeon, ISA AVX512 (amx_bf16), 1 thread(s)"
+    assert main(["leaderboard", "g", "--store", url]) == 0
+    unrecorded = capsys.readouterr().out  # results stored before trials recorded their hardware: no claim either way
+    assert "hardware:" not in unrecorded and "WARNING: trials ran on" not in unrecorded
     for name in ids:
         store.set_environment(ids[name], _environment(avx2, "float32"))
     assert main(["leaderboard", "g", "--store", url]) == 0
