@@ -164,20 +164,21 @@ def rerun_and_check(spec: Path, tmp_path: Path, store: Store, before: dict) -> s
 
 
 def test_ctrl_c_marks_running_trials_interrupted_then_rerun_resumes(raw, tmp_path):
-    raw["search"]["grid"] = {"training.max_steps": [2, 40, 41]}
+    # 600 steps of the tiny model (~30 s here): long enough to still be training when the 2-step trial is done.
+    raw["search"]["grid"] = {"training.max_steps": [2, 600, 601]}
     raw["resources"] = {"cpus_per_trial": 1}
     spec = write_spec(raw, tmp_path)
     store = Store(raw["output"]["store"])
     driver = start_cli(spec, tmp_path, "first.log")
     wait_for(lambda: trials_of(store).get("max_steps2") and trials_of(store)["max_steps2"].status == "completed"
-             and training(store, "max_steps40"), what="one trial done and one training")
+             and training(store, "max_steps600"), what="one trial done and one training")
     driver.send_signal(signal.SIGINT)
     assert driver.wait(timeout=120) == 130, (tmp_path / "first.log").read_text()[-3000:]
 
     before = trials_of(store)
     assert before["max_steps2"].status == "completed"
-    assert before["max_steps40"].status == "interrupted" and "SIGINT" in before["max_steps40"].error
-    assert before["max_steps41"].status == "interrupted"  # queued or running: either way not done
+    assert before["max_steps600"].status == "interrupted" and "SIGINT" in before["max_steps600"].error
+    assert before["max_steps601"].status == "interrupted"  # queued or running: either way not done
     assert store.summary("tiny").driver is None
     status = cli("status", "tiny", "--store", store.url)
     assert "not running; 2 trial(s) would run again" in status.stdout, status.stdout
@@ -186,22 +187,22 @@ def test_ctrl_c_marks_running_trials_interrupted_then_rerun_resumes(raw, tmp_pat
 
 
 def test_orchestrator_sigkill_then_rerun_loses_nothing(raw, tmp_path):
-    raw["search"]["grid"] = {"training.max_steps": [2, 40]}
+    raw["search"]["grid"] = {"training.max_steps": [2, 600]}
     spec = write_spec(raw, tmp_path)
     store = Store(raw["output"]["store"])
     driver = start_cli(spec, tmp_path, "first.log")
     wait_for(lambda: trials_of(store).get("max_steps2") and trials_of(store)["max_steps2"].status == "completed"
-             and training(store, "max_steps40"), what="one trial done and one training")
+             and training(store, "max_steps600"), what="one trial done and one training")
     driver.kill()  # SIGKILL: no handler runs, the store keeps whatever the driver last wrote
     driver.wait(timeout=60)
 
     before = trials_of(store)
-    assert before["max_steps2"].status == "completed" and before["max_steps40"].status == "running"
+    assert before["max_steps2"].status == "completed" and before["max_steps600"].status == "running"
     status = cli("status", "tiny", "--store", store.url)
     assert "is gone" in status.stdout and "running (orphaned)" in status.stdout, status.stdout
 
     rerun_and_check(spec, tmp_path, store, before)
-    assert trials_of(store)["max_steps40"].last_step == 40
+    assert trials_of(store)["max_steps600"].last_step == 600
 
 
 def test_a_sweep_held_by_a_live_driver_is_not_run_twice(raw, tmp_path, capsys):
