@@ -325,7 +325,8 @@ def main() -> int:
     args = parser.parse_args()
     parts = set(args.only.split(","))
     rows: list = []
-    print(hardware_line(), flush=True)
+    hardware = hardware_line()
+    print(hardware, flush=True)
     if "step" in parts:
         bench_step(rows, args.steps)
     if "load" in parts:
@@ -338,7 +339,7 @@ def main() -> int:
     if "search" in parts:
         bench_search(rows, grid_run, args.study_spec, args.num_cpus)
     width = max(len(r[0]) for r in rows)
-    print(f"\n{hardware_line()}")
+    print(f"\n{hardware}")
     print(f"{'measurement'.ljust(width)}  {'values':<32} {'ratio':>8}  {'target':<16} ok")
     for name, values, ratio, target, ok in rows:
         print(f"{name.ljust(width)}  {values:<32} {ratio:>8.2f}  {target:<16} {'yes' if ok else 'NO'}")

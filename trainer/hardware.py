@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from importlib import metadata
 
 # A bfloat16 matmul this many times slower than float32 is emulated. Native bf16 (AVX512-BF16, AMX)
-# runs at 0.2-1.2x the float32 time; emulation on AVX2 measured 30-60x on a 2-core AMD EPYC.
+# runs at 0.2-1.2x the float32 time; emulation on AVX2 measured 15-61x on a 2-core AMD EPYC.
 EMULATED_SLOWDOWN = 3.0
 _PROBE_SIZE = 192  # square matmul side: ~7 MFLOP, ~10 ms emulated in bf16, < 1 ms in float32
 _PROBE_REPEATS = 3
@@ -80,7 +80,8 @@ def probe_device() -> Device:
         props = torch.cuda.get_device_properties(index)
         return Device("cuda", props.name, f"sm_{props.major}{props.minor}, {props.total_memory / 2**30:.1f} GiB",
                       bf16_native=torch.cuda.is_bf16_supported())
-    slowdown = {dtype: round(_matmul_seconds(dtype) / _matmul_seconds("float32"), 2) for dtype in DTYPES[:2]}
+    float32_s = _matmul_seconds("float32")
+    slowdown = {dtype: round(_matmul_seconds(dtype) / float32_s, 2) for dtype in DTYPES[:2]}
     info = _cpu_info()
     bf16_flags = ",".join(f for f in ("avx512_bf16", "amx_bf16") if info.get(f)) or "no bf16 flags"
     detail = f"ISA {torch.backends.cpu.get_cpu_capability()} ({bf16_flags}), {torch.get_num_threads()} thread(s)"
