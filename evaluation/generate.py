@@ -15,27 +15,48 @@ class Generation:
 
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int,
              add_special_tokens: bool = True) -> list[Generation]:
-    """Greedy completions of `prompts`, in their order, `batch_size` prompts per forward pass."""
+    """Greedy completions of `prompts`, in their order, `batch_size` prompts per forward pass; the batch is
+    halved whenever one runs out of memory. The tokenizer's padding side is left as it was found: a T5/BART
+    collator pads its training labels on that side."""
+    padding_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        return _generate(model, tokenizer, prompts, max_new_tokens, batch_size, add_special_tokens)
+    finally:
+        tokenizer.padding_side = padding_side
+
+
+def _generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int,
+              add_special_tokens: bool) -> list[Generation]:
     import torch
 
-    tokenizer.padding_side = "left"
     # Longest first, so each batch holds similar lengths (less padding) and OOM shows up at once.
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
     stop_ids = _stop_ids(model, tokenizer)
     results: dict[int, Generation] = {}
-    for start in range(0, len(order), batch_size):
+    start = 0
+    while start < len(order):
         batch = order[start:start + batch_size]
         encoded = tokenizer([prompts[i] for i in batch], return_tensors="pt", padding=True,
                             add_special_tokens=add_special_tokens).to(model.device)
-        with torch.inference_mode():
-            output = model.generate(**encoded, max_new_tokens=max_new_tokens, do_sample=False,
-                                    pad_token_id=tokenizer.pad_token_id)
+        try:
+            with torch.inference_mode():
+                output = model.generate(**encoded, max_new_tokens=max_new_tokens, do_sample=False,
+                                        pad_token_id=tokenizer.pad_token_id)
+        except torch.OutOfMemoryError:
+            if batch_size == 1:
+                raise
+            batch_size //= 2  # rather than the whole trial failing, or being retrained to retry it
+            print(f"WARNING: generation ran out of memory; eval batch size halved to {batch_size}", flush=True)
+            torch.cuda.empty_cache()
+            continue
         # A decoder-only model returns prompt + continuation; an encoder-decoder its decoder start + summary.
         skip = 1 if model.config.is_encoder_decoder else encoded["input_ids"].shape[1]
         for index, row in zip(batch, output[:, skip:].tolist()):
             length = next((k for k, token in enumerate(row) if token in stop_ids), len(row))
             text = tokenizer.decode(row[:length], skip_special_tokens=True).strip()
             results[index] = Generation(text=text, new_tokens=length)
+        start += len(batch)
     return [results[i] for i in range(len(prompts))]
 
 

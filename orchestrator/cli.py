@@ -15,6 +15,7 @@ from orchestrator.spec import SpecError, load_spec
 
 STORE_ENV = "QLORA_SWEEP_STORE"
 DEFAULT_STORE = "sqlite:///runs/results.db"
+SWEEP_HELP = "sweep name (default: the latest), or its spec file (then read from the store the spec names)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,13 +45,14 @@ def _run(args) -> int:
         print(f"{args.spec}: {exc}; nothing was run or written", file=sys.stderr)
         return 2
     from orchestrator.ray_backend import RayBackend
+    from orchestrator.sweep import Unschedulable
 
     with graceful_stop() as stop:
         backend = RayBackend(address=args.address or os.environ.get("RAY_ADDRESS"), num_cpus=args.num_cpus)
         try:
             outcome = run_sweep(spec, store, backend, show_progress=not args.quiet, prepared=prepared, stop=stop)
-        except SweepBusy as exc:  # another driver claimed it between the check above and now
-            print(f"{args.spec}: {exc}", file=sys.stderr)
+        except (SweepBusy, Unschedulable) as exc:  # claimed by another driver since the check above; or too big
+            print(f"{args.spec}: {exc}; nothing was run or written", file=sys.stderr)
             return 2
         finally:
             backend.shutdown()
@@ -76,7 +78,8 @@ def _status(args) -> int:
     if sweep is None:
         return 2
     summary = store.summary(sweep)
-    print(status.render(summary, driver_alive(summary.driver, summary.heartbeat_at)))
+    render = status.render_json if args.format == "json" else status.render
+    print(render(summary, driver_alive(summary.driver, summary.heartbeat_at)))
     return 0
 
 
@@ -149,10 +152,10 @@ def _unknown_trial(command: str, sweep: str, given: str, names: list[str]) -> in
 
 
 def _sweep_dir(summary):
-    """<run_dir>/<sweep> as the sweep's stored spec says."""
+    """<run_dir>/<sweep> as its driver stored it (absolute since 0.4)."""
     from pathlib import Path
 
-    return Path(summary.spec.get("output", {}).get("run_dir", "runs")) / summary.name
+    return Path(summary.run_dir or Path(summary.spec.get("output", {}).get("run_dir", "runs")) / summary.name)
 
 
 def _best_fine_tune(summary, metric: str) -> str | None:
@@ -176,7 +179,12 @@ def _stop(args) -> int:
         print(f"asked the driver {summary.driver} to stop {what} of {sweep}; it acts within a few seconds "
               f"(see `sweep status {sweep}`)")
         return 0
-    ended = store.interrupt_unfinished(sweep, "its driver was gone; marked interrupted by `sweep stop`")
+    ended = store.interrupt_unfinished(sweep, "its driver was gone; marked interrupted by `sweep stop`",
+                                       summary.driver)
+    if ended is None:
+        print(f"sweep {sweep} was claimed by a new driver just now; nothing changed. Run `sweep stop {sweep}` "
+              "again to ask it to stop", file=sys.stderr)
+        return 2
     print(f"sweep {sweep} has no live driver; {len(ended)} unfinished trial(s) marked interrupted"
           + (f": {', '.join(ended)}" if ended else ""))
     return 0
@@ -225,12 +233,17 @@ def _leaderboard(args) -> int:
 
 
 def _open_sweep(args, command: str):
-    """(store, sweep name) for a read command; sweep None after printing why it is not there."""
+    """(store, sweep name) for a read command; sweep None after printing why it is not there. A spec path
+    (`sweeps/x.yaml`, `x.yaml`) stands for its sweep, in the store its `output` names."""
+    from orchestrator.spec import spec_target
     from results.store import Store
 
-    store = Store(args.store or os.environ.get(STORE_ENV) or DEFAULT_STORE)
+    sweep, spec_store = args.sweep, None
+    if sweep and sweep.endswith((".yaml", ".yml")):
+        sweep, spec_store = spec_target(sweep)
+    store = Store(args.store or os.environ.get(STORE_ENV) or spec_store or DEFAULT_STORE)
     names = store.sweep_names()
-    sweep = args.sweep or (names[-1] if names else None)
+    sweep = sweep or (names[-1] if names else None)
     if sweep not in names:
         print(f"sweep {command}: the sweep must exist in the store; given {sweep!r}; "
               f"allowed: {', '.join(names) or 'none yet (run `sweep run SPEC` first)'}; store {store.url}",
@@ -266,29 +279,31 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("spec")
         p.set_defaults(handler=handler)
     board = sub.add_parser("leaderboard", help="rank the trials of a sweep, from the store only")
-    board.add_argument("sweep", nargs="?", help="sweep name (default: the latest)")
+    board.add_argument("sweep", nargs="?", help=SWEEP_HELP)
     board.add_argument("--metric", default="rougeL", choices=RANKABLE)
     board.add_argument("--format", default="table", choices=FORMATS)
     board.add_argument("--bootstrap", type=int, default=1000, metavar="N",
                        help="resamples of the eval examples for the 95%% intervals (default 1000)")
     board.set_defaults(handler=_leaderboard)
     status = sub.add_parser("status", help="each trial's state, progress and worker; whether a driver is alive")
-    status.add_argument("sweep", nargs="?", help="sweep name (default: the latest)")
+    status.add_argument("sweep", nargs="?", help=SWEEP_HELP)
+    status.add_argument("--format", default="table", choices=("table", "json"),
+                        help="json: one object per trial, for scripts")
     status.set_defaults(handler=_status)
     show = sub.add_parser("show", help="one trial: settings, curves, worst and best predictions with references")
-    show.add_argument("sweep", help="sweep name")
+    show.add_argument("sweep", help=SWEEP_HELP)
     show.add_argument("trial", help="trial name (see `sweep status`)")
     show.add_argument("--metric", default="rougeL", choices=RANKABLE, help="orders the examples")
     show.add_argument("--examples", type=int, default=3, help="worst and best examples shown (default 3 each)")
     show.set_defaults(handler=_show)
     rep = sub.add_parser("report", help="write a self-contained HTML report of a sweep")
-    rep.add_argument("sweep", nargs="?", help="sweep name (default: the latest)")
+    rep.add_argument("sweep", nargs="?", help=SWEEP_HELP)
     rep.add_argument("--out", help="HTML file (default: <run_dir>/<sweep>/report.html)")
     rep.add_argument("--metric", default="rougeL", choices=RANKABLE)
     rep.add_argument("--examples", type=int, default=3, help="worst and best predictions per trial (default 3 each)")
     rep.set_defaults(handler=_report)
     exp = sub.add_parser("export", help="a trial's adapter (optionally merged into its base) with a model card")
-    exp.add_argument("sweep", help="sweep name")
+    exp.add_argument("sweep", help=SWEEP_HELP)
     exp.add_argument("trial", nargs="?", help="trial name; or --best")
     exp.add_argument("--best", action="store_true", help="the completed fine-tune with the highest --metric")
     exp.add_argument("--metric", default="rougeL", choices=RANKABLE)
@@ -296,7 +311,7 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("--out", help="folder (default: <run_dir>/<sweep>/export/<trial>)")
     exp.set_defaults(handler=_export)
     stop = sub.add_parser("stop", help="stop a running sweep, or one of its trials, from another terminal")
-    stop.add_argument("sweep", help="sweep name")
+    stop.add_argument("sweep", help=SWEEP_HELP)
     stop.add_argument("trial", nargs="?", help="one trial (default: the whole sweep)")
     stop.set_defaults(handler=_stop)
     for p in (board, status, show, rep, exp, stop):

@@ -6,22 +6,29 @@ import dataclasses
 import hashlib
 import itertools
 import json
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from orchestrator.spec import SweepSpec
-from trainer.config import TrialConfig
+from trainer.config import AugmentationConfig, ConfigProblem, DatasetConfig, LoraSettings, TrainingConfig, TrialConfig
 from trainer.data import TrialData
 
 # Always shown in the leaderboard, swept or not.
 DISPLAY_KEYS = ("prompt", "lora.rank", "training.learning_rate")
-# Keys that change what a zero-shot baseline computes (adapters and training do not).
-_BASELINE_PREFIXES = ("prompt", "model.", "dataset.", "generation.")
+# Training-only dataset keys: they change what a fine-tune learns from, not what a zero-shot run scores.
+_TRAIN_ONLY = ("dataset.train_examples", "dataset.train_split", "dataset.train_file")
+# Characters a trial name (a folder, a TensorBoard run) may hold; anything else in a value becomes `_`.
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.~+-]")
+_MAX_LABEL_CHARS = 48
 
 
 @dataclass(frozen=True)
 class PlannedTrial:
     name: str
+    """Identity within the sweep: unique, stable for the same values, path-safe (store row, trial folder,
+    TensorBoard run and Optuna attribute all use it)."""
     kind: str
     """`trial` (QLoRA fine-tune) or `baseline` (zero-shot)."""
     params: dict[str, Any]
@@ -30,34 +37,74 @@ class PlannedTrial:
     swept: tuple[str, ...] = ()
     study_trial: int | None = None
     """Optuna trial number, for trials a study proposed."""
+    labels: dict[str, str] = field(default_factory=dict)
+    """The part of `name` that stands for each swept key's value."""
+    baseline: str | None = None
+    """Name of the zero-shot baseline it is compared with: same model, prompt, quantization, sequence length,
+    data, generation and scoring; None when the sweep has no such baseline."""
 
 
 def expand(spec: SweepSpec) -> list[PlannedTrial]:
-    """Every grid combination as a trial, in grid order, then one baseline per distinct prompt setting.
+    """Every grid combination as a trial, in grid order, then one baseline per distinct zero-shot setting.
 
     An optuna search plans only its baselines: one per categorical value of the keys that change what
     a zero-shot run computes (prompt, model, ...); the study proposes the trials as it runs.
     """
     if spec.search.type == "optuna":
-        axes = [(k, d.choices) for k, d in spec.search.space.items()
-                if d.choices is not None and (k == "prompt" or k.startswith(_BASELINE_PREFIXES))]
+        axes = {k: d.choices for k, d in spec.search.space.items() if d.choices is not None and affects_baseline(k)}
     else:
-        axes = list(spec.search.grid.items())
-    trials = [planned_trial(spec, dict(zip([k for k, _ in axes], combo)))
-              for combo in itertools.product(*(values for _, values in axes))]
+        axes = {key: [typed_value(key, v) for v in values] for key, values in spec.search.grid.items()}
+    labels = {key: axis_labels(key, values) for key, values in axes.items()}
+    trials = [planned_trial(spec, dict(zip(axes, combo)), labels=dict(zip(axes, names)))
+              for combo, names in zip(itertools.product(*axes.values()), itertools.product(*labels.values()))]
     baselines = _baselines(trials) if spec.search.baselines else []
-    return baselines if spec.search.type == "optuna" else trials + baselines
+    if spec.search.type == "optuna":
+        return baselines
+    return [with_baseline(t, baselines) for t in trials] + baselines
 
 
-def planned_trial(spec: SweepSpec, values: dict[str, Any], study_trial: int | None = None) -> PlannedTrial:
-    """The fine-tune with the given dotted-key values over the spec's defaults; study trials are `t007-...`."""
+def point_problems(spec: SweepSpec) -> list[ConfigProblem]:
+    """Every invariant of every planned run, and distinct names. A problem that every grid point has is
+    reported once, at its own key path; one that only some have names those points."""
+    plan = expand(spec)
+    if spec.search.type == "optuna":  # its trials are checked as the study proposes them
+        plan.append(planned_trial(spec, {}))
+    fine_tunes = {t.name for t in plan if t.kind == "trial"}
+    found: dict[str, tuple[ConfigProblem, list[str]]] = {}
+    for trial in plan:
+        for problem in trial.config.problems():
+            found.setdefault(problem.render(), (problem, []))[1].append(trial.name)
+    problems = [p if fine_tunes <= set(names) else dataclasses.replace(p, path=f"{p.path} (at {', '.join(names)})")
+                for p, names in found.values()]
+    return problems + _name_problems(plan)
+
+
+def _name_problems(plan: list[PlannedTrial]) -> list[ConfigProblem]:
+    seen: dict[str, PlannedTrial] = {}
+    problems = []
+    for t in plan:
+        other = seen.setdefault(t.name, t)
+        if other is not t:
+            problems.append(ConfigProblem("search.grid", "every run needs its own name (its folder and store row)",
+                                          [other.params, t.params], f"distinct names; both are {t.name!r}",
+                                          "rename a prompt so that no name part reads like another axis' label"))
+    return problems
+
+
+def planned_trial(spec: SweepSpec, values: dict[str, Any], study_trial: int | None = None,
+                  labels: dict[str, str] | None = None) -> PlannedTrial:
+    """The fine-tune with the given dotted-key values over the spec's defaults; study trials are `t007-...`.
+    `labels` are the values' name parts when the caller made them distinct along each grid axis."""
     config = base_config(spec)
     for key, value in values.items():
         config = with_value(config, key, value, spec)
     swept = {key: get_value(config, key) for key in values}
     shown = {key: get_value(config, key) for key in DISPLAY_KEYS}
-    name = trial_name(swept) if study_trial is None else f"t{study_trial:03d}-{trial_name(swept)}"
-    return PlannedTrial(name, "trial", {**shown, **swept}, config, tuple(swept), study_trial)
+    parts = labels or {key: label(key, value) for key, value in swept.items()}
+    name = "-".join(parts.values()) or "default"
+    if study_trial is not None:
+        name = f"t{study_trial:03d}-{name}"
+    return PlannedTrial(name, "trial", {**shown, **swept}, config, tuple(swept), study_trial, parts)
 
 
 def base_config(spec: SweepSpec) -> TrialConfig:
@@ -67,16 +114,48 @@ def base_config(spec: SweepSpec) -> TrialConfig:
     return with_value(base, "prompt", spec.prompt or next(iter(spec.prompts)), spec)
 
 
+def affects_baseline(key: str) -> bool:
+    """Does this swept key change what a zero-shot run computes (model, prompt, quantization, ...)?"""
+    return key in ("prompt", "training.max_seq_length") or (
+        key.startswith(("model.", "dataset.", "generation.", "quantization.", "scoring.")) and key not in _TRAIN_ONLY)
+
+
+def zero_shot_config(config: TrialConfig) -> TrialConfig:
+    """The baseline of a trial: the same model, prompt, quantization, sequence length, eval data, generation
+    and scoring, with no adapter and no training; equal for every trial that shares these."""
+    t, d = config.training, config.dataset
+    return dataclasses.replace(
+        config, lora=LoraSettings(), augmentation=AugmentationConfig(), zero_shot=True,
+        training=TrainingConfig(max_seq_length=t.max_seq_length, seed=t.seed),
+        dataset=dataclasses.replace(d, train_examples=DatasetConfig.train_examples))
+
+
 def _baselines(trials: list[PlannedTrial]) -> list[PlannedTrial]:
     seen: dict[str, PlannedTrial] = {}
     for t in trials:
-        keys = ["prompt"] + [k for k in t.swept if k != "prompt" and k.startswith(_BASELINE_PREFIXES)]
-        params = {k: t.params[k] for k in keys}
-        name = f"{trial_name(params)}-zero-shot"
-        if name not in seen:
-            seen[name] = PlannedTrial(name, "baseline", params, dataclasses.replace(t.config, zero_shot=True),
-                                      tuple(keys))
+        config = zero_shot_config(t.config)
+        key = _config_key(config)
+        if key not in seen:
+            keys = ["prompt"] + [k for k in t.swept if k != "prompt" and affects_baseline(k)]
+            name = "-".join(_part(t, k) for k in keys) + "-zero-shot"
+            seen[key] = PlannedTrial(name, "baseline", {k: get_value(config, k) for k in keys}, config, tuple(keys))
     return list(seen.values())
+
+
+def _part(trial: PlannedTrial, key: str) -> str:
+    """The name part the trial's own name used for `key` (so a baseline's labels match its trials')."""
+    return trial.labels[key] if key in trial.labels else label(key, get_value(trial.config, key))
+
+
+def with_baseline(trial: PlannedTrial, baselines: list[PlannedTrial]) -> PlannedTrial:
+    """The trial with the name of its own baseline (None when the plan has none that matches)."""
+    key = _config_key(zero_shot_config(trial.config))
+    found = next((b.name for b in baselines if _config_key(b.config) == key), None)
+    return dataclasses.replace(trial, baseline=found)
+
+
+def _config_key(config: TrialConfig) -> str:
+    return json.dumps(dataclasses.asdict(config), sort_keys=True, default=str)
 
 
 def with_value(config: TrialConfig, dotted: str, value: Any, spec: SweepSpec) -> TrialConfig:
@@ -110,21 +189,31 @@ def get_value(config: Any, dotted: str) -> Any:
 
 
 def trial_name(swept: dict[str, Any]) -> str:
-    """Readable and unique within a grid: `v2-r16-lr2e-4`."""
-    return "-".join(_label(k, v) for k, v in swept.items()) or "default"
+    """Readable and path-safe: `v2-r16-lr2e-4`."""
+    return "-".join(label(k, v) for k, v in swept.items()) or "default"
 
 
-def _label(key: str, value: Any) -> str:
-    if key == "prompt":
-        return str(value)
-    if key == "lora.rank":
-        return f"r{value}"
-    if key == "training.learning_rate":
-        return f"lr{format_float(value)}"
+def axis_labels(key: str, values: list) -> list[str]:
+    """Name parts of one grid axis, distinct for distinct values (the spec check refuses equal values):
+    floats get every digit they need (lr1.00001e-4, lr1.00002e-4), anything else a short digest."""
+    labels = [label(key, v) for v in values]
+    if len(set(labels)) < len(labels) and all(isinstance(v, float) for v in values):
+        labels = [label(key, v, exact=True) for v in values]
+    return [f"{text}~{_digest(v)}" if labels.count(text) > 1 else text for text, v in zip(labels, values)]
+
+
+def label(key: str, value: Any, exact: bool = False) -> str:
+    """The name part of one value: `r16`, `lr2e-4`, `v2`, `m1` (a model path's last folder); path-safe."""
+    if isinstance(value, float) and not isinstance(value, bool):
+        value = exact_float(value) if exact else format_float(value)
+    prefixes = {"prompt": "", "lora.rank": "r", "training.learning_rate": "lr", "model.name": ""}
     if key == "model.name":
-        return str(value).rstrip("/").split("/")[-1]
-    text = format_float(value) if isinstance(value, float) else str(value)
-    return f"{key.split('.')[-1]}{text}"
+        value = str(value).rstrip("/").split("/")[-1]
+    if isinstance(value, (list, tuple)):
+        value = "+".join(map(str, value))  # target_modules [q_proj, v_proj] -> q_proj+v_proj
+    text = prefixes.get(key, key.split(".")[-1]) + str(value)
+    safe = _UNSAFE.sub("_", text).lstrip(".-~") or "_"
+    return safe if len(safe) <= _MAX_LABEL_CHARS else f"{safe[:_MAX_LABEL_CHARS - 7]}~{_digest(value)}"
 
 
 def format_float(value: float) -> str:
@@ -133,8 +222,19 @@ def format_float(value: float) -> str:
     return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
 
-def content_key(config: TrialConfig, data: TrialData) -> str:
-    """Hash of the resolved config and the exact rows it trains and evaluates on."""
-    payload = json.dumps({"config": dataclasses.asdict(config), "data": dataclasses.asdict(data)},
+def exact_float(value: float) -> str:
+    """Every digit of the shortest repr that reads back as `value`: 1.00001e-4."""
+    mantissa, _, exponent = f"{Decimal(repr(value)).normalize():e}".partition("e")
+    return f"{mantissa}e{int(exponent or 0)}"
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:6]
+
+
+def content_key(config: TrialConfig, data: TrialData, model: dict | None = None) -> str:
+    """Hash of the resolved config, the exact rows it trains and evaluates on, and the model's identity
+    (trainer.models.model_identity: its files' hashes, or its hub revision)."""
+    payload = json.dumps({"config": dataclasses.asdict(config), "data": dataclasses.asdict(data), "model": model},
                          sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()

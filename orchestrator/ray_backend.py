@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from ray.util.queue import Queue
 
 from orchestrator.environment import QUIET_ENV
+from trainer.checkpoints import last_checkpoint, resume_key
 
 _FORWARDED_ENV = ("QLORA_SWEEP_CACHE", "QLORA_SWEEP_DATA_DIR", "HF_HOME", "HF_HUB_OFFLINE")
 _ERROR_LINES = 25
@@ -37,15 +37,31 @@ class Outcome:
     """Last lines of the error when it raised or its worker died."""
 
 
+@ray.remote(num_cpus=0)
+class _Events:
+    """The trials' events, in order. A synchronous actor runs one caller's calls in the order they were sent;
+    an async one (ray.util.queue's) may reorder them, and a resumed trial replays hundreds at once."""
+
+    def __init__(self):
+        self._events: list[tuple[Any, dict]] = []
+
+    def put(self, item: tuple[Any, dict]) -> None:
+        self._events.append(item)
+
+    def drain(self) -> list[tuple[Any, dict]]:
+        drained, self._events = self._events, []
+        return drained
+
+
 class _Reporter:
     """Sends events without waiting. A task blocked in `ray.get` gives its CPU back to the scheduler,
-    which would start one more trial than there are cores; calls from one caller stay in order."""
+    which would start one more trial than there are cores."""
 
-    def __init__(self, key: Any, events: Queue):
+    def __init__(self, key: Any, events):
         self.key, self.events, self.last = key, events, None
 
     def __call__(self, event: dict) -> None:
-        self.last = self.events.actor.put_nowait.remote((self.key, event))
+        self.last = self.events.put.remote((self.key, event))
 
     def flush(self) -> None:
         if self.last is not None:
@@ -54,12 +70,15 @@ class _Reporter:
 
 # max_retries=0: Ray would silently re-run a trial whose worker died; the driver decides instead.
 @ray.remote(max_calls=1, max_retries=0)
-def _trial_task(key, config, data, out_dir: str, num_threads: int, events: Queue, trial_fn: str):
+def _trial_task(key, config, data, out_dir: str, num_threads: int, events, trial_fn: str):
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _redirect_output(out / "trial.log")
     report = _Reporter(key, events)
-    report({"event": "started", "worker": f"{socket.gethostname()}:{os.getpid()}"})
+    report({"event": "started", "worker": f"{socket.gethostname()}:{os.getpid()}",
+            "node": ray.get_runtime_context().get_node_id()})
+    # Before the trial reports a point: the driver drops the old attempt's, which this one reports again.
+    report({"event": "attempt", "resume_step": last_checkpoint(out, resume_key(config, data))[1]})
     module, _, name = trial_fn.partition(":")
     run_trial = getattr(importlib.import_module(module), name)  # imported in the worker, never the driver
     start = time.perf_counter()
@@ -88,13 +107,18 @@ class RayBackend:
         self._owns_ray = not ray.is_initialized()
         if self._owns_ray:
             env = QUIET_ENV | {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
-            ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False,
+            # "local": a new instance, never one that `ray start` left on this machine (--address picks that).
+            ray.init(address=address or "local", num_cpus=None if address else num_cpus, include_dashboard=False,
                      log_to_driver=False, logging_level="ERROR", runtime_env={"env_vars": env})
-        self.events = Queue()
+        self.events = _Events.remote()
         self._pending: dict[Any, Any] = {}  # object ref -> trial key
 
     def total(self, resource: str) -> float:
         return float(ray.cluster_resources().get(resource, 0))
+
+    def largest_node(self, resource: str) -> float:
+        """The most of `resource` one live node has: a task needing more is never scheduled."""
+        return max((float(n["Resources"].get(resource, 0)) for n in ray.nodes() if n["Alive"]), default=0.0)
 
     def share(self, value: Any) -> Any:
         """Put a large read-only value (the dataset) in the object store once for every trial."""
@@ -126,8 +150,7 @@ class RayBackend:
         return [self._outcome(ref, self._pending.pop(ref)) for ref in done]
 
     def drain_events(self) -> list[tuple[Any, dict]]:
-        size = self.events.qsize()
-        return self.events.get_nowait_batch(size) if size else []
+        return ray.get(self.events.drain.remote())
 
     def shutdown(self) -> None:
         if self._owns_ray:

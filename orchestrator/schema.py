@@ -174,3 +174,12 @@ def check_value(cls: type, dotted: str, value: Any, path: str, problems: list[Co
 
 def is_missing(value: Any) -> bool:
     return value is _MISSING
+
+
+def is_integer_setting(cls: type, dotted: str) -> bool:
+    """Is the setting at `dotted` an integer, or an optional one (`int | None`)?"""
+    found = field_hint(cls, dotted)
+    if found is None:
+        return False
+    hint = found[0]
+    return hint is int or set(typing.get_args(hint)) == {int, type(None)}

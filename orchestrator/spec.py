@@ -90,6 +90,12 @@ class ResourcesConfig:
     """CPUs reserved per trial; also its torch thread count. On CPU, 1 each runs more trials at once."""
     gpus_per_trial: float = field(default=1.0, metadata={"ge": 0.0})
     """GPUs per trial where the Ray cluster has GPUs (ignored without); 1 isolates each trial's memory."""
+    trial_timeout_s: float | None = field(default=None, metadata={"gt": 0.0})
+    """Longest a trial may run (from its worker's start); over it the worker is killed and the trial fails
+    (it resumes from its last checkpoint on the next run). null = no limit."""
+    stall_timeout_s: float | None = field(default=None, metadata={"gt": 0.0})
+    """Longest a running trial may go without reporting anything (a step, a loss point, an eval); catches a
+    deadlock or a stuck download. Set it above your longest eval. null = no limit."""
     retry_out_of_memory: bool = False
     """Re-run a trial that ran out of memory (GPU or host) once with half the micro batch and twice the
     gradient accumulation: same effective batch, slightly different numerics."""
@@ -158,6 +164,20 @@ def load_spec(name: str) -> SweepSpec:
     return parse_spec(raw, str(path))
 
 
+def spec_target(name: str) -> tuple[str, str]:
+    """(sweep name, store URL) a spec file names, for the read commands: only `name` and `output` are read
+    (and must be valid), so results stay readable when, say, the spec's data has moved since it ran."""
+    path = find_spec(name)
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    problems: list[ConfigProblem] = []
+    raw = raw if isinstance(raw, dict) else {}
+    output = schema.build(OutputConfig, raw.get("output"), "output", problems)
+    sweep = schema.convert(str, raw.get("name", ""), "name", problems)
+    if problems:
+        raise SpecError(str(path), problems)
+    return sweep, output.store_url()
+
+
 def parse_spec(raw: Any, source: str = "<spec>") -> SweepSpec:
     problems: list[ConfigProblem] = []
     spec = schema.build(SweepSpec, raw, "", problems)
@@ -165,6 +185,10 @@ def parse_spec(raw: Any, source: str = "<spec>") -> SweepSpec:
     # already reported is not reported twice.
     reported = {p.path for p in problems}
     problems += [p for p in semantic_problems(spec) if p.path not in reported]
+    if not any(p.path.startswith(("search", "prompt")) for p in problems):  # the runs can be planned
+        from orchestrator.plan import point_problems
+
+        problems += [p for p in point_problems(spec) if p.path not in reported]
     if problems:
         raise SpecError(source, problems)
     return spec
@@ -172,17 +196,12 @@ def parse_spec(raw: Any, source: str = "<spec>") -> SweepSpec:
 
 def semantic_problems(spec: SweepSpec) -> list[ConfigProblem]:
     problems = _name_problems(spec) + _prompt_problems(spec) + _grid_problems(spec) + _study_problems(spec)
-    problems += spec.dataset.problems("dataset") + spec.training.problems("training")
     problems += _model_problems(spec) + _data_problems(spec.dataset) + _output_problems(spec.output)
     bert = spec.scoring.bertscore_model
     if bert is not None and not (Path(bert).expanduser() / "config.json").exists():
         problems.append(ConfigProblem("scoring.bertscore_model", "BERTScore needs a local encoder directory", bert,
                                       "a folder with config.json and tokenizer files, or null (off)",
                                       "download the model once elsewhere and copy it here, or set null"))
-    if spec.generation.max_new_tokens >= spec.training.max_seq_length:
-        problems.append(ConfigProblem("generation.max_new_tokens", "the summary budget must leave room for the "
-                                      "dialogue inside training.max_seq_length", spec.generation.max_new_tokens,
-                                      f"< {spec.training.max_seq_length}", "lower max_new_tokens"))
     return problems
 
 
@@ -199,6 +218,10 @@ def _prompt_problems(spec: SweepSpec) -> list[ConfigProblem]:
         problems.append(ConfigProblem("prompts", "at least one prompt template is needed", {},
                                       "name: template pairs", 'prompts: {v1: "Summarize:\\n{dialogue}"}'))
     for key, template in spec.prompts.items():
+        if not _SAFE_NAME.match(key):
+            problems.append(ConfigProblem(f"prompts.{key}", "a prompt name becomes part of trial folder names",
+                                          key, "letters, digits, '_', '-', '.', starting with a letter or digit",
+                                          f"rename it, e.g. {re.sub(r'[^A-Za-z0-9_.-]', '_', key).lstrip('._-') or 'v1'}"))
         try:
             found = prompt_rules.placeholders(template)
         except ValueError as exc:
@@ -245,11 +268,18 @@ def _key_problem(key: str, path: str, problems: list[ConfigProblem]) -> bool:
 
 
 def _value_problems(spec: SweepSpec, key: str, values: list, path: str, problems: list[ConfigProblem]) -> None:
+    seen: list[tuple[int, Any]] = []
     for i, value in enumerate(values):
-        schema.check_value(TrialConfig, key, value, f"{path}[{i}]", problems)
+        converted = schema.check_value(TrialConfig, key, value, f"{path}[{i}]", problems)
         if key == "prompt" and value not in spec.prompts:
             problems.append(ConfigProblem(f"{path}[{i}]", "must name one of the templates", value,
                                           ", ".join(spec.prompts), schema.did_you_mean(str(value), spec.prompts)))
+        same = next((j for j, other in seen if other == converted), None)
+        if same is not None and not schema.is_missing(converted):
+            problems.append(ConfigProblem(f"{path}[{i}]", "values of one axis must differ (equal ones would be the "
+                                          "same run twice)", value, f"anything but {values[same]!r} (item {same})",
+                                          f"remove item {i}"))
+        seen.append((i, converted))
 
 
 def _study_problems(spec: SweepSpec) -> list[ConfigProblem]:
@@ -288,6 +318,9 @@ def _dimension_problems(spec: SweepSpec, key: str, dim: Dimension, path: str) ->
         return problems
     for end in ("low", "high"):
         schema.check_value(TrialConfig, key, _integral(getattr(dim, end)), f"{path}.{end}", problems)
+    if dim.step is not None and schema.is_integer_setting(TrialConfig, key) and not float(dim.step).is_integer():
+        problems.append(ConfigProblem(f"{path}.step", f"{key} is an integer setting, so its step must be whole",
+                                      dim.step, "a whole number such as 1 or 4", f"step: {max(round(dim.step), 1)}"))
     if dim.low >= dim.high:
         problems.append(ConfigProblem(path, "low must be below high", [dim.low, dim.high], "low < high"))
     if dim.log and dim.low <= 0:

@@ -15,7 +15,8 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from orchestrator.plan import PlannedTrial, get_value, planned_trial, typed_value
+from orchestrator.plan import PlannedTrial, planned_trial, typed_value
+from orchestrator.schema import is_integer_setting
 from orchestrator.spec import Dimension, OptunaSettings, SweepSpec
 from trainer.config import TrialConfig
 
@@ -106,12 +107,11 @@ class Study:
 
 def distributions(space: dict[str, Dimension]) -> dict[str, BaseDistribution]:
     """Optuna distributions of a spec's space: integer settings (lora.rank) get integer ranges."""
-    defaults = TrialConfig()
     out: dict[str, BaseDistribution] = {}
     for key, dim in space.items():
         if dim.choices is not None:
             out[key] = CategoricalDistribution([typed_value(key, v) for v in dim.choices])
-        elif key != "prompt" and isinstance(get_value(defaults, key), int):
+        elif key != "prompt" and is_integer_setting(TrialConfig, key):  # lora.alpha too, whose default is null
             out[key] = IntDistribution(int(dim.low), int(dim.high), log=dim.log, step=int(dim.step or 1))
         else:
             out[key] = FloatDistribution(dim.low, dim.high, log=dim.log, step=dim.step)

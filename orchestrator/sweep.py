@@ -9,6 +9,7 @@ failed (its error kept), pruned or interrupted (with the reason), its partial cu
 from __future__ import annotations
 
 import dataclasses
+import math
 import signal
 import sys
 import time
@@ -19,15 +20,16 @@ from typing import TextIO
 
 from evaluation.rouge import resolve_tokenizer
 from orchestrator.control import HEARTBEAT_INTERVAL_S, StopFlag, SweepBusy, driver_alive, driver_id
-from orchestrator.plan import PlannedTrial, content_key, expand, planned_trial
+from orchestrator.budget import budget_problems
+from orchestrator.plan import PlannedTrial, content_key, expand, planned_trial, with_baseline
 from orchestrator.progress import Progress
-from orchestrator.spec import ResourcesConfig, SweepSpec, to_plain
+from orchestrator.spec import ResourcesConfig, SpecError, SweepSpec, to_plain
 from orchestrator.study import Study
 from results.store import Store
 from results.tensorboard import TensorBoardSink
 from trainer.config import TrialConfig
 from trainer.data import DATA_DIR_ENV, TrialData, load_trial_data, split_source
-from trainer.models import resolve_model_path
+from trainer.models import model_identity, resolve_model_path
 
 
 @dataclass
@@ -54,6 +56,12 @@ class _Running:
     ending: tuple[str, str] | None = None
     """(status, reason) when the driver ended it: pruned, or interrupted by a stop."""
     retried: bool = False
+    started_at: float = 0.0
+    """time.monotonic() when its worker started it (for resources.trial_timeout_s)."""
+    last_event_at: float = 0.0
+    """time.monotonic() of its last event (for resources.stall_timeout_s)."""
+    where: dict = field(default_factory=dict)
+    """The cluster node its worker runs on, added to the environment it reports."""
     done: bool = False
     """Its outcome is recorded; late events (a killed worker's last ones) add curve points only."""
 
@@ -68,16 +76,18 @@ def run_sweep(spec: SweepSpec, store: Store, backend, stream: TextIO = sys.stder
     """Run every trial of `spec` (resuming what a previous run left) until done or stopped."""
     start = time.perf_counter()
     plan, data = prepared or prepare(spec)
+    check_placement(spec.resources, backend)
     seen = live_driver_check(store, spec.name)
-    sweep_dir = Path(spec.output.run_dir) / spec.name
-    sweep_id = store.open_sweep(spec.name, to_plain(spec), str(sweep_dir), _notes(data))
-    if not store.claim_sweep(sweep_id, driver_id(), seen):
+    sweep_dir = Path(spec.output.run_dir).resolve() / spec.name  # absolute: read commands run from anywhere
+    me = driver_id()
+    sweep_id = store.open_sweep(spec.name, to_plain(spec), str(sweep_dir), _notes(data), me, seen)
+    if sweep_id is None:
         raise SweepBusy(f"sweep {spec.name!r} was claimed by another driver just now; nothing was run")
     try:
         driver = _Driver(spec, store, backend, sweep_id, sweep_dir, data, Progress(0, 1, stream, show_progress))
         driver.run(plan, stop if stop is not None else StopFlag())
     finally:
-        store.release_sweep(sweep_id)
+        store.release_sweep(sweep_id, me)
     driver.outcome.wall_s = time.perf_counter() - start
     return driver.outcome
 
@@ -93,8 +103,28 @@ def live_driver_check(store: Store, name: str) -> str | None:
     return driver
 
 
+class Unschedulable(Exception):
+    """A trial asks for more CPUs or GPUs than any node of the Ray cluster has: it would wait forever."""
+
+
+def check_placement(resources: ResourcesConfig, backend) -> None:
+    """Raise Unschedulable when one trial cannot fit on the largest node (Ray would queue it silently)."""
+    problems = []
+    cpus = backend.largest_node("CPU")
+    if resources.cpus_per_trial > cpus:
+        problems.append(f"resources.cpus_per_trial: a trial must fit on one node; given {resources.cpus_per_trial}; "
+                        f"allowed: 1 to {cpus:g} (the largest node's CPUs). Fix: lower cpus_per_trial")
+    gpus = backend.largest_node("GPU")
+    if backend.total("GPU") > 0 and resources.gpus_per_trial > gpus:
+        problems.append(f"resources.gpus_per_trial: a trial must fit on one node; given {resources.gpus_per_trial:g}; "
+                        f"allowed: 0 to {gpus:g} (the largest node's GPUs). Fix: lower gpus_per_trial")
+    if problems:
+        raise Unschedulable("; ".join(problems))
+
+
 def prepare(spec: SweepSpec) -> tuple[list[PlannedTrial], dict[str, TrialData]]:
-    """The plan, each distinct dataset loaded once and each distinct model converted once."""
+    """The plan, each distinct dataset loaded once and each distinct model converted once; every run's
+    prompt checked against its token budget with the model's real tokenizer (SpecError if one fails)."""
     plan = expand(spec)
     targets = plan + ([planned_trial(spec, {})] if spec.search.type == "optuna" else [])
     models = {t.config.model.name for t in targets}
@@ -104,6 +134,9 @@ def prepare(spec: SweepSpec) -> tuple[list[PlannedTrial], dict[str, TrialData]]:
             resolve_model_path(name)
         except Exception as exc:  # conversion or download: any failure means the sweep cannot start
             raise PrepareError(f"model.name {name!r} could not be prepared: {type(exc).__name__}: {exc}") from exc
+    problems = budget_problems([t.config for t in targets], [t.name for t in targets])
+    if problems:
+        raise SpecError(spec.name, problems)
     data: dict[str, TrialData] = {}
     for trial in targets:
         key = _data_key(trial)
@@ -131,8 +164,17 @@ def _load_data(trial: PlannedTrial) -> TrialData:
 
 
 def register(store: Store, sweep_id: int, trial: PlannedTrial, data: TrialData) -> tuple[int, bool]:
+    key = content_key(trial.config, data, model_identity(trial.config.model.name))
     return store.register_trial(sweep_id, trial.name, trial.kind, trial.params, dataclasses.asdict(trial.config),
-                                content_key(trial.config, data), trial.study_trial)
+                                key, trial.study_trial, trial.baseline)
+
+
+def trial_dir(sweep_dir: Path, name: str) -> Path:
+    """<run_dir>/<sweep>/trials/<name>; names are path-safe by construction, and this makes sure of it."""
+    path = (sweep_dir / "trials" / name).resolve()
+    if path.parent != (sweep_dir / "trials").resolve():
+        raise ValueError(f"trial name {name!r} would write outside {sweep_dir / 'trials'}; names must be path-safe")
+    return path
 
 
 def placement(resources: ResourcesConfig, backend) -> tuple[int, float, int]:
@@ -176,6 +218,7 @@ class _Driver:
 
     def run(self, plan: list[PlannedTrial], stop: StopFlag) -> None:
         self.progress.total, self.progress.slots = len(plan), self.slots
+        self.baselines = [t for t in plan if t.kind == "baseline"]
         if self.study is not None:
             self.progress.total += self.study.settings.n_trials
         for trial in plan:
@@ -220,14 +263,24 @@ class _Driver:
                 proposed = self.study.ask()
                 if proposed is None:
                     break
-                self._add(proposed)
+                self._add(with_baseline(proposed, self.baselines))
                 continue
             if not self.queue:
                 break
             trial = self.queue.popleft()
+            problems = self._infeasible(trial.planned)
+            if problems:
+                self._end(trial, "failed", "infeasible settings, not run: " + "; ".join(p.render() for p in problems))
+                continue
             self.backend.submit(trial.trial_id, trial.planned.config, self.shared[_data_key(trial.planned)],
-                                self.sweep_dir / "trials" / trial.planned.name, self.cpus, self.gpus)
+                                trial_dir(self.sweep_dir, trial.planned.name), self.cpus, self.gpus)
         return bool(self.queue) and not self.stopping
+
+    def _infeasible(self, trial: PlannedTrial) -> list:
+        """A study proposal checked as every grid point was before the sweep began (spec and token budget)."""
+        if trial.study_trial is None:
+            return []
+        return trial.config.problems() or budget_problems([trial.config], [trial.name])
 
     def _data(self, trial: PlannedTrial) -> TrialData:
         key = _data_key(trial)
@@ -238,20 +291,39 @@ class _Driver:
 
     def _record_events(self, events: list[tuple[int, dict]]) -> None:
         points: dict[int, list[tuple[str, int, float]]] = {}
+        now = time.monotonic()
         for trial_id, event in events:
             trial = self.trials[trial_id]
+            trial.last_event_at = now
             if event["event"] == "started" and not trial.started and not trial.done:
-                trial.started = True
+                trial.started, trial.started_at = True, now
+                trial.where = {"node": event["node"]} if event.get("node") else {}
                 self.store.mark_running(trial_id, event["worker"])
                 self.progress.update(running=1)
+            elif event["event"] == "attempt":  # before any point of this attempt, which reports them all again
+                self._flush(points)
+                self.store.resume_from(trial_id, event["resume_step"])
             elif event["event"] == "environment":
-                self.store.set_environment(trial_id, event["environment"])
+                self.store.set_environment(trial_id, {**event["environment"], **trial.where})
+            elif event["event"] == "metric" and not math.isfinite(event["value"]):
+                self._kill(trial, "failed", f"diverged at step {event['step']} "
+                                            f"({event['name'].split('/')[-1]} {event['value']})")
             elif event["event"] == "metric":
                 points.setdefault(trial_id, []).append((event["name"], event["step"], event["value"]))
                 self.tensorboard.scalar(trial.planned.name, event["name"], event["step"], event["value"])
                 self._maybe_prune(trial, event)
+        self._flush(points)
+
+    def _flush(self, points: dict[int, list[tuple[str, int, float]]]) -> None:
         for trial_id, batch in points.items():
             self.store.add_metrics(trial_id, batch)
+        points.clear()
+
+    def _kill(self, trial: _Running, status: str, reason: str) -> None:
+        """End a running trial as `status` for `reason` (the first reason wins) by killing its worker."""
+        if trial.ending is None and not trial.done:
+            trial.ending = (status, reason)
+            self.backend.cancel(trial.trial_id)
 
     def _maybe_prune(self, trial: _Running, event: dict) -> None:
         number = trial.planned.study_trial
@@ -261,32 +333,28 @@ class _Driver:
         if event["name"] != f"eval/{metric}" or event["step"] >= trial.planned.config.training.max_steps:
             return  # only interim evaluations; the final one is the trial's result
         if self.study.report(number, event["step"], event["value"]):
-            trial.ending = ("pruned", f"pruned by the {self.study.settings.pruner} pruner at step {event['step']}: "
-                                      f"eval/{metric}={event['value']:.4f}")
-            self.backend.cancel(trial.trial_id)
+            self._kill(trial, "pruned", f"pruned by the {self.study.settings.pruner} pruner at step {event['step']}: "
+                                        f"eval/{metric}={event['value']:.4f}")
 
     def _record_outcome(self, trial: _Running, result) -> None:
         name, running = trial.planned.name, -1 if trial.started else 0
         trial.started, trial.done = False, True
-        if trial.ending is not None and result.error is not None:  # it may have finished before the kill
-            status, reason = trial.ending
-            self.store.end_trial(trial.trial_id, status, reason)
-            getattr(self.outcome, status).append(name)
-            self.progress.update(running=running, **{status: 1})
-            self._tell(trial, status, {})
+        broken = [k for k, v in (result.result.metrics.items() if result.error is None else ()) if not math.isfinite(v)]
+        if broken and trial.ending is None:
+            trial.ending = ("failed", f"diverged: final {broken[0]} is {result.result.metrics[broken[0]]}")
+        # Pruned or stopped, it may have finished before the kill; failed (diverged, timed out) it may not count.
+        if trial.ending is not None and (result.error is not None or trial.ending[0] == "failed"):
+            self._end(trial, *trial.ending, result.runtime_s, running)
         elif result.error is not None:
             if self._retry(trial, result.error):
                 trial.done = False
                 self.progress.update(running=running)
                 return
-            self.store.fail_trial(trial.trial_id, result.error, result.runtime_s)
-            self.outcome.failed.append(name)
-            self.progress.update(failed=1, running=running)
-            self._tell(trial, "failed", {})
+            self._end(trial, "failed", result.error, result.runtime_s, running)
         else:
             r = result.result
             self.store.complete_trial(trial.trial_id, r.metrics, r.predictions, result.runtime_s, r.timings_s,
-                                      r.adapter_dir, r.scoring, r.environment)
+                                      r.adapter_dir, r.scoring, {**r.environment, **trial.where} or None)
             self.tensorboard.hparams(name, {"kind": trial.planned.kind, **trial.planned.params}, r.metrics)
             self.outcome.completed.append(name)
             self.outcome.runtimes_s[name] = result.runtime_s
@@ -319,6 +387,7 @@ class _Driver:
             self._next_beat = now + HEARTBEAT_INTERVAL_S
         if stop and not self.stopping:
             self._stop_all(f"interrupted by {signal.Signals(stop.signal).name}")
+        self._enforce_time_limits(now)
         if now < self._next_poll:
             return
         self._next_poll = now + 2.0
@@ -328,6 +397,18 @@ class _Driver:
         for trial_id in trial_ids & set(self.trials):
             self._stop_trial(self.trials[trial_id], "stopped by `sweep stop` for this trial")
 
+    def _enforce_time_limits(self, now: float) -> None:
+        total, stall = self.spec.resources.trial_timeout_s, self.spec.resources.stall_timeout_s
+        for trial in self.trials.values():
+            if not trial.started or trial.done or trial.ending is not None:
+                continue
+            if total is not None and now - trial.started_at > total:
+                self._kill(trial, "failed", f"timed out: ran {now - trial.started_at:.0f} s, over "
+                                            f"resources.trial_timeout_s={total:g}; its worker was killed")
+            elif stall is not None and now - trial.last_event_at > stall:
+                self._kill(trial, "failed", f"stalled: no event for {now - trial.last_event_at:.0f} s, over "
+                                            f"resources.stall_timeout_s={stall:g}; its worker was killed")
+
     def _stop_all(self, reason: str) -> None:
         self.stopping = self.outcome.stopped_by = reason
         for trial in list(self.trials.values()):
@@ -336,21 +417,23 @@ class _Driver:
     def _stop_trial(self, trial: _Running, reason: str) -> None:
         if trial in self.queue:
             self.queue.remove(trial)
-            self._end_unstarted(trial, reason)
+            self._end(trial, "interrupted", reason)
         elif trial.ending is None and self.backend.is_pending(trial.trial_id):
-            trial.ending = ("interrupted", reason)
-            self.backend.cancel(trial.trial_id)
+            self._kill(trial, "interrupted", reason)
 
     def _interrupt_queued(self) -> None:
         while self.queue:
-            self._end_unstarted(self.queue.popleft(), self.stopping or "the driver stopped before it started")
+            self._end(self.queue.popleft(), "interrupted", self.stopping or "the driver stopped before it started")
 
-    def _end_unstarted(self, trial: _Running, reason: str) -> None:
+    def _end(self, trial: _Running, status: str, reason: str, runtime_s: float | None = None,
+             running: int = 0) -> None:
+        """A trial ends without a result here (failed, pruned, interrupted): store, outcome, progress and study
+        at once. `running` is -1 when it was counted as running."""
         trial.done = True
-        self.store.end_trial(trial.trial_id, "interrupted", reason)
-        self.outcome.interrupted.append(trial.planned.name)
-        self.progress.update(interrupted=1)
-        self._tell(trial, "interrupted", {})
+        self.store.end_trial(trial.trial_id, status, reason, runtime_s)
+        getattr(self.outcome, status).append(trial.planned.name)
+        self.progress.update(running=running, **{status: 1})
+        self._tell(trial, status, {})
 
 
 def _notes(data: dict[str, TrialData]) -> dict:

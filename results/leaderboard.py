@@ -32,7 +32,7 @@ class Row:
     scores: dict[str, float]
     """ROUGE F1 in percent, gen_tokens and gen_words."""
     delta: float | None
-    """Points of the ranking metric above the zero-shot baseline of the same prompt."""
+    """Points of the ranking metric above its own zero-shot baseline (same model, prompt, quantization, ...)."""
     runtime_s: float | None
     status: str
     pareto: bool | None = None
@@ -44,7 +44,7 @@ class Row:
     vs_best: Interval | None = None
     """Paired difference to the best row of its scoring group (points)."""
     vs_baseline: Interval | None = None
-    """Paired difference to its prompt's zero-shot baseline (points)."""
+    """Paired difference to its own zero-shot baseline (points)."""
 
 
 def build(summary: SweepSummary, metric: str = "rougeL", per_example: dict[str, dict[str, float]] | None = None,
@@ -60,17 +60,31 @@ def build(summary: SweepSummary, metric: str = "rougeL", per_example: dict[str, 
     best = {}
     for t in ranked[:len(done)]:
         best.setdefault(letters[t.name], t)
-    baselines = {(t.params.get("prompt"), letters[t.name]): t for t in done if t.kind == "baseline"}
+    baselines = {t.name: t for t in done if t.kind == "baseline"}
     objectives = study_objectives(summary.spec)
     front = pareto_front(summary.trials, objectives) if len(objectives) > 1 else None
     compare = _Comparer(metric, per_example, samples)
     rows = []
     for t in ranked:
         group = letters[t.name]
-        top, base = best.get(group), baselines.get((t.params.get("prompt"), group))
+        top, base = best.get(group), own_baseline(t, baselines, letters)
         rows.append(_row(t, metric, base, top is t, None if front is None else t.name in front, group,
                          compare.intervals(t, top, base)))
     return rows
+
+
+def own_baseline(t: TrialSummary, baselines: dict[str, TrialSummary], letters: dict[str, str]) -> TrialSummary | None:
+    """The completed zero-shot run a fine-tune is compared with: the one its plan named (same model, prompt,
+    quantization, sequence length, generation and scoring), if it was scored the same way. Results stored
+    before trials recorded it fall back to the baseline of the same prompt."""
+    if t.kind == "baseline":
+        return None
+    if t.baseline is not None:
+        found = baselines.get(t.baseline)
+    else:
+        found = next((b for b in baselines.values() if b.params.get("prompt") == t.params.get("prompt")
+                      and letters[b.name] == letters[t.name]), None)
+    return found if found is not None and letters[found.name] == letters[t.name] else None
 
 
 def scoring_letters(trials: list[TrialSummary]) -> dict[str, str]:

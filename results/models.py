@@ -75,6 +75,10 @@ class TrialRow(Base):
     """Number of the Optuna trial this row records (optuna searches only)."""
     stop_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     """Set by `sweep stop SWEEP TRIAL`; the driver stops it and marks it interrupted."""
+    baseline: Mapped[str | None] = mapped_column(String(200))
+    """Name of the zero-shot baseline this fine-tune is compared with (same model, prompt, quantization, ...)."""
+    resumed_from_step: Mapped[int | None] = mapped_column(Integer)
+    """Training step of the checkpoint its last attempt continued from; null when it started at step 0."""
     sweep: Mapped[SweepRow] = relationship(back_populates="trials")
     metrics: Mapped[list[MetricRow]] = relationship(cascade="all, delete-orphan")
     predictions: Mapped[list[PredictionRow]] = relationship(cascade="all, delete-orphan")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 from results.environment import dtype_notes
@@ -14,9 +15,9 @@ _NOTE_CHARS = 90
 def render(summary: SweepSummary, driver_alive: bool) -> str:
     max_steps = summary.spec.get("training", {}).get("max_steps")
     header = ["trial", "kind", "state", "step", "tries", "runtime_s", "worker", "note"]
-    rows = [[t.name, t.kind, _state(t.status, driver_alive), _step(t.last_step, max_steps, t.kind),
+    rows = [[t.name, t.kind, _state(t.status, driver_alive), _step(t.last_step, t.params.get("training.max_steps", max_steps), t.kind),
              str(t.attempts), "-" if t.runtime_s is None else f"{t.runtime_s:.0f}", t.worker or "-",
-             _note(t.error)] for t in summary.trials]
+             _note(t)] for t in summary.trials]
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
     table = ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in [header] + rows]
     counts = Counter(t.status for t in summary.trials)
@@ -24,6 +25,18 @@ def render(summary: SweepSummary, driver_alive: bool) -> str:
     notes = [f"note: {n}" for n in dtype_notes(summary.trials)]
     return "\n".join([f"sweep {summary.name}: {_driver(summary, driver_alive)}"] + notes + [""] + table
                      + ["", f"{len(summary.trials)} trials: {tally or 'none'}"])
+
+
+def render_json(summary: SweepSummary, driver_alive: bool) -> str:
+    """One object per trial: name, kind, state, step, max_steps, tries, resumed_from_step, worker, note."""
+    max_steps = summary.spec.get("training", {}).get("max_steps")
+    trials = [{"name": t.name, "kind": t.kind, "state": _state(t.status, driver_alive),
+               "step": None if t.kind == "baseline" else t.last_step or 0,
+               "max_steps": None if t.kind == "baseline" else t.params.get("training.max_steps", max_steps), "tries": t.attempts,
+               "resumed_from_step": t.resumed_from_step, "worker": t.worker,
+               "note": last_line(t.error) if t.error else None} for t in summary.trials]
+    return json.dumps({"sweep": summary.name, "driver": summary.driver, "driver_alive": driver_alive,
+                       "trials": trials}, indent=2)
 
 
 def _driver(summary: SweepSummary, alive: bool) -> str:
@@ -47,10 +60,11 @@ def _step(last: int | None, max_steps: int | None, kind: str) -> str:
     return f"{last or 0}/{max_steps}" if max_steps else str(last or 0)
 
 
-def _note(error: str | None) -> str:
-    if not error:
-        return ""
-    last = last_line(error)
+def _note(t) -> str:
+    resumed = f"resumed from step {t.resumed_from_step}" if t.resumed_from_step else ""
+    if not t.error:
+        return resumed
+    last = "; ".join(filter(None, [resumed, last_line(t.error)]))
     return last if len(last) <= _NOTE_CHARS else last[:_NOTE_CHARS - 3] + "..."
 
 

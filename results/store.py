@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from sqlalchemy import create_engine, delete, event, func, inspect, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from results.models import FINAL_STATES, Base, MetricRow, PredictionRow, SweepRow, TrialRow, utcnow
@@ -46,6 +47,10 @@ class TrialSummary:
     """Row id, for the per-trial reads (curves)."""
     environment: dict | None = None
     """Device, resolved compute dtype, versions and peak memory; None before the trial reported them."""
+    baseline: str | None = None
+    """Name of its own zero-shot baseline; None for baselines and results stored before this was recorded."""
+    resumed_from_step: int | None = None
+    """Checkpoint step its last attempt continued from; None when it started from step 0."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,8 @@ class SweepSummary:
     driver: str | None = None
     """`host:pid` of the orchestrator that holds the sweep, if any."""
     heartbeat_at: datetime | None = None
+    run_dir: str | None = None
+    """Absolute folder of its trials, TensorBoard events and reports (relative in stores written before 0.4)."""
 
 
 class Store:
@@ -84,21 +91,38 @@ class Store:
         finally:
             session.close()
 
-    def open_sweep(self, name: str, spec: dict, run_dir: str, notes: dict) -> int:
-        with self.session() as s:
-            row = s.scalar(select(SweepRow).where(SweepRow.name == name))
-            if row is None:
-                row = SweepRow(name=name, spec=spec, run_dir=run_dir, notes=notes)
-                s.add(row)
-            else:
-                row.spec, row.run_dir, row.notes = spec, run_dir, notes
-            s.flush()
-            return row.id
+    def open_sweep(self, name: str, spec: dict, run_dir: str, notes: dict, driver: str | None = None,
+                   replacing: str | None = None) -> int | None:
+        """Create or update the sweep and claim it for `driver`, in one transaction: its id, or None (and
+        nothing written) when the sweep's driver is no longer `replacing` (None, or a dead one seen a moment
+        ago) because another driver claimed it, or created it, in between. `driver` None records the sweep
+        without claiming it (imports, tests), and only while no driver holds it."""
+        values = dict(spec=spec, run_dir=run_dir, notes=notes, stop_requested=False)
+        if driver is not None:
+            values.update(driver=driver, heartbeat_at=utcnow())
+        try:
+            with self.session() as s:
+                sweep_id = s.scalar(select(SweepRow.id).where(SweepRow.name == name))
+                if sweep_id is None:
+                    row = SweepRow(name=name, **values)
+                    s.add(row)
+                    s.flush()
+                    return row.id
+                held = SweepRow.driver.is_(None) if replacing is None else SweepRow.driver == replacing
+                if s.execute(update(SweepRow).where(SweepRow.id == sweep_id, held).values(**values)).rowcount != 1:
+                    return None
+                s.execute(update(TrialRow).where(TrialRow.sweep_id == sweep_id).values(stop_requested=False))
+                return sweep_id
+        except IntegrityError:  # another driver created the same sweep at the same instant, and won
+            return None
 
     def register_trial(self, sweep_id: int, name: str, kind: str, params: dict, config: dict,
-                       content_key: str, study_trial: int | None = None) -> tuple[int, bool]:
+                       content_key: str, study_trial: int | None = None, baseline: str | None = None
+                       ) -> tuple[int, bool]:
         """(trial id, already done). A completed (or pruned) trial with the same content key is kept,
-        not re-run; anything else under that name starts over, so re-running adds no duplicate rows."""
+        not re-run; anything else under that name runs again, so re-running adds no duplicate rows. An
+        unfinished one with the same content key keeps its curves until its next attempt starts
+        (`resume_from`); a changed one starts over at once."""
         with self.session() as s:
             row = s.scalar(select(TrialRow).where(TrialRow.sweep_id == sweep_id, TrialRow.name == name))
             if row is not None and row.status in FINAL_STATES and row.content_key == content_key:
@@ -106,14 +130,22 @@ class Store:
             if row is None:
                 row = TrialRow(sweep_id=sweep_id, name=name)
                 s.add(row)
-            else:
+            elif row.content_key != content_key or row.status in FINAL_STATES:
                 _clear_results(s, row.id)
             row.kind, row.params, row.config, row.content_key = kind, params, config, content_key
             row.status, row.error, row.runtime_s, row.started_at, row.finished_at = "pending", None, None, None, None
             row.worker, row.attempts, row.study_trial, row.stop_requested = None, 0, study_trial, False
-            row.environment = None
+            row.environment, row.baseline, row.resumed_from_step = None, baseline, None
             s.flush()
             return row.id, False
+
+    def resume_from(self, trial_id: int, step: int) -> None:
+        """A new attempt starts, from checkpoint `step` (0: from scratch). Its points are dropped: the attempt
+        reports the checkpoint's own points again (those reported while no driver listened included), then
+        its new ones, so its curve has every step once."""
+        with self.session() as s:
+            _clear_results(s, trial_id)
+            s.get(TrialRow, trial_id).resumed_from_step = step or None
 
     def mark_running(self, trial_id: int, worker: str | None = None) -> None:
         with self.session() as s:
@@ -159,24 +191,15 @@ class Store:
             row = s.get(TrialRow, trial_id)
             row.status, row.finished_at, row.runtime_s, row.error = status, utcnow(), runtime_s, reason
 
-    def claim_sweep(self, sweep_id: int, driver: str, replacing: str | None) -> bool:
-        """Record `driver` as the sweep's only driver, atomically, if the driver is still `replacing`
-        (None, or a dead one seen a moment ago); False when someone else claimed it in between."""
-        with self.session() as s:
-            held = SweepRow.driver.is_(None) if replacing is None else SweepRow.driver == replacing
-            claimed = s.execute(update(SweepRow).where(SweepRow.id == sweep_id, held).values(
-                driver=driver, heartbeat_at=utcnow(), stop_requested=False)).rowcount == 1
-            if claimed:
-                s.execute(update(TrialRow).where(TrialRow.sweep_id == sweep_id).values(stop_requested=False))
-            return claimed
-
     def heartbeat(self, sweep_id: int) -> None:
         with self.session() as s:
             s.execute(update(SweepRow).where(SweepRow.id == sweep_id).values(heartbeat_at=utcnow()))
 
-    def release_sweep(self, sweep_id: int) -> None:
+    def release_sweep(self, sweep_id: int, driver: str) -> None:
+        """Give the sweep up, if `driver` still holds it."""
         with self.session() as s:
-            s.execute(update(SweepRow).where(SweepRow.id == sweep_id).values(driver=None, stop_requested=False))
+            s.execute(update(SweepRow).where(SweepRow.id == sweep_id, SweepRow.driver == driver)
+                      .values(driver=None, stop_requested=False))
 
     def request_stop(self, sweep_name: str, trial_name: str | None = None) -> bool:
         """Ask the sweep's driver to stop the sweep or one trial; False if there is no such trial."""
@@ -196,14 +219,17 @@ class Store:
             ids = set(s.scalars(select(TrialRow.id).where(TrialRow.sweep_id == sweep_id, TrialRow.stop_requested)))
             return whole, ids
 
-    def interrupt_unfinished(self, sweep_name: str, reason: str) -> list[str]:
-        """Mark the pending and running trials of a sweep whose driver is gone as interrupted."""
+    def interrupt_unfinished(self, sweep_name: str, reason: str, gone_driver: str | None) -> list[str] | None:
+        """Mark the pending and running trials of a sweep whose driver `gone_driver` is gone as interrupted,
+        and clear it; None (nothing changed) when another driver has claimed the sweep since it was read."""
         with self.session() as s:
+            held = SweepRow.driver.is_(None) if gone_driver is None else SweepRow.driver == gone_driver
+            if s.execute(update(SweepRow).where(SweepRow.name == sweep_name, held).values(driver=None)).rowcount != 1:
+                return None
             rows = s.scalars(select(TrialRow).join(SweepRow).where(
                 SweepRow.name == sweep_name, TrialRow.status.in_(("pending", "running")))).all()
             for row in rows:
                 row.status, row.finished_at, row.error = "interrupted", utcnow(), reason
-            s.execute(update(SweepRow).where(SweepRow.name == sweep_name).values(driver=None))
             return [r.name for r in rows]
 
     def trial_result(self, trial_id: int) -> tuple[str, dict[str, float]]:
@@ -230,7 +256,7 @@ class Store:
             steps = _last_train_steps(s, TrialRow.sweep_id == sweep.id)
             return SweepSummary(sweep.name, dict(sweep.notes or {}),
                                 [_trial_summary(t, steps.get(t.id)) for t in sorted(sweep.trials, key=lambda t: t.id)],
-                                dict(sweep.spec or {}), sweep.driver, _aware(sweep.heartbeat_at))
+                                dict(sweep.spec or {}), sweep.driver, _aware(sweep.heartbeat_at), sweep.run_dir)
 
     def trial(self, sweep_name: str, trial_name: str) -> tuple[TrialSummary, dict] | None:
         """(summary, resolved config) of one trial, or None."""
@@ -283,7 +309,8 @@ def _prediction(trial_id: int, p: dict) -> PredictionRow:
 def _trial_summary(t: TrialRow, last_step: int | None) -> TrialSummary:
     return TrialSummary(t.name, t.kind, dict(t.params), t.status, t.runtime_s, _finals(t), t.error,
                         _aware(t.started_at), t.worker, t.attempts or 0, t.study_trial, last_step,
-                        _aware(t.finished_at), t.scoring, t.adapter_dir, t.id, t.environment)
+                        _aware(t.finished_at), t.scoring, t.adapter_dir, t.id, t.environment, t.baseline,
+                        t.resumed_from_step)
 
 
 def _finals(t: TrialRow) -> dict[str, float]:
@@ -308,7 +335,7 @@ _RENAMED = {"trials": "sweep_trials", "metrics": "sweep_metrics", "predictions":
 _ADDED = {"sweeps": ["driver VARCHAR(200)", "heartbeat_at DATETIME", "stop_requested BOOLEAN DEFAULT 0"],
           "sweep_trials": ["worker VARCHAR(200)", "attempts INTEGER DEFAULT 0", "study_trial INTEGER",
                            "stop_requested BOOLEAN DEFAULT 0", "scoring JSON",
-                           "environment JSON"],
+                           "environment JSON", "baseline VARCHAR(200)", "resumed_from_step INTEGER"],
           "sweep_predictions": ["\"references\" JSON"]}
 
 

@@ -17,11 +17,14 @@ import pytest
 import yaml
 
 from orchestrator.cli import main
+from orchestrator.plan import expand
 from orchestrator.ray_backend import DEFAULT_TRIAL_FN, RayBackend
 from orchestrator.spec import parse_spec
 from orchestrator.sweep import run_sweep
 from results.store import Store
 from tests.conftest import tiny_spec
+from trainer.data import load_trial_data
+from trainer.trial import run_trial
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,10 +59,10 @@ def trials_of(store: Store, sweep: str = "tiny") -> dict:
     return {t.name: t for t in summary.trials} if summary else {}
 
 
-def training(store: Store, name: str):
-    """The trial when it is running and has finished at least one optimizer step."""
+def training(store: Store, name: str, min_step: int = 1):
+    """The trial when it is running and has finished at least `min_step` optimizer steps."""
     t = trials_of(store).get(name)
-    return t if t is not None and t.status == "running" and t.worker and (t.last_step or 0) >= 1 else None
+    return t if t is not None and t.status == "running" and t.worker and (t.last_step or 0) >= min_step else None
 
 
 def test_out_of_memory_is_retried_with_half_the_micro_batch(backend, raw, monkeypatch):
@@ -75,6 +78,8 @@ def test_out_of_memory_is_retried_with_half_the_micro_batch(backend, raw, monkey
     summary = store.summary("tiny")
     for t in summary.trials:
         assert t.attempts == 2 and "micro_batch_size=1, gradient_accumulation_steps=2" in t.error
+        losses = [(step, value) for name, step, value in store.curves(t.id) if name == "train/loss"]
+        assert (1, 9.0) not in losses and [s for s, _ in losses] == [1, 2]  # only the retry's curve, once
     with store.session() as s:
         from results.models import TrialRow
 
@@ -88,15 +93,16 @@ def test_out_of_memory_is_retried_with_half_the_micro_batch(backend, raw, monkey
     assert all("CUDA out of memory" in t.error for t in store.summary("no-retry").trials)
 
 
-def test_worker_killed_mid_trial_fails_alone(backend, raw):
-    raw["search"]["grid"] = {"training.max_steps": [40, 2]}
+def test_worker_killed_mid_trial_fails_alone_then_resumes_from_its_checkpoint(backend, raw):
+    raw["search"]["grid"] = {"training.max_steps": [60, 2]}
+    raw["training"]["checkpoint_interval_steps"] = 5
     spec = parse_spec(raw)
     store = Store(spec.output.store_url())
     assert backend.trial_fn == DEFAULT_TRIAL_FN
     killed = {}
 
-    def kill_long_trial():
-        t = wait_for(lambda: training(store, "max_steps40"), what="the long trial to train")
+    def kill_long_trial():  # past step 6: the checkpoint of step 5 is complete before step 6 is logged
+        t = wait_for(lambda: training(store, "max_steps60", 6), what="the long trial past its first checkpoint")
         killed["at_step"] = t.last_step
         os.kill(int(t.worker.rsplit(":", 1)[1]), signal.SIGKILL)
 
@@ -105,21 +111,38 @@ def test_worker_killed_mid_trial_fails_alone(backend, raw):
     outcome = run_sweep(spec, store, backend, show_progress=False)
     killer.join()
 
-    assert outcome.failed == ["max_steps40"] and outcome.completed == ["max_steps2"]
-    t = trials_of(store)["max_steps40"]
+    assert outcome.failed == ["max_steps60"] and outcome.completed == ["max_steps2"]
+    t = trials_of(store)["max_steps60"]
     assert t.status == "failed" and "died" in t.error.lower()  # Ray: the worker died unexpectedly
-    assert 1 <= killed["at_step"] <= t.last_step < 40  # its partial curve is kept
+    assert 6 <= killed["at_step"] <= t.last_step < 60  # its partial curve is kept
+
+    again = run_sweep(spec, store, backend, show_progress=False)  # the same spec, run again
+    assert again.completed == ["max_steps60"] and again.reused == ["max_steps2"]
+    t = trials_of(store)["max_steps60"]
+    assert_resumed_without_duplicates(store, t, 60)
+    # The same metrics as the same trial run straight through, in this process.
+    [planned] = [p for p in expand(spec) if p.name == "max_steps60"]
+    straight = run_trial(planned.config, load_trial_data(planned.config.dataset), Path(raw["output"]["run_dir"]) / "x",
+                         lambda event: None, num_threads=1)
+    assert t.metrics == straight.metrics
+
+
+def assert_resumed_without_duplicates(store: Store, t, max_steps: int) -> None:
+    assert t.status == "completed" and t.resumed_from_step and t.resumed_from_step % 5 == 0
+    losses = [step for name, step, _ in store.curves(t.id) if name == "train/loss"]
+    assert losses == list(range(1, max_steps + 1))  # every step once: nothing lost, nothing twice
+    assert f"resumed from step {t.resumed_from_step}" in cli("status", "tiny", "--store", store.url).stdout
 
 
 def test_sweep_stop_from_another_terminal_interrupts_one_trial(backend, raw):
-    raw["search"]["grid"] = {"training.max_steps": [40, 2]}
+    raw["search"]["grid"] = {"training.max_steps": [300, 2]}  # stopped within seconds, long before step 300
     spec = parse_spec(raw)
     store = Store(spec.output.store_url())
     answers = []
 
     def stop_long_trial():
-        wait_for(lambda: training(store, "max_steps40"), what="the long trial to train")
-        answers.append(main(["stop", "tiny", "max_steps40", "--store", store.url]))
+        wait_for(lambda: training(store, "max_steps300"), what="the long trial to train")
+        answers.append(main(["stop", "tiny", "max_steps300", "--store", store.url]))
 
     stopper = threading.Thread(target=stop_long_trial, daemon=True)
     stopper.start()
@@ -127,8 +150,8 @@ def test_sweep_stop_from_another_terminal_interrupts_one_trial(backend, raw):
     stopper.join()
 
     assert answers == [0]
-    assert outcome.interrupted == ["max_steps40"] and outcome.completed == ["max_steps2"]
-    t = trials_of(store)["max_steps40"]
+    assert outcome.interrupted == ["max_steps300"] and outcome.completed == ["max_steps2"]
+    t = trials_of(store)["max_steps300"]
     assert (t.status, t.error) == ("interrupted", "stopped by `sweep stop` for this trial")
     assert store.summary("tiny").driver is None  # released: nothing holds the sweep now
 
@@ -167,11 +190,12 @@ def test_ctrl_c_marks_running_trials_interrupted_then_rerun_resumes(raw, tmp_pat
     # 600 steps of the tiny model (~30 s here): long enough to still be training when the 2-step trial is done.
     raw["search"]["grid"] = {"training.max_steps": [2, 600, 601]}
     raw["resources"] = {"cpus_per_trial": 1}
+    raw["training"]["checkpoint_interval_steps"] = 50
     spec = write_spec(raw, tmp_path)
     store = Store(raw["output"]["store"])
     driver = start_cli(spec, tmp_path, "first.log")
     wait_for(lambda: trials_of(store).get("max_steps2") and trials_of(store)["max_steps2"].status == "completed"
-             and training(store, "max_steps600"), what="one trial done and one training")
+             and training(store, "max_steps600", 60), what="one trial done and one past its first checkpoint")
     driver.send_signal(signal.SIGINT)
     assert driver.wait(timeout=120) == 130, (tmp_path / "first.log").read_text()[-3000:]
 
@@ -184,15 +208,18 @@ def test_ctrl_c_marks_running_trials_interrupted_then_rerun_resumes(raw, tmp_pat
     assert "not running; 2 trial(s) would run again" in status.stdout, status.stdout
 
     rerun_and_check(spec, tmp_path, store, before)
+    assert_resumed_without_duplicates(store, trials_of(store)["max_steps600"], 600)
 
 
 def test_orchestrator_sigkill_then_rerun_loses_nothing(raw, tmp_path):
     raw["search"]["grid"] = {"training.max_steps": [2, 600]}
+    raw["training"]["checkpoint_interval_steps"] = 50
     spec = write_spec(raw, tmp_path)
     store = Store(raw["output"]["store"])
     driver = start_cli(spec, tmp_path, "first.log")
     wait_for(lambda: trials_of(store).get("max_steps2") and trials_of(store)["max_steps2"].status == "completed"
-             and training(store, "max_steps600"), what="one trial done and one training")
+             and training(store, "max_steps600", 60),
+             what="one trial done and one past its first checkpoint")
     driver.kill()  # SIGKILL: no handler runs, the store keeps whatever the driver last wrote
     driver.wait(timeout=60)
 
@@ -202,7 +229,7 @@ def test_orchestrator_sigkill_then_rerun_loses_nothing(raw, tmp_path):
     assert "is gone" in status.stdout and "running (orphaned)" in status.stdout, status.stdout
 
     rerun_and_check(spec, tmp_path, store, before)
-    assert trials_of(store)["max_steps600"].last_step == 600
+    assert_resumed_without_duplicates(store, trials_of(store)["max_steps600"], 600)
 
 
 def test_a_sweep_held_by_a_live_driver_is_not_run_twice(raw, tmp_path, capsys):
@@ -210,15 +237,15 @@ def test_a_sweep_held_by_a_live_driver_is_not_run_twice(raw, tmp_path, capsys):
 
     spec = write_spec(raw, tmp_path)
     store = Store(raw["output"]["store"])
-    sweep_id = store.open_sweep("tiny", {}, "runs/tiny", {})
     holder = f"{socket.gethostname()}:{os.getppid()}"  # a live process on this host: the pytest parent
-    assert store.claim_sweep(sweep_id, holder, None)
+    sweep_id = store.open_sweep("tiny", {}, "runs/tiny", {}, holder)
 
     assert main(["run", str(spec), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert f"is being run by {holder}" in err and "nothing was run" in err
     assert store.summary("tiny").trials == []  # nothing registered
 
-    store.release_sweep(sweep_id)
-    assert store.claim_sweep(sweep_id, f"{socket.gethostname()}:999999999", None)  # no such pid: dead
+    store.release_sweep(sweep_id, holder)
+    dead = f"{socket.gethostname()}:999999999"  # no such pid
+    assert store.open_sweep("tiny", {}, "runs/tiny", {}, dead) == sweep_id
     assert "is gone" in cli("status", "tiny", "--store", store.url).stdout

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from trainer.config import DatasetConfig
@@ -73,3 +75,25 @@ def test_mapped_csv_columns_and_empty_rows_skipped_with_a_count(tmp_path):
     assert [e.references for e in data.eval if e.dialogue.endswith("hi 2\nB: hello")] == [("B answers.",)]
     with pytest.raises(ValueError, match=r"2 of 6 do not, the first is row 1 .*dataset.empty_rows: skip"):
         load_trial_data(DatasetConfig(**{**cfg.__dict__, "empty_rows": "error"}))
+
+
+def test_model_identity_follows_the_weight_files(tmp_path, monkeypatch):
+    from orchestrator.plan import content_key
+    from trainer.config import TrialConfig
+    from trainer.data import Example, TrialData
+    from trainer.models import model_identity
+
+    monkeypatch.setenv("QLORA_SWEEP_CACHE", str(tmp_path / "cache"))
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "model.safetensors").write_bytes(b"weights v1")
+    data = TrialData((Example("a", "d", "s", ("s",)),), (Example("b", "d", "s", ("s",)),), ("summary",))
+    before = model_identity(str(model))
+    assert set(before["files"]) == {"config.json", "model.safetensors"}
+    (model / "model.safetensors").write_bytes(b"weights v2")  # same name, same size, other weights
+    stat = (model / "model.safetensors").stat()  # a later write: a later mtime, even on a coarse-clock filesystem
+    os.utime(model / "model.safetensors", ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    after = model_identity(str(model))
+    assert after != before
+    assert content_key(TrialConfig(), data, before) != content_key(TrialConfig(), data, after)

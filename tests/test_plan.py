@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -63,3 +64,44 @@ def test_content_key_depends_on_config_and_data(grid):
     assert len(keys) == 10
     assert content_key(plan[0].config, data) == content_key(plan[0].config, data)
     assert content_key(plan[0].config, data) != content_key(plan[0].config, other)
+
+
+def test_labels_that_would_collide_are_made_distinct_and_path_safe(grid):
+    def names(grid_values: dict) -> list[str]:
+        spec = dataclasses.replace(grid, search=dataclasses.replace(grid.search, grid=grid_values), prompt="v1")
+        return [t.name for t in expand(spec) if t.kind == "trial"]
+
+    assert names({"training.learning_rate": [1.00001e-4, 1.00002e-4]}) == ["lr1.00001e-4", "lr1.00002e-4"]
+    two_models = names({"model.name": ["/a/org/model", "/b/org/model"]})
+    assert len(set(two_models)) == 2 and all(n.startswith("model~") for n in two_models)
+    assert names({"lora.target_modules": [["q_proj", "v_proj"], "all-linear"]}) == [
+        "target_modulesq_proj+v_proj", "target_modulesall-linear"]
+    assert names({"model.name": ["../../x y/weird$name"]}) == ["weird_name"]
+    for name in two_models + names({"training.learning_rate": [1.00001e-4]}):
+        assert re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.~+-]*", name)
+
+
+def test_baselines_are_keyed_by_everything_a_zero_shot_run_depends_on(grid):
+    spec = dataclasses.replace(grid, search=dataclasses.replace(grid.search, grid={
+        "quantization.mode": ["nf4", "none"], "lora.rank": [4, 8], "training.max_seq_length": [256, 384]}),
+        prompt="v2")
+    plan = expand(spec)
+    baselines = [t for t in plan if t.kind == "baseline"]
+    assert [b.name for b in baselines] == ["v2-modenf4-max_seq_length256-zero-shot",
+                                           "v2-modenf4-max_seq_length384-zero-shot",
+                                           "v2-modenone-max_seq_length256-zero-shot",
+                                           "v2-modenone-max_seq_length384-zero-shot"]  # rank does not matter
+    for t in plan:
+        if t.kind == "trial":
+            own = next(b for b in baselines if b.name == t.baseline)
+            assert own.config.quantization == t.config.quantization
+            assert own.config.training.max_seq_length == t.config.training.max_seq_length
+
+
+def test_trial_folders_never_leave_the_sweep_folder(tmp_path):
+    from orchestrator.sweep import trial_dir
+
+    assert trial_dir(tmp_path, "v1-r8") == (tmp_path / "trials" / "v1-r8").resolve()
+    for bad in ("../escaped", "a/b", ".."):
+        with pytest.raises(ValueError, match="outside"):
+            trial_dir(tmp_path, bad)

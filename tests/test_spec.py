@@ -185,3 +185,72 @@ def test_shipped_optuna_spec_is_valid_and_plans_its_baselines():
     assert [t.name for t in expand(spec)] == ["v1-zero-shot", "v2-zero-shot"]
     space = distributions(spec.search.space)
     assert space["training.learning_rate"].log and space["lora.rank"].choices == (8, 16)
+
+
+def test_every_grid_point_is_checked_and_one_bad_point_exits_2_writing_nothing(spec, tmp_path, capsys):
+    spec["generation"]["max_new_tokens"] = 96
+    spec["search"]["grid"] = {"prompt": ["v1", "v2"], "training.max_seq_length": [512, 64]}
+    found = problems_of(spec)  # the base (128) and the 512 points are fine; the 64 ones are not
+    at = "generation.max_new_tokens (at v1-max_seq_length64, v2-max_seq_length64, v1-max_seq_length64-zero-shot, " \
+         "v2-max_seq_length64-zero-shot)"
+    assert list(found) == [at] and "given 96; allowed: < 64" in found[at]
+    path = tmp_path / "points.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    assert main(["run", str(path), "--quiet"]) == 2
+    assert "nothing was run or written" in capsys.readouterr().err
+    assert not (tmp_path / "store.db").exists() and not (tmp_path / "runs").exists()
+
+
+def test_a_prompt_too_long_for_its_token_budget_exits_2_before_anything_runs(spec, tmp_path, capsys):
+    # The real tokenizer and chat template: ~30 tokens of template + 8 new tokens leave no room in 48.
+    spec["search"]["grid"] = {"prompt": ["v1", "v2"], "training.max_seq_length": [128, 48]}
+    path = tmp_path / "budget.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    assert main(["run", str(path), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "training.max_seq_length (prompt 'v1', at v1-max_seq_length48, v1-max_seq_length48-zero-shot)" in err
+    assert "must leave at least 16 tokens of dialogue; given 48; allowed: >= " in err
+    assert "max_seq_length128" not in err and not (tmp_path / "store.db").exists()
+
+
+@pytest.mark.parametrize("values", [[8, 8], ["2e-4", 0.0002]])
+def test_equal_grid_values_are_refused_naming_both(spec, values):
+    key = "lora.rank" if values[0] == 8 else "training.learning_rate"
+    spec["search"]["grid"] = {key: values}
+    found = problems_of(spec)
+    assert f"search.grid.{key}[1]" in found and "(item 0)" in found[f"search.grid.{key}[1]"]
+    assert "values of one axis must differ" in found[f"search.grid.{key}[1]"]
+
+
+def test_path_like_prompt_names_are_refused(spec):
+    spec["prompts"]["../../../tmp/escaped"] = "Sum up:\n{dialogue}"
+    spec["search"]["grid"] = {"prompt": ["v1", "../../../tmp/escaped"]}
+    found = problems_of(spec)
+    assert "a prompt name becomes part of trial folder names" in found["prompts.../../../tmp/escaped"]
+    assert "e.g. tmp_escaped" in found["prompts.../../../tmp/escaped"]
+
+
+def test_settings_that_would_be_ignored_are_reported(spec):
+    spec["training"].update(interim_eval_examples=2, eval_interval_steps=0, logging_steps=3)
+    found = problems_of(spec)
+    assert "it would be ignored" in found["training.interim_eval_examples"]
+    assert "at least one training loss point must be logged" in found["training.logging_steps"]  # max_steps is 2
+
+
+def test_read_commands_take_a_spec_path_and_read_its_store(spec, tmp_path, capsys, monkeypatch):
+    from results.store import Store
+
+    spec["output"] = {"run_dir": "elsewhere/runs", "store": f"sqlite:///{tmp_path / 'custom' / 'r.db'}"}
+    path = tmp_path / "custom.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    store = Store(spec["output"]["store"])
+    sweep_id = store.open_sweep("tiny", {"training": {"max_steps": 2}}, str(tmp_path / "elsewhere" / "runs" / "tiny"), {})
+    store.register_trial(sweep_id, "v1", "trial", {"prompt": "v1"}, {}, "k")
+    monkeypatch.chdir(tmp_path / "custom")  # anywhere: the store is the spec's, not ./runs/results.db
+    assert main(["status", str(path), "--format", "json"]) == 0
+    import json
+
+    [trial] = json.loads(capsys.readouterr().out)["trials"]
+    assert trial == {"name": "v1", "kind": "trial", "state": "pending (orphaned)", "step": 0, "max_steps": 2,
+                     "tries": 0, "resumed_from_step": None, "worker": None, "note": None}
+    assert main(["stop", str(path)]) == 0 and "1 unfinished trial(s) marked interrupted" in capsys.readouterr().out

@@ -47,8 +47,14 @@ def test_rerun_reuses_completed_and_never_duplicates(store):
     store.fail_trial(trial_id, "Traceback ... ValueError: boom", 3.0)
     assert store.summary("s").trials[0].error.endswith("boom")
     assert store.curves(trial_id) == [("train/loss", 1, 2.5)]  # partial curve kept on failure
-    again, done = _trial(store, sweep_id)  # failed -> runs again under the same row, cleared
-    assert (again, done) == (trial_id, False) and store.curves(trial_id) == []
+    store.add_metrics(trial_id, [("train/loss", 2, 2.4)])
+    again, done = _trial(store, sweep_id)  # failed -> runs again under the same row
+    assert (again, done) == (trial_id, False)
+    assert store.curves(trial_id) == [("train/loss", 1, 2.5), ("train/loss", 2, 2.4)]  # kept until it starts
+    store.resume_from(trial_id, 1)  # its worker continues from the checkpoint of step 1, re-reporting its points
+    assert store.curves(trial_id) == [] and store.summary("s").trials[0].resumed_from_step == 1
+    store.resume_from(trial_id, 0)  # another attempt, from scratch
+    assert store.summary("s").trials[0].resumed_from_step is None
     store.complete_trial(trial_id, {"rougeL": 0.2}, [], 1.0, {}, None)
     assert _trial(store, sweep_id) == (trial_id, True)
     assert _trial(store, sweep_id, key="changed") == (trial_id, False)  # config changed -> re-run
@@ -87,21 +93,24 @@ def test_pruned_is_final_interrupted_and_running_are_rerun(store):
 
 
 def test_one_driver_claims_a_sweep_and_stop_requests_reach_it(store):
-    sweep_id = store.open_sweep("s", {}, "runs/s", {})
+    sweep_id = store.open_sweep("s", {"v": 1}, "runs/s", {}, "h:1")
     trial_id, _ = _trial(store, sweep_id)
-    assert store.claim_sweep(sweep_id, "h:1", None)
-    assert not store.claim_sweep(sweep_id, "h:2", None)  # held by h:1: the second driver loses
-    assert store.claim_sweep(sweep_id, "h:2", "h:1")  # h:1 seen dead: replaced
+    assert store.open_sweep("s", {"v": 2}, "runs/s", {}, "h:2") is None  # held by h:1: the second driver loses
+    assert store.summary("s").spec == {"v": 1}  # ...and wrote nothing
+    assert store.open_sweep("s", {"v": 3}, "runs/s", {}, "h:2", replacing="h:1") == sweep_id  # h:1 seen dead
     assert store.summary("s").driver == "h:2" and store.summary("s").heartbeat_at is not None
+    assert store.summary("s").spec == {"v": 3}
     assert store.stop_requests(sweep_id) == (False, set())
     assert store.request_stop("s", "v1-r8") and not store.request_stop("s", "nope")
     assert store.stop_requests(sweep_id) == (False, {trial_id})
     store.request_stop("s")
     assert store.stop_requests(sweep_id) == (True, {trial_id})
-    store.release_sweep(sweep_id)
+    store.release_sweep(sweep_id, "h:1")  # not the holder: nothing happens
+    assert store.summary("s").driver == "h:2"
+    store.release_sweep(sweep_id, "h:2")
     assert store.summary("s").driver is None
     store.mark_running(trial_id, "h:3")
-    assert store.interrupt_unfinished("s", "driver gone") == ["v1-r8"]
+    assert store.interrupt_unfinished("s", "driver gone", None) == ["v1-r8"]
     [t] = store.summary("s").trials
     assert (t.status, t.error, t.worker, t.attempts) == ("interrupted", "driver gone", "h:3", 1)
 
@@ -136,3 +145,36 @@ def test_a_0_1_store_is_upgraded_in_place(tmp_path):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     optuna.create_study(storage=f"sqlite:///{path}", study_name="fits")
     assert Store(f"sqlite:///{path}").summary("old").trials[0].metrics == {"rougeL": 0.27}
+
+
+def test_sweep_stop_never_clears_a_driver_that_claimed_the_sweep_after_it_looked(store):
+    sweep_id = store.open_sweep("s", {}, "runs/s", {}, "h:dead")
+    trial_id, _ = _trial(store, sweep_id)
+    store.mark_running(trial_id, "h:9")
+    seen = store.summary("s").driver  # `sweep stop` reads the dead driver...
+    assert store.open_sweep("s", {}, "runs/s", {}, "h:new", replacing=seen) == sweep_id  # ...a new run claims it
+    assert store.interrupt_unfinished("s", "its driver was gone", seen) is None  # ...and stop changes nothing
+    assert store.summary("s").driver == "h:new" and store.summary("s").trials[0].status == "running"
+
+
+def test_two_first_runs_at_the_same_instant_have_one_winner(tmp_path):
+    import threading
+
+    url = f"sqlite:///{tmp_path / 'race.db'}"
+    Store(url)  # the tables exist; the sweep does not
+    barrier, results = threading.Barrier(2), {}
+
+    def first_run(driver: str) -> None:
+        store = Store(url)  # its own engine and connections, as two processes have
+        barrier.wait()
+        results[driver] = store.open_sweep("s", {"by": driver}, "runs/s", {}, driver)
+
+    threads = [threading.Thread(target=first_run, args=(f"h:{i}",)) for i in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    winners = [d for d, sweep_id in results.items() if sweep_id is not None]
+    assert len(results) == 2 and len(winners) == 1, results
+    summary = Store(url).summary("s")
+    assert summary.driver == winners[0] and summary.spec == {"by": winners[0]}

@@ -48,7 +48,8 @@ def assert_study_matches_store(study: optuna.Study, store: Store, name: str,
     for frozen in study.trials:
         row = rows[frozen.user_attrs[SWEEP_TRIAL_ATTR]]
         assert (row.status, row.study_trial) == (_STATE[frozen.state.name], frozen.number)
-        assert row.params["training.learning_rate"] == pytest.approx(frozen.params["training.learning_rate"])
+        for key, value in frozen.params.items():
+            assert row.params[key] == pytest.approx(value)
         if frozen.state.name == "COMPLETE":
             assert frozen.values == pytest.approx([row.metrics[m] for m in objectives])
 
@@ -139,3 +140,30 @@ def test_a_study_cannot_resume_with_other_objectives(tiny_model_dir, local_data,
     optuna.create_study(study_name="tiny", storage=spec.output.store_url(), directions=["minimize"])
     with pytest.raises(StudyMismatch, match=r"has \['minimize'\], the spec asks for \['maximize'\]"):
         check_stored_study(spec, spec.output.store_url())
+
+
+def test_integer_settings_get_integer_distributions_and_infeasible_proposals_fail_with_their_reason(
+        scripted_backend, tiny_model_dir, local_data, tmp_path):
+    raw = study_spec(tiny_model_dir, local_data, tmp_path)
+    raw["search"]["space"] = {"lora.alpha": {"low": 4, "high": 64, "log": True},  # optional integer: null default
+                              "training.warmup_steps": {"low": 0, "high": 11}}  # max_steps is 6: some cannot run
+    raw["prompt"] = "v1"
+    raw["search"]["optuna"]["n_trials"] = 6
+    raw["resources"] = {"cpus_per_trial": 1}  # two at a time: no pruner here to wait for
+    spec = parse_spec(raw)
+    store = Store(spec.output.store_url())
+    outcome = run_sweep(spec, store, scripted_backend, show_progress=False)
+
+    study = load_study(spec)
+    assert all(isinstance(t.params["lora.alpha"], int) for t in study.trials)
+    rows = {t.name: t for t in store.summary("tiny").trials}
+    infeasible = [t for t in study.trials if t.params["training.warmup_steps"] >= 6]
+    feasible = [t for t in study.trials if t.params["training.warmup_steps"] < 6]
+    assert infeasible and feasible, [t.params for t in study.trials]  # seed 2 proposes both kinds
+    for frozen in infeasible:
+        row = rows[frozen.user_attrs[SWEEP_TRIAL_ATTR]]
+        assert frozen.state.name == "FAIL" and row.status == "failed" and row.attempts == 0  # never started
+        assert row.error.startswith("infeasible settings, not run: training.warmup_steps: warm-up must end")
+    assert sorted(outcome.failed) == sorted(f.user_attrs[SWEEP_TRIAL_ATTR] for f in infeasible)
+    assert len(outcome.completed) == len(feasible)
+    assert_study_matches_store(study, store, "tiny")

@@ -24,34 +24,35 @@ def backend():
 
 def test_sweep_end_to_end(backend, tiny_model_dir, local_data, tmp_path, capsys):
     raw = tiny_spec(tiny_model_dir, *local_data, tmp_path)
-    # 40 tokens cannot hold the chat template plus any summary: that trial must fail, alone.
-    raw["search"]["grid"] = {"prompt": ["v1", "v2"], "training.max_seq_length": [128, 40]}
-    raw["generation"]["max_new_tokens"] = 8
+    # PEFT finds no module of that name to adapt: those trials must fail, alone.
+    raw["search"]["grid"] = {"prompt": ["v1", "v2"], "lora.target_modules": ["all-linear", ["no_such_proj"]]}
     spec = parse_spec(raw)
     store = Store(spec.output.store_url())
 
     outcome = run_sweep(spec, store, backend, show_progress=False)
 
-    assert sorted(outcome.failed) == ["v1-max_seq_length40", "v2-max_seq_length40"]
-    assert sorted(outcome.completed) == ["v1-max_seq_length128", "v1-zero-shot", "v2-max_seq_length128",
+    assert sorted(outcome.failed) == ["v1-target_modulesno_such_proj", "v2-target_modulesno_such_proj"]
+    assert sorted(outcome.completed) == ["v1-target_modulesall-linear", "v1-zero-shot", "v2-target_modulesall-linear",
                                          "v2-zero-shot"]
     assert outcome.slots == 2
     trials = {t.name: t for t in store.summary("tiny").trials}
     assert len(trials) == 6
-    assert "no training row fits" in trials["v1-max_seq_length40"].error
-    assert set(trials["v1-max_seq_length128"].metrics) >= {"rougeL", "gen_tokens"}
+    assert "no_such_proj" in trials["v1-target_modulesno_such_proj"].error
+    assert {t.baseline for t in trials.values() if t.kind == "trial"} == {"v1-zero-shot", "v2-zero-shot"}
+    assert trials["v2-target_modulesall-linear"].baseline == "v2-zero-shot"
+    assert set(trials["v1-target_modulesall-linear"].metrics) >= {"rougeL", "gen_tokens"}
     assert len(store.predictions("tiny", "v2-zero-shot")) == 4
     # Where each ran, as its worker reported it: at the start (so a failed trial has it) and, completed, with peak memory.
     import torch
 
-    ran = trials["v1-max_seq_length128"].environment
+    ran = trials["v1-target_modulesall-linear"].environment
     assert ran["compute_dtype"] == "float32" and ran["versions"]["torch"] == torch.__version__ and ran["host_rss_mib"] > 0
-    assert trials["v1-max_seq_length40"].environment["device"] == ran["device"]
+    assert trials["v1-target_modulesno_such_proj"].environment["device"] == ran["device"]
 
     sweep_dir = Path(spec.output.run_dir) / "tiny"
-    assert (sweep_dir / "trials" / "v1-max_seq_length128" / "adapter" / "adapter_model.safetensors").exists()
-    assert list((sweep_dir / "tensorboard" / "v1-max_seq_length128").glob("events.out.tfevents.*"))
-    assert "Traceback" in (sweep_dir / "trials" / "v1-max_seq_length40" / "trial.log").read_text()
+    assert (sweep_dir / "trials" / "v1-target_modulesall-linear" / "adapter" / "adapter_model.safetensors").exists()
+    assert list((sweep_dir / "tensorboard" / "v1-target_modulesall-linear").glob("events.out.tfevents.*"))
+    assert "Traceback" in (sweep_dir / "trials" / "v1-target_modulesno_such_proj" / "trial.log").read_text()
 
     again = run_sweep(spec, store, backend, show_progress=False)  # completed trials are reused
     assert sorted(again.reused) == sorted(outcome.completed) and len(store.summary("tiny").trials) == 6
@@ -95,6 +96,14 @@ def test_decoder_only_and_encoder_decoder_in_one_sweep_then_export(backend, tiny
     assert not outcome.failed and set(outcome.completed) == names | {f"v1-{n}-zero-shot" for n in names}
     trials = {t.name: t for t in store.summary("tiny").trials}
     assert trials["tiny-t50"].params["model.name"] == str(tiny_t5_dir) and trials["tiny-t50"].metrics["gen_tokens"] > 0
+    # Each fine-tune is compared with the zero-shot run of its own model, not whichever baseline came last.
+    assert {n: trials[n].baseline for n in names} == {n: f"v1-{n}-zero-shot" for n in names}
+    from results import leaderboard
+
+    rows = {r.trial: r for r in leaderboard.build(store.summary("tiny"), "rougeL")}
+    for n in names:
+        own = trials[f"v1-{n}-zero-shot"].metrics["rougeL"]
+        assert rows[n].delta == pytest.approx(100 * (trials[n].metrics["rougeL"] - own))
     t5_adapter = load_file(f"{trials['tiny-t50'].adapter_dir}/adapter_model.safetensors")
     assert any("decoder" in k for k in t5_adapter)
 

@@ -105,3 +105,45 @@ def test_encoder_decoder_trial_trains_lora_with_seq2seq_trainer(trial_cfg, tiny_
     assert all(v.abs().sum() > 0 for v in lora_b.values())  # every adapter moved
     assert ("train/loss", 2) in [(e["name"], e["step"]) for e in events if e["event"] == "metric"]
     assert len(result.predictions) == 4 and 0 < result.metrics["gen_tokens"] <= cfg.generation.max_new_tokens
+
+
+def test_interim_eval_leaves_t5_training_labels_as_they_were(tiny_t5_dir, local_data, tmp_path):
+    """Generation pads prompts on the left; T5's collator pads labels on the tokenizer's side. An interim eval
+    must hand the tokenizer back as it found it, so training with interim evals sees the same batches."""
+    raw = tiny_spec(tiny_t5_dir, *local_data, tmp_path)
+    raw["training"].update(max_steps=4, micro_batch_size=4)  # 4 summaries of different lengths per batch
+    cfg = expand(parse_spec(raw))[0].config
+    data = load_trial_data(cfg.dataset)
+
+    def losses(eval_interval_steps: int) -> list[float]:
+        events: list[dict] = []
+        run = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, eval_interval_steps=eval_interval_steps))
+        run_trial(run, data, tmp_path / f"every{eval_interval_steps}", events.append, num_threads=1)
+        return [e["value"] for e in events if e.get("name") == "train/loss"]
+
+    assert losses(1) == losses(0)
+
+
+def test_generation_out_of_memory_halves_the_eval_batch_and_keeps_every_prompt(tiny_model_dir, capsys):
+    from transformers import AutoModelForCausalLM
+
+    from evaluation.generate import generate
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    prompts = [f"Summarize dialogue number {i}:" for i in range(5)]
+    expected = generate(model, tokenizer, prompts, 4, batch_size=2)  # the batches it must end up with
+    real, sizes = model.generate, []
+
+    def runs_out_above_2(**kwargs):
+        sizes.append(kwargs["input_ids"].shape[0])
+        if sizes[-1] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected by the test)")
+        return real(**kwargs)
+
+    model.generate = runs_out_above_2
+    tokenizer.padding_side = "right"
+    got = generate(model, tokenizer, prompts, 4, batch_size=8)
+    assert sizes == [5, 4, 2, 2, 1] and got == expected
+    assert "eval batch size halved to 2" in capsys.readouterr().out
+    assert tokenizer.padding_side == "right"  # as it was found

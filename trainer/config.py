@@ -137,13 +137,25 @@ class TrainingConfig:
     """Report train loss and learning rate every N optimizer steps."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: ~30% slower, much less activation memory."""
+    checkpoint_interval_steps: int = field(default=0, metadata={"ge": 0})
+    """Save a resumable checkpoint (adapter, optimizer, scheduler, RNG, data position) every N optimizer steps;
+    0 = none. Each costs one write of the adapter and its optimizer state; a trial that is killed, stopped, timed
+    out or retried continues from the last one on the next `sweep run`."""
 
     def problems(self, path: str) -> list[ConfigProblem]:
+        out = []
         if self.warmup_steps >= self.max_steps:
-            return [ConfigProblem(f"{path}.warmup_steps", "warm-up must end before training does",
-                                  self.warmup_steps, f"0 to {self.max_steps - 1}",
-                                  "lower warmup_steps or raise max_steps")]
-        return []
+            out.append(ConfigProblem(f"{path}.warmup_steps", "warm-up must end before training does",
+                                     self.warmup_steps, f"0 to {self.max_steps - 1}",
+                                     "lower warmup_steps or raise max_steps"))
+        if self.interim_eval_examples is not None and self.eval_interval_steps == 0:
+            out.append(ConfigProblem(f"{path}.interim_eval_examples", "sizes interim evaluations, and there are none "
+                                     "(eval_interval_steps: 0), so it would be ignored", self.interim_eval_examples,
+                                     "null, or set eval_interval_steps", "remove it, or set eval_interval_steps"))
+        if self.logging_steps > self.max_steps:
+            out.append(ConfigProblem(f"{path}.logging_steps", "at least one training loss point must be logged",
+                                     self.logging_steps, f"1 to {self.max_steps}", "lower logging_steps"))
+        return out
 
 
 @dataclass(frozen=True)
@@ -197,3 +209,13 @@ class TrialConfig:
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
     zero_shot: bool = False
     """True for a baseline: no adapter, no training, only the evaluation."""
+
+    def problems(self) -> list[ConfigProblem]:
+        """Cross-field invariants of one run; checked on every grid point and every study proposal."""
+        t, g = self.training, self.generation
+        out = self.dataset.problems("dataset") + t.problems("training")
+        if g.max_new_tokens >= t.max_seq_length:
+            out.append(ConfigProblem("generation.max_new_tokens", "the summary budget must leave room for the "
+                                     "dialogue inside training.max_seq_length", g.max_new_tokens,
+                                     f"< {t.max_seq_length}", "lower max_new_tokens or raise max_seq_length"))
+        return out

@@ -8,7 +8,9 @@ and saves that; every later trial loads the cached safetensors directory in well
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import importlib.util
+import json
 import os
 import shutil
 from contextlib import contextmanager
@@ -65,6 +67,45 @@ def resolve_model_path(name: str) -> str:
             if not (target / "config.json").exists():
                 convert_gguf(embedded_gguf_dir(), EMBEDDED_GGUF_FILE, target)
     return str(target)
+
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf", ".json", ".model")
+
+
+def model_identity(name: str) -> dict:
+    """What makes two runs of `name` use the same weights: for a local directory (and the embedded model's
+    cache) each weight, config and tokenizer file with its size and SHA-256; for a hub id the commit of the
+    snapshot it resolves to in the local cache, when there is one."""
+    if name == EMBEDDED_MODEL_ALIAS or is_local(name):
+        folder = Path(resolve_model_path(name))
+        return {"files": {str(f.relative_to(folder)): _file_digest(f) for f in sorted(folder.rglob("*"))
+                          if f.is_file() and f.suffix in _WEIGHT_SUFFIXES}}
+    try:
+        from huggingface_hub import snapshot_download
+
+        snapshot = Path(snapshot_download(name, local_files_only=True))
+        return {"hub": name, "revision": snapshot.name}  # snapshots/<commit hash>
+    except Exception:  # not cached yet (it is downloaded by the first trial): the name is all there is
+        return {"hub": name, "revision": None}
+
+
+def _file_digest(path: Path) -> str:
+    """`<size>:<sha256>`, remembered beside the model cache by (path, size, mtime): a 20 GB folder is read once."""
+    stat = path.stat()
+    index = cache_root() / "digests.json"
+    key = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    known = json.loads(index.read_text()) if index.is_file() else {}
+    if key not in known:
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        known[key] = f"{stat.st_size}:{digest.hexdigest()}"
+        index.parent.mkdir(parents=True, exist_ok=True)
+        partial = index.with_suffix(f".{os.getpid()}.partial")
+        partial.write_text(json.dumps(known))
+        os.replace(partial, index)  # atomic: concurrent drivers never read half a file
+    return known[key]
 
 
 def convert_gguf(gguf_dir: Path, gguf_file: str, target: Path) -> None:

@@ -7,45 +7,38 @@ callable it is given and returns a TrialResult. The orchestrator decides where b
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from transformers import TrainerCallback, set_seed
 
 from evaluation import EvalResult, Scoring, evaluate
 from evaluation.rouge import resolve_tokenizer
-from trainer import prompts
+from trainer import checkpoints, prompts
 from trainer.augment import augment
 from trainer.config import TrialConfig
 from trainer.data import TrialData
 from trainer.hardware import environment_record, peak_memory_mib, probe_device, resolve_precision
 from trainer.models import load_model, load_tokenizer, resolve_model_path
+from trainer.result import TrialResult
 
 Report = Callable[[dict], None]
 # Tokens the chat template puts after the summary (end-of-turn and newline), plus slack.
 _COMPLETION_END_TOKENS = 4
 
 
-@dataclass(frozen=True)
-class TrialResult:
-    metrics: dict[str, float]
-    predictions: list[dict]
-    adapter_dir: str | None
-    timings_s: dict[str, float]
-    """Wall seconds of each named step."""
-    scoring: dict = field(default_factory=dict)
-    """How the metrics were computed: metric version, tokenizer, stemming, references, examples."""
-    environment: dict = field(default_factory=dict)
-    """Where it ran: device, resolved compute dtype, library versions, peak memory (trainer.hardware)."""
+class TrialDiverged(RuntimeError):
+    """A non-finite training loss, gradient norm or evaluation metric: the trial cannot recover."""
 
 
 def run_trial(cfg: TrialConfig, data: TrialData, out_dir: Path, report: Report,
               num_threads: int | None = None) -> TrialResult:
     """Run one trial end to end and return its final metrics and predictions."""
     _set_threads(num_threads)
+    key = checkpoints.resume_key(cfg, data)  # of the config as submitted, as the Ray task computed it
     cfg, environment = resolve_device(cfg, report)
     set_seed(cfg.training.seed)  # LoRA init happens in adapt(), before SFTTrainer would seed
     timings: dict[str, float] = {}
@@ -58,7 +51,7 @@ def run_trial(cfg: TrialConfig, data: TrialData, out_dir: Path, report: Report,
         with _step("adapt", timings, report):
             model = adapt(model, cfg)
         with _step("train", timings, report):
-            skipped = train(model, tokenizer, cfg, data, out_dir, report, interim)
+            skipped = train(model, tokenizer, cfg, data, out_dir, report, interim, key)
         # Rows whose summary alone does not fit max_seq_length: dropped, never truncated.
         report({"event": "metric", "name": "train/skipped_examples", "step": 0, "value": float(skipped)})
     with _step("evaluate", timings, report):
@@ -67,6 +60,7 @@ def run_trial(cfg: TrialConfig, data: TrialData, out_dir: Path, report: Report,
     if not cfg.zero_shot:
         with _step("save", timings, report):
             adapter_dir = save(model, out_dir)
+            checkpoints.remove_checkpoints(out_dir)
     environment.update(peak_memory_mib())
     return TrialResult(result.metrics, result.predictions, adapter_dir, timings, result.scoring, environment)
 
@@ -101,21 +95,27 @@ def adapt(model, cfg: TrialConfig):
 
 
 def train(model, tokenizer, cfg: TrialConfig, data: TrialData, out_dir: Path, report: Report,
-          evaluator: Callable[[object], EvalResult]) -> int:
-    """Fine-tune on summary tokens only; returns how many training rows were skipped as too long.
+          evaluator: Callable[[object], EvalResult], resume_key: str = "") -> int:
+    """Fine-tune on summary tokens only, from the last complete checkpoint of the same `resume_key` when there
+    is one; returns how many training rows were skipped as too long.
 
     Decoder-only models: TRL's SFTTrainer on prompt/completion rows (completion-only loss).
     Encoder-decoder models: transformers' Seq2SeqTrainer, prompt into the encoder, summary as labels."""
     from datasets import Dataset
 
-    callback = ReportCallback(report, evaluator, cfg.training.eval_interval_steps)
+    resume, step = checkpoints.last_checkpoint(out_dir, resume_key)
+    reporter = ReportCallback(report, evaluator, cfg.training.eval_interval_steps)
+    if resume is not None:
+        print(f"resuming from the checkpoint of step {step}: {resume}", flush=True)
+        reporter.replay(checkpoints.reported_points(resume))
+    callbacks = [reporter, CheckpointCallback(resume_key, reporter.points)]
     if model.config.is_encoder_decoder:
         from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments
 
         rows, skipped = seq2seq_rows(cfg, tokenizer, data)
         trainer = Seq2SeqTrainer(model=model, args=Seq2SeqTrainingArguments(**_trainer_args(cfg, out_dir)),
                                  train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
-                                 data_collator=DataCollatorForSeq2Seq(tokenizer, model=model), callbacks=[callback])
+                                 data_collator=DataCollatorForSeq2Seq(tokenizer, model=model), callbacks=callbacks)
     else:
         from trl import SFTConfig
 
@@ -126,8 +126,8 @@ def train(model, tokenizer, cfg: TrialConfig, data: TrialData, out_dir: Path, re
         args = SFTConfig(**_trainer_args(cfg, out_dir), max_length=cfg.training.max_seq_length,
                          completion_only_loss=True)
         trainer = SweepSFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
-                             processing_class=tokenizer, callbacks=[callback])
-    trainer.train()
+                                   processing_class=tokenizer, callbacks=callbacks)
+    trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
     return skipped
 
 
@@ -136,14 +136,16 @@ def _trainer_args(cfg: TrialConfig, out_dir: Path) -> dict:
     import torch
 
     t = cfg.training
-    return dict(output_dir=str(out_dir / "trainer"), max_steps=t.max_steps,
+    saving = dict(save_strategy="steps", save_steps=t.checkpoint_interval_steps) if t.checkpoint_interval_steps \
+        else dict(save_strategy="no")
+    return dict(output_dir=str(out_dir / checkpoints.TRAINER_DIR), max_steps=t.max_steps, **saving,
                 per_device_train_batch_size=t.micro_batch_size,
                 gradient_accumulation_steps=t.gradient_accumulation_steps, learning_rate=t.learning_rate,
                 lr_scheduler_type=t.lr_scheduler, warmup_steps=t.warmup_steps, seed=t.seed, data_seed=t.seed,
                 logging_steps=t.logging_steps, activation_checkpointing=t.gradient_checkpointing,
                 bf16=cfg.quantization.compute_dtype == "bfloat16",
                 fp16=cfg.quantization.compute_dtype == "float16" and torch.cuda.is_available(),
-                use_cpu=not torch.cuda.is_available(), save_strategy="no", report_to=[], disable_tqdm=True)
+                use_cpu=not torch.cuda.is_available(), report_to=[], disable_tqdm=True)
 
 
 def seq2seq_rows(cfg: TrialConfig, tokenizer, data: TrialData) -> tuple[list[dict], int]:
@@ -229,16 +231,30 @@ def save(model, out_dir: Path) -> str:
 
 
 class ReportCallback(TrainerCallback):
-    """Streams train loss / learning rate, and interim evaluations, through `report`."""
+    """Streams train loss / learning rate, and interim evaluations, through `report`; keeps what it reported
+    in `points`, for the checkpoints."""
 
     def __init__(self, report: Report, evaluator: Callable[[object], EvalResult], eval_interval_steps: int):
-        self.report, self.evaluator, self.interval = report, evaluator, eval_interval_steps
+        self.evaluator, self.interval, self.points = evaluator, eval_interval_steps, []
+
+        def report_and_keep(event: dict) -> None:
+            self.points.append(event)
+            report(event)
+
+        self.report = report_and_keep
+
+    def replay(self, points: list[dict]) -> None:
+        """Report again what a checkpoint's attempt had reported up to it."""
+        for event in points:
+            self.report(event)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         for key in ("loss", "learning_rate", "grad_norm"):
             if logs and key in logs:
-                self.report({"event": "metric", "name": f"train/{key}", "step": state.global_step,
-                             "value": float(logs[key])})
+                value = float(logs[key])
+                self.report({"event": "metric", "name": f"train/{key}", "step": state.global_step, "value": value})
+                if not math.isfinite(value):  # every later step would be wasted: end the trial here
+                    raise TrialDiverged(f"diverged at step {state.global_step} ({key} {value})")
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         step = state.global_step
@@ -246,9 +262,24 @@ class ReportCallback(TrainerCallback):
             _report_eval(self.report, self.evaluator(model), step)
 
 
+class CheckpointCallback(TrainerCallback):
+    """After the Trainer saved a checkpoint: mark it complete, with the points reported so far."""
+
+    def __init__(self, resume_key: str, points: list[dict]):
+        self.resume_key, self.points = resume_key, points
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        checkpoints.mark_complete(folder, self.resume_key, self.points)
+
+
 def _report_eval(report: Report, result: EvalResult, step: int) -> None:
     for name, value in result.metrics.items():
         report({"event": "metric", "name": f"eval/{name}", "step": step, "value": float(value)})
+    broken = {name: value for name, value in result.metrics.items() if not math.isfinite(value)}
+    if broken:
+        name, value = next(iter(broken.items()))
+        raise TrialDiverged(f"diverged at step {step} ({name} {value})")
 
 
 @contextmanager

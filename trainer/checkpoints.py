@@ -1,0 +1,81 @@
+"""Mid-trial checkpoints: where a trial saves them, which one is complete, and where a new attempt resumes.
+
+The Trainer writes `checkpoint-<step>/` (adapter, optimizer, scheduler, RNG states, trainer state with the
+step, from which it skips the batches already seen) under `<trial dir>/trainer/`. It does not write them
+atomically, so a checkpoint counts only once `complete.json` is in it, written last with an atomic rename;
+then every other checkpoint is deleted. A kill at any moment leaves the last complete one usable.
+No torch or transformers here: the Ray task reads the resume step before a trial imports anything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+from trainer.config import TrialConfig
+
+TRAINER_DIR = "trainer"
+_COMPLETE = "complete.json"
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def resume_key(cfg: TrialConfig, data) -> str:
+    """What a checkpoint must have been trained on to be resumed: the config and rows, with the micro batch
+    and accumulation as their product (an out-of-memory retry halves one and doubles the other) and the
+    eval batch size left out (it changes how prompts are grouped, not what is learned)."""
+    t = cfg.training
+    training = dataclasses.replace(t, micro_batch_size=t.micro_batch_size * t.gradient_accumulation_steps,
+                                   gradient_accumulation_steps=1)
+    generation = dataclasses.replace(cfg.generation, eval_batch_size=1)
+    plain = dataclasses.asdict(dataclasses.replace(cfg, training=training, generation=generation))
+    payload = json.dumps({"config": plain, "data": dataclasses.asdict(data)}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def last_checkpoint(out_dir: Path, key: str) -> tuple[Path | None, int]:
+    """(folder, step) of the last complete checkpoint trained as `key`; (None, 0) when there is none.
+    Incomplete checkpoints and those of another config are deleted: they can never be resumed."""
+    found: list[tuple[int, Path]] = []
+    for path in _checkpoints(out_dir):
+        marker = path / _COMPLETE
+        if marker.is_file() and json.loads(marker.read_text()).get("resume_key") == key:
+            found.append((int(_CHECKPOINT.match(path.name).group(1)), path))
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+    if not found:
+        return None, 0
+    step, path = max(found)
+    return path, step
+
+
+def remove_checkpoints(out_dir: Path) -> None:
+    """A finished trial needs none (they hold the optimizer state: often more than the adapter)."""
+    for path in _checkpoints(out_dir):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _checkpoints(out_dir: Path) -> list[Path]:
+    folder = out_dir / TRAINER_DIR
+    return [p for p in folder.iterdir() if _CHECKPOINT.match(p.name) and p.is_dir()] if folder.is_dir() else []
+
+
+def mark_complete(folder: Path, key: str, points: list[dict]) -> None:
+    """Called once the Trainer has saved `folder`: record that it is complete, trained as `key`, with the curve
+    points reported up to it (a resumed attempt reports them again, so no point is lost while no driver
+    listened), atomically; then delete every other checkpoint."""
+    partial = folder / f".{_COMPLETE}.partial"
+    partial.write_text(json.dumps({"resume_key": key, "points": points}))
+    os.replace(partial, folder / _COMPLETE)  # atomic: the checkpoint is complete or it is not
+    for other in _checkpoints(folder.parent.parent):
+        if other != folder:
+            shutil.rmtree(other, ignore_errors=True)
+
+
+def reported_points(folder: Path) -> list[dict]:
+    """The metric events a complete checkpoint's attempt had reported up to it."""
+    return json.loads((folder / _COMPLETE).read_text())["points"]
