@@ -147,3 +147,14 @@ def test_generation_out_of_memory_halves_the_eval_batch_and_keeps_every_prompt(t
     assert sizes == [5, 4, 2, 2, 1] and got == expected
     assert "eval batch size halved to 2" in capsys.readouterr().out
     assert tokenizer.padding_side == "right"  # as it was found
+
+
+def test_a_trial_whose_gradients_blow_up_ends_as_diverged(trial_cfg, tmp_path):
+    from trainer.trial import TrialDiverged
+
+    cfg = dataclasses.replace(trial_cfg, lora=dataclasses.replace(trial_cfg.lora, alpha=10**30))  # scale 2.5e29
+    events: list[dict] = []
+    with pytest.raises(TrialDiverged, match=r"^diverged at step 1 \((loss|grad_norm) (nan|inf)\)$"):
+        run_trial(cfg, load_trial_data(cfg.dataset), tmp_path / "t", events.append, num_threads=1)
+    losses = [e["step"] for e in events if e.get("name") == "train/loss"]
+    assert losses == [1]  # it stopped at the first non-finite value, not after max_steps
