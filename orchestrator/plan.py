@@ -12,7 +12,7 @@ from decimal import Decimal
 from typing import Any
 
 from orchestrator.spec import SweepSpec
-from trainer.config import AugmentationConfig, ConfigProblem, DatasetConfig, LoraSettings, TrainingConfig, TrialConfig
+from trainer.config import AugmentationConfig, ConfigProblem, LoraSettings, TrainingConfig, TrialConfig
 from trainer.data import TrialData
 
 # Always shown in the leaderboard, swept or not.
@@ -51,9 +51,10 @@ def expand(spec: SweepSpec) -> list[PlannedTrial]:
     a zero-shot run computes (prompt, model, ...); the study proposes the trials as it runs.
     """
     if spec.search.type == "optuna":
-        axes = {k: d.choices for k, d in spec.search.space.items() if d.choices is not None and affects_baseline(k)}
+        raw = {k: d.choices for k, d in spec.search.space.items() if d.choices is not None and affects_baseline(k)}
     else:
-        axes = {key: [typed_value(key, v) for v in values] for key, values in spec.search.grid.items()}
+        raw = spec.search.grid
+    axes = {key: [typed_value(key, v) for v in values] for key, values in raw.items()}
     labels = {key: axis_labels(key, values) for key, values in axes.items()}
     trials = [planned_trial(spec, dict(zip(axes, combo)), labels=dict(zip(axes, names)))
               for combo, names in zip(itertools.product(*axes.values()), itertools.product(*labels.values()))]
@@ -121,20 +122,26 @@ def affects_baseline(key: str) -> bool:
 
 
 def zero_shot_config(config: TrialConfig) -> TrialConfig:
-    """The baseline of a trial: the same model, prompt, quantization, sequence length, eval data, generation
-    and scoring, with no adapter and no training; equal for every trial that shares these."""
-    t, d = config.training, config.dataset
-    return dataclasses.replace(
-        config, lora=LoraSettings(), augmentation=AugmentationConfig(), zero_shot=True,
-        training=TrainingConfig(max_seq_length=t.max_seq_length, seed=t.seed),
-        dataset=dataclasses.replace(d, train_examples=DatasetConfig.train_examples))
+    """The baseline of a trial: the same model, prompt, quantization, sequence length, data, generation and
+    scoring, with no adapter and no training."""
+    t = config.training
+    return dataclasses.replace(config, lora=LoraSettings(), augmentation=AugmentationConfig(), zero_shot=True,
+                               training=TrainingConfig(max_seq_length=t.max_seq_length, seed=t.seed))
+
+
+def _baseline_key(config: TrialConfig) -> str:
+    """Equal for every trial that one zero-shot run stands for: the training rows do not count."""
+    train_only = {key.split(".")[1]: None for key in _TRAIN_ONLY}
+    view = zero_shot_config(config)
+    view = dataclasses.replace(view, dataset=dataclasses.replace(view.dataset, **train_only))
+    return json.dumps(dataclasses.asdict(view), sort_keys=True, default=str)
 
 
 def _baselines(trials: list[PlannedTrial]) -> list[PlannedTrial]:
     seen: dict[str, PlannedTrial] = {}
     for t in trials:
         config = zero_shot_config(t.config)
-        key = _config_key(config)
+        key = _baseline_key(t.config)
         if key not in seen:
             keys = ["prompt"] + [k for k in t.swept if k != "prompt" and affects_baseline(k)]
             name = "-".join(_part(t, k) for k in keys) + "-zero-shot"
@@ -149,13 +156,9 @@ def _part(trial: PlannedTrial, key: str) -> str:
 
 def with_baseline(trial: PlannedTrial, baselines: list[PlannedTrial]) -> PlannedTrial:
     """The trial with the name of its own baseline (None when the plan has none that matches)."""
-    key = _config_key(zero_shot_config(trial.config))
-    found = next((b.name for b in baselines if _config_key(b.config) == key), None)
+    key = _baseline_key(trial.config)
+    found = next((b.name for b in baselines if _baseline_key(b.config) == key), None)
     return dataclasses.replace(trial, baseline=found)
-
-
-def _config_key(config: TrialConfig) -> str:
-    return json.dumps(dataclasses.asdict(config), sort_keys=True, default=str)
 
 
 def with_value(config: TrialConfig, dotted: str, value: Any, spec: SweepSpec) -> TrialConfig:
@@ -186,11 +189,6 @@ def get_value(config: Any, dotted: str) -> Any:
     for key in dotted.split("."):
         config = getattr(config, key)
     return config
-
-
-def trial_name(swept: dict[str, Any]) -> str:
-    """Readable and path-safe: `v2-r16-lr2e-4`."""
-    return "-".join(label(k, v) for k, v in swept.items()) or "default"
 
 
 def axis_labels(key: str, values: list) -> list[str]:

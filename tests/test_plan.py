@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.plan import content_key, expand, format_float, trial_name
+from orchestrator.plan import content_key, expand, format_float, label
 from orchestrator.spec import load_spec
 from trainer.data import Example, TrialData
 
@@ -44,9 +44,9 @@ def test_unswept_settings_are_shared(grid):
 
 
 def test_names_and_float_labels():
-    assert trial_name({"prompt": "v2", "lora.rank": 16, "training.learning_rate": 2e-4}) == "v2-r16-lr2e-4"
+    assert [label("prompt", "v2"), label("lora.rank", 16), label("training.learning_rate", 2e-4)] == ["v2", "r16", "lr2e-4"]
     assert format_float(1.5e-4) == "1.5e-4" and format_float(0.1) == "1e-1" and format_float(3e-05) == "3e-5"
-    assert trial_name({"lora.alpha": 32, "model.name": "org/some-model"}) == "alpha32-some-model"
+    assert [label("lora.alpha", 32), label("model.name", "org/some-model")] == ["alpha32", "some-model"]
 
 
 def test_model_axis_gets_a_baseline_per_model(grid):
@@ -105,3 +105,11 @@ def test_trial_folders_never_leave_the_sweep_folder(tmp_path):
     for bad in ("../escaped", "a/b", ".."):
         with pytest.raises(ValueError, match="outside"):
             trial_dir(tmp_path, bad)
+
+
+def test_training_rows_do_not_split_baselines(grid):
+    spec = dataclasses.replace(grid, search=dataclasses.replace(grid.search, grid={
+        "dataset.train_examples": [16, 32], "dataset.train_split": ["validation", "train"]}), prompt="v1")
+    plan = expand(spec)
+    assert [t.name for t in plan if t.kind == "baseline"] == ["v1-zero-shot"]
+    assert {t.baseline for t in plan if t.kind == "trial"} == {"v1-zero-shot"}
