@@ -32,6 +32,8 @@ class Scoring:
     use_stemmer: bool = True
     reference_columns: tuple[str, ...] = ()
     bertscore_model: str | None = None
+    decoding: str = "greedy"
+    """How the summaries were decoded (GenerationConfig.describe); part of the provenance."""
 
 
 @lru_cache(maxsize=1)
@@ -43,8 +45,8 @@ def _bert_scorer(path: str):
 
 def evaluate(model, tokenizer, prompts: list[str], references: list[tuple[str, ...]], example_ids: list[str],
              max_new_tokens: int, batch_size: int, add_special_tokens: bool = True,
-             scoring: Scoring = Scoring()) -> EvalResult:
-    generations = generate(model, tokenizer, prompts, max_new_tokens, batch_size, add_special_tokens)
+             scoring: Scoring = Scoring(), decoding: dict | None = None) -> EvalResult:
+    generations = generate(model, tokenizer, prompts, max_new_tokens, batch_size, add_special_tokens, decoding)
     texts = [g.text for g in generations]
     per_example = score_examples(texts, references, scoring.tokenizer, scoring.aggregation, scoring.use_stemmer)
     metrics = mean_scores(per_example)
@@ -52,6 +54,7 @@ def evaluate(model, tokenizer, prompts: list[str], references: list[tuple[str, .
     metrics["gen_words"] = fmean(len(t.split()) for t in texts)
     how = provenance(scoring.tokenizer, scoring.aggregation, scoring.use_stemmer, list(scoring.reference_columns),
                      len(prompts))
+    how["decoding"] = scoring.decoding
     if scoring.bertscore_model:
         scorer = _bert_scorer(scoring.bertscore_model)
         for scores, value in zip(per_example, scorer.score(texts, references)):

@@ -1,4 +1,4 @@
-"""Batched greedy generation with left padding (decoder-only models continue from the right edge;
+"""Batched generation (greedy unless told otherwise) with left padding (decoder-only models continue from the right edge;
 encoder-decoder models read the padded prompt with its attention mask and decode from scratch)."""
 
 from __future__ import annotations
@@ -14,20 +14,21 @@ class Generation:
 
 
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int,
-             add_special_tokens: bool = True) -> list[Generation]:
-    """Greedy completions of `prompts`, in their order, `batch_size` prompts per forward pass; the batch is
+             add_special_tokens: bool = True, decoding: dict | None = None) -> list[Generation]:
+    """Completions of `prompts`, in their order, `batch_size` prompts per forward pass: greedy, or as `decoding`
+    says (model.generate options: num_beams, no_repeat_ngram_size, ...); the batch is
     halved whenever one runs out of memory. The tokenizer's padding side is left as it was found: a T5/BART
     collator pads its training labels on that side."""
     padding_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     try:
-        return _generate(model, tokenizer, prompts, max_new_tokens, batch_size, add_special_tokens)
+        return _generate(model, tokenizer, prompts, max_new_tokens, batch_size, add_special_tokens, decoding or {})
     finally:
         tokenizer.padding_side = padding_side
 
 
 def _generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int,
-              add_special_tokens: bool) -> list[Generation]:
+              add_special_tokens: bool, decoding: dict) -> list[Generation]:
     import torch
 
     # Longest first, so each batch holds similar lengths (less padding) and OOM shows up at once.
@@ -42,7 +43,7 @@ def _generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_s
         try:
             with torch.inference_mode():
                 output = model.generate(**encoded, max_new_tokens=max_new_tokens, do_sample=False,
-                                        pad_token_id=tokenizer.pad_token_id)
+                                        pad_token_id=tokenizer.pad_token_id, **decoding)
         except torch.OutOfMemoryError:
             if batch_size == 1:
                 raise

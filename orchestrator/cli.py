@@ -15,6 +15,8 @@ from orchestrator.spec import SpecError, load_spec
 
 STORE_ENV = "QLORA_SWEEP_STORE"
 DEFAULT_STORE = "sqlite:///runs/results.db"
+SET_HELP = ("override one dotted key of the spec, e.g. model.name=./tiny or search.grid.lora.rank=[4,8] "
+            "(repeatable; the value is YAML; validated with the file and stored with the sweep's spec)")
 SWEEP_HELP = "sweep name (default: the latest), or its spec file (then read from the store the spec names)"
 
 
@@ -29,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args) -> int:
-    spec = load_spec(args.spec)
+    spec = load_spec(args.spec, args.set)
     from orchestrator.control import SweepBusy, graceful_stop
     from orchestrator.study import StudyMismatch, check_stored_study
     from orchestrator.sweep import PrepareError, live_driver_check, prepare, run_sweep
@@ -191,7 +193,7 @@ def _stop(args) -> int:
 
 
 def _validate(args) -> int:
-    spec = load_spec(args.spec)
+    spec = load_spec(args.spec, args.set)
     from orchestrator.plan import expand
 
     study = spec.search.optuna
@@ -201,7 +203,7 @@ def _validate(args) -> int:
 
 
 def _plan(args) -> int:
-    spec = load_spec(args.spec)
+    spec = load_spec(args.spec, args.set)
     from orchestrator.plan import expand
 
     plan = expand(spec)
@@ -268,6 +270,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
     run = sub.add_parser("run", help="run every trial of a spec through Ray")
     run.add_argument("spec", help="spec file, or a file name inside sweeps/")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
     run.add_argument("--store", help=f"SQLAlchemy URL of the results store (default: the spec's, ${STORE_ENV})")
     run.add_argument("--address", help="existing Ray cluster to use (default: $RAY_ADDRESS, else a local one)")
     run.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
@@ -277,6 +280,7 @@ def _parser() -> argparse.ArgumentParser:
                                 ("plan", _plan, "print the trials a spec expands to, without running")):
         p = sub.add_parser(name, help=text)
         p.add_argument("spec")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
         p.set_defaults(handler=handler)
     board = sub.add_parser("leaderboard", help="rank the trials of a sweep, from the store only")
     board.add_argument("sweep", nargs="?", help=SWEEP_HELP)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import re
 from dataclasses import dataclass, field
@@ -154,14 +155,58 @@ def find_spec(name: str) -> Path:
                                          "give a path, or a file name inside sweeps/")])
 
 
-def load_spec(name: str) -> SweepSpec:
+def load_spec(name: str, overrides: list[str] = ()) -> SweepSpec:
+    """The spec file `name`, with `--set key=value` overrides applied before it is validated as a whole."""
     path = find_spec(name)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise SpecError(str(path), [ConfigProblem("<yaml>", "the file must be valid YAML", str(exc).splitlines()[0],
                                                   "YAML 1.1", str(exc).replace("\n", " "))]) from None
-    return parse_spec(raw, str(path))
+    problems: list[ConfigProblem] = []
+    raw = apply_overrides(raw if isinstance(raw, dict) else {}, overrides, problems)
+    if problems:
+        raise SpecError(str(path), problems)
+    return parse_spec(raw, str(path) + "".join(f" --set {o}" for o in overrides))
+
+
+# Mappings whose keys are themselves dotted trial keys (`search.grid.lora.rank`).
+_DOTTED_KEY_MAPS = (("search", "grid"), ("search", "space"))
+
+
+def apply_overrides(raw: dict, overrides: list[str], problems: list[ConfigProblem]) -> dict:
+    """A copy of `raw` with each `dotted.key=value` set; the value is read as YAML (`8`, `2e-4`, `[4, 8]`,
+    `null`). Unknown keys are reported by the validation that follows, as for the file."""
+    out = copy.deepcopy(raw)
+    for override in overrides:
+        key, sep, text = override.partition("=")
+        if not sep or not key.strip():
+            problems.append(ConfigProblem("--set", "an override is dotted.key=value", override,
+                                          "e.g. --set model.name=./tiny-llama or --set lora.rank=16"))
+            continue
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            problems.append(ConfigProblem(f"--set {key}", "the value must be valid YAML", text, "YAML 1.1", str(exc)))
+            continue
+        _set_path(out, key.strip().split("."), value, key, problems)
+    return out
+
+
+def _set_path(node: dict, parts: list[str], value: Any, key: str, problems: list[ConfigProblem]) -> None:
+    walked: tuple[str, ...] = ()
+    while len(parts) > 1 and walked not in _DOTTED_KEY_MAPS:
+        head = parts.pop(0)
+        walked += (head,)
+        child = node.setdefault(head, {})
+        if child is None:
+            child = node[head] = {}
+        if not isinstance(child, dict):
+            problems.append(ConfigProblem(f"--set {key}", f"{'.'.join(walked)} is a value, not a section", child,
+                                          "a key path that ends at a setting", f"--set {'.'.join(walked)}=<value>"))
+            return
+        node = child
+    node[".".join(parts)] = value
 
 
 def spec_target(name: str) -> tuple[str, str]:

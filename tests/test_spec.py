@@ -254,3 +254,19 @@ def test_read_commands_take_a_spec_path_and_read_its_store(spec, tmp_path, capsy
     assert trial == {"name": "v1", "kind": "trial", "state": "pending (orphaned)", "step": 0, "max_steps": 2,
                      "tries": 0, "resumed_from_step": None, "worker": None, "note": None}
     assert main(["stop", str(path)]) == 0 and "1 unfinished trial(s) marked interrupted" in capsys.readouterr().out
+
+
+def test_set_overrides_any_dotted_key_and_is_validated_like_the_file(spec, tmp_path, capsys):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    assert main(["plan", str(path), "--set", "search.grid.lora.rank=[4, 8]", "--set", "training.learning_rate=1e-3"]) == 0
+    planned = capsys.readouterr().out
+    assert "v1-r4  " in planned and "v2-r8  " in planned and "training.learning_rate=0.001" in planned
+    assert main(["validate", str(path), "--set", "lora.rank=0", "--set", "oops", "--set", "model.name.x=1"]) == 2
+    err = capsys.readouterr().err
+    assert "--set: an override is dotted.key=value; given 'oops'" in err
+    assert "--set model.name.x: model.name is a value, not a section" in err
+    assert main(["validate", str(path), "--set", "lora.rank=0", "--set", "lora.rnak=4"]) == 2
+    err = capsys.readouterr().err
+    assert "--set lora.rank=0 --set lora.rnak=4: 2 problem(s)" in err  # the source names the overrides
+    assert "lora.rank: must be >= 1; given 0" in err and "lora.rnak: unknown key" in err and "did you mean 'rank'" in err

@@ -117,3 +117,19 @@ def test_decoder_only_and_encoder_decoder_in_one_sweep_then_export(backend, tiny
     assert not torch.equal(merged.state_dict()[q], base.state_dict()[q])  # the adapter is in the weights
     assert main(["export", "tiny", "v1-tiny-llama0-zero-shot", "--store", store.url]) == 2  # no adapter
     assert "only a completed fine-tune" in capsys.readouterr().err
+
+
+def test_set_points_a_spec_at_another_model_and_is_stored_with_the_sweep(backend, tiny_model_dir, local_data,
+                                                                          tmp_path):
+    import yaml
+
+    raw = tiny_spec(tiny_model_dir, *local_data, tmp_path)
+    raw["model"]["name"] = "smollm2-135m-instruct"  # the file's model; the override replaces it
+    raw["search"]["baselines"] = False
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["run", str(path), "--quiet", "--set", f"model.name={tiny_model_dir}",
+                 "--set", "search.grid.prompt=[v2]"]) == 0
+    summary = Store(raw["output"]["store"]).summary("tiny")
+    assert summary.spec["model"]["name"] == str(tiny_model_dir) and summary.spec["search"]["grid"] == {"prompt": ["v2"]}
+    assert [t.name for t in summary.trials] == ["v2"] and summary.trials[0].status == "completed"

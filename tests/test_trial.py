@@ -158,3 +158,51 @@ def test_a_trial_whose_gradients_blow_up_ends_as_diverged(trial_cfg, tmp_path):
         run_trial(cfg, load_trial_data(cfg.dataset), tmp_path / "t", events.append, num_threads=1)
     losses = [e["step"] for e in events if e.get("name") == "train/loss"]
     assert losses == [1]  # it stopped at the first non-finite value, not after max_steps
+
+
+def test_beams_and_no_repeat_change_the_output_and_are_recorded(trial_cfg, tmp_path):
+    data = load_trial_data(trial_cfg.dataset)
+
+    def zero_shot(**generation):
+        cfg = dataclasses.replace(trial_cfg, zero_shot=True,
+                                  generation=dataclasses.replace(trial_cfg.generation, **generation))
+        return run_trial(cfg, data, tmp_path / str(len(generation)), lambda event: None, num_threads=1)
+
+    greedy, searched = zero_shot(), zero_shot(num_beams=3, no_repeat_ngram_size=2)
+    assert greedy.scoring["decoding"] == "greedy, max 8 new tokens"
+    assert searched.scoring["decoding"] == "beam search (3 beams), no_repeat_ngram_size 2, max 8 new tokens"
+    assert [p["prediction"] for p in greedy.predictions] != [p["prediction"] for p in searched.predictions]
+
+
+def test_rslora_scales_by_the_root_of_the_rank_and_dora_saves_magnitudes_and_trains(trial_cfg, tmp_path):
+    from trainer.trial import adapt
+
+    cfg = dataclasses.replace(trial_cfg, lora=dataclasses.replace(trial_cfg.lora, use_rslora=True, alpha=8))
+    model = adapt(load_model(str(cfg.model.name), cfg.quantization), cfg)
+    q_proj = model.base_model.model.model.layers[0].self_attn.q_proj
+    assert q_proj.scaling["default"] == pytest.approx(8 / cfg.lora.rank ** 0.5)  # not 8 / rank
+
+    cfg = dataclasses.replace(trial_cfg, lora=dataclasses.replace(trial_cfg.lora, use_dora=True))
+    result = run_trial(cfg, load_trial_data(cfg.dataset), tmp_path / "dora", lambda event: None, num_threads=1)
+    adapter = load_file(f"{result.adapter_dir}/adapter_model.safetensors")
+    magnitudes = {k: v for k, v in adapter.items() if "lora_magnitude_vector" in k}
+    assert magnitudes and all(v.abs().sum() > 0 for k, v in adapter.items() if "lora_B" in k)
+
+
+def test_weight_decay_and_gradient_clipping_reach_the_optimizer(trial_cfg, tmp_path):
+    from trainer.trial import _trainer_args
+
+    cfg = dataclasses.replace(trial_cfg, training=dataclasses.replace(trial_cfg.training, max_grad_norm=0.5,
+                                                                      weight_decay=0.1))
+    args = _trainer_args(cfg, tmp_path)
+    assert (args["max_grad_norm"], args["weight_decay"]) == (0.5, 0.1)
+    # Decay pulls every trained weight towards 0: after the same 2 steps the adapter is smaller than without it.
+    data = load_trial_data(cfg.dataset)
+    decayed = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, weight_decay=50.0))
+
+    def a_norm(c, folder: str) -> float:
+        adapter = load_file(f"{run_trial(c, data, tmp_path / folder, lambda e: None, 1).adapter_dir}"
+                            "/adapter_model.safetensors")
+        return sum(float(v.norm()) for k, v in adapter.items() if "lora_A" in k)
+
+    assert a_norm(decayed, "decayed") < a_norm(cfg, "plain")

@@ -93,6 +93,12 @@ class LoraSettings:
     """Dropout on the LoRA input; regularizes tiny datasets, slows convergence."""
     target_modules: str | list[str] = "all-linear"
     """Modules that get adapters: `all-linear` or a list of module names such as [q_proj, v_proj]."""
+    use_rslora: bool = False
+    """Rank-stabilized LoRA (PEFT's flag): scale alpha / sqrt(rank) instead of alpha / rank, so higher ranks
+    keep learning; with it, compare ranks at a fixed alpha."""
+    use_dora: bool = False
+    """DoRA (PEFT's flag): learns each weight's magnitude apart from its direction. Often a little better at low
+    rank; slower per step (on a 4-bit base it dequantizes the weight in every forward pass)."""
 
     @property
     def effective_alpha(self) -> int:
@@ -125,6 +131,11 @@ class TrainingConfig:
     """Learning-rate schedule over max_steps."""
     warmup_steps: int = field(default=0, metadata={"ge": 0})
     """Linear warm-up steps at the start of the schedule."""
+    max_grad_norm: float = field(default=1.0, metadata={"ge": 0.0})
+    """Clip the gradient's global norm to this before each update; 0 = no clipping. Guards against a bad batch;
+    too low slows learning."""
+    weight_decay: float = field(default=0.0, metadata={"ge": 0.0})
+    """AdamW's decoupled weight decay on the trained weights; 0.01-0.1 regularizes long runs, 0 suits short ones."""
     max_seq_length: int = field(default=384, metadata={"ge": 32})
     """Tokens per training example; the dialogue is truncated to fit, never the summary."""
     seed: int = 42
@@ -164,6 +175,39 @@ class GenerationConfig:
     """Generated summary length cap in tokens; DialogSum references average ~25 words."""
     eval_batch_size: int = field(default=8, metadata={"ge": 1})
     """Prompts generated together (left padded); larger is faster until memory runs out."""
+    num_beams: int = field(default=1, metadata={"ge": 1})
+    """1 = greedy. More beams search for a likelier summary: often longer and more fluent, costs ~N x compute."""
+    no_repeat_ngram_size: int = field(default=0, metadata={"ge": 0})
+    """Never repeat an n-gram of this size (3 is common for summaries); 0 = off. Stops loops, can block names."""
+    repetition_penalty: float = field(default=1.0, metadata={"gt": 0.0})
+    """> 1 discourages tokens already generated (1.2 is mild); 1 = off. Too high garbles names and numbers."""
+    length_penalty: float = field(default=1.0)
+    """Beam search only: > 1 favours longer beams, < 1 shorter ones; 1 = neutral."""
+    min_new_tokens: int = field(default=0, metadata={"ge": 0})
+    """No end of summary before this many tokens; 0 = off. Prevents empty outputs, can pad short ones."""
+
+    def generate_kwargs(self) -> dict:
+        """The options that differ from greedy, as `model.generate` takes them (defaults are left out)."""
+        defaults = GenerationConfig()
+        names = ("num_beams", "no_repeat_ngram_size", "repetition_penalty", "length_penalty", "min_new_tokens")
+        return {n: getattr(self, n) for n in names if getattr(self, n) != getattr(defaults, n)}
+
+    def describe(self) -> str:
+        """How summaries were decoded, for the scoring provenance: results decoded differently never rank together."""
+        how = [f"beam search ({self.num_beams} beams)" if self.num_beams > 1 else "greedy"]
+        how += [f"{k} {v:g}" for k, v in self.generate_kwargs().items() if k != "num_beams"]
+        return ", ".join(how + [f"max {self.max_new_tokens} new tokens"])
+
+    def problems(self, path: str) -> list[ConfigProblem]:
+        out = []
+        if self.min_new_tokens > self.max_new_tokens:
+            out.append(ConfigProblem(f"{path}.min_new_tokens", "the minimum length must not exceed the maximum",
+                                     self.min_new_tokens, f"0 to {self.max_new_tokens}", "lower min_new_tokens"))
+        if self.length_penalty != 1.0 and self.num_beams == 1:
+            out.append(ConfigProblem(f"{path}.length_penalty", "only beam search uses it, and num_beams is 1, so it "
+                                     "would be ignored", self.length_penalty, "1.0, or set num_beams > 1",
+                                     "set num_beams (e.g. 4) or remove length_penalty"))
+        return out
 
 
 @dataclass(frozen=True)
@@ -213,7 +257,7 @@ class TrialConfig:
     def problems(self) -> list[ConfigProblem]:
         """Cross-field invariants of one run; checked on every grid point and every study proposal."""
         t, g = self.training, self.generation
-        out = self.dataset.problems("dataset") + t.problems("training")
+        out = self.dataset.problems("dataset") + t.problems("training") + g.problems("generation")
         if g.max_new_tokens >= t.max_seq_length:
             out.append(ConfigProblem("generation.max_new_tokens", "the summary budget must leave room for the "
                                      "dialogue inside training.max_seq_length", g.max_new_tokens,

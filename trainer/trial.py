@@ -88,7 +88,8 @@ def adapt(model, cfg: TrialConfig):
 
     task = "SEQ_2_SEQ_LM" if model.config.is_encoder_decoder else "CAUSAL_LM"
     lora = LoraConfig(r=cfg.lora.rank, lora_alpha=cfg.lora.effective_alpha, lora_dropout=cfg.lora.dropout,
-                      target_modules=cfg.lora.target_modules, task_type=task)
+                      target_modules=cfg.lora.target_modules, task_type=task, use_rslora=cfg.lora.use_rslora,
+                      use_dora=cfg.lora.use_dora)
     # Not prepare_model_for_kbit_training: it upcasts every non-4-bit weight (embeddings, 49k-vocab
     # head) to float32, which costs speed on CPU; PEFT keeps the adapter weights in float32 anyway.
     return get_peft_model(model, lora)
@@ -142,6 +143,7 @@ def _trainer_args(cfg: TrialConfig, out_dir: Path) -> dict:
                 per_device_train_batch_size=t.micro_batch_size,
                 gradient_accumulation_steps=t.gradient_accumulation_steps, learning_rate=t.learning_rate,
                 lr_scheduler_type=t.lr_scheduler, warmup_steps=t.warmup_steps, seed=t.seed, data_seed=t.seed,
+                max_grad_norm=t.max_grad_norm, weight_decay=t.weight_decay,
                 logging_steps=t.logging_steps, activation_checkpointing=t.gradient_checkpointing,
                 bf16=cfg.quantization.compute_dtype == "bfloat16",
                 fp16=cfg.quantization.compute_dtype == "float16" and torch.cuda.is_available(),
@@ -203,7 +205,7 @@ def make_evaluator(cfg: TrialConfig, tokenizer, data: TrialData,
         model.eval()
         try:
             return evaluate(model, tokenizer, texts, references, ids, cfg.generation.max_new_tokens,
-                            cfg.generation.eval_batch_size, add_special, how)
+                            cfg.generation.eval_batch_size, add_special, how, cfg.generation.generate_kwargs())
         finally:
             model.train(was_training)
 
@@ -214,7 +216,7 @@ def scoring(cfg: TrialConfig, data: TrialData) -> Scoring:
     """The ROUGE settings, the tokenizer resolved on every eval reference (interim evals use the same)."""
     texts = [r for e in data.eval for r in e.references]
     return Scoring(resolve_tokenizer(cfg.scoring.tokenizer, texts), cfg.scoring.references, cfg.scoring.stemming,
-                   data.reference_columns, cfg.scoring.bertscore_model)
+                   data.reference_columns, cfg.scoring.bertscore_model, cfg.generation.describe())
 
 
 def eval_prompts(cfg: TrialConfig, tokenizer, rows: list) -> list[str]:
