@@ -9,8 +9,10 @@ from statistics import fmean
 from evaluation.generate import generate
 from evaluation.rouge import ROUGE_TYPES, mean_scores, provenance, score_examples
 
-# Final metrics of every trial; any of them can rank a leaderboard column or be a study objective.
+# Final metrics of every trial; any of them can be a study objective.
 METRIC_NAMES = (*ROUGE_TYPES, "gen_tokens", "gen_words")
+# Computed only with scoring.bertscore_model; rankable and objectives as well.
+BERTSCORE_METRICS = ("bertscore", "bertscore_precision", "bertscore_recall")
 
 
 @dataclass(frozen=True)
@@ -57,9 +59,9 @@ def evaluate(model, tokenizer, prompts: list[str], references: list[tuple[str, .
     how["decoding"] = scoring.decoding
     if scoring.bertscore_model:
         scorer = _bert_scorer(scoring.bertscore_model)
-        for scores, value in zip(per_example, scorer.score(texts, references)):
-            scores["bertscore"] = value
-        metrics["bertscore"] = fmean(s["bertscore"] for s in per_example)
+        for scores, values in zip(per_example, scorer.score(texts, references)):
+            scores.update(values)
+        metrics.update({k: fmean(s[k] for s in per_example) for k in BERTSCORE_METRICS})
         how["bertscore"] = scorer.name
     rows = [{"example_id": eid, "prediction": g.text, "references": list(refs), "new_tokens": g.new_tokens, **s}
             for eid, g, refs, s in zip(example_ids, generations, references, per_example)]

@@ -13,7 +13,7 @@ import yaml
 
 from orchestrator import schema
 from trainer import prompts as prompt_rules
-from evaluation import METRIC_NAMES
+from evaluation import BERTSCORE_METRICS, METRIC_NAMES
 from trainer.config import (PROMPT_PLACEHOLDER, AugmentationConfig, ConfigProblem, DatasetConfig, GenerationConfig,
                             LoraSettings, ModelConfig, QuantizationConfig, ScoringConfig, TrainingConfig, TrialConfig)
 from trainer.data import read_rows, reference_columns, split_source
@@ -44,7 +44,8 @@ class Dimension:
 @dataclass(frozen=True)
 class Objective:
     metric: str = "rougeL"
-    """A final metric of every trial: rouge1, rouge2, rougeL, rougeLsum, gen_tokens, gen_words."""
+    """A final metric of every trial: rouge1, rouge2, rougeL, rougeLsum, gen_tokens, gen_words; or bertscore,
+    bertscore_precision, bertscore_recall when scoring.bertscore_model is set."""
     direction: Literal["maximize", "minimize"] = "maximize"
     """Whether larger (ROUGE) or smaller (generated length) is better."""
 
@@ -389,11 +390,16 @@ def _objective_problems(spec: SweepSpec) -> list[ConfigProblem]:
     if not settings.objectives:
         problems.append(ConfigProblem("search.optuna.objectives", "a study needs an objective", [],
                                       "e.g. [{metric: rougeL, direction: maximize}]"))
+    names = METRIC_NAMES + BERTSCORE_METRICS
     for i, objective in enumerate(settings.objectives):
-        if objective.metric not in METRIC_NAMES:
+        if objective.metric not in names:
             problems.append(ConfigProblem(f"search.optuna.objectives[{i}].metric", "must be a final trial metric",
-                                          objective.metric, ", ".join(METRIC_NAMES),
-                                          schema.did_you_mean(objective.metric, METRIC_NAMES)))
+                                          objective.metric, ", ".join(names),
+                                          schema.did_you_mean(objective.metric, names)))
+        elif objective.metric in BERTSCORE_METRICS and spec.scoring.bertscore_model is None:
+            problems.append(ConfigProblem(f"search.optuna.objectives[{i}].metric", "BERTScore is computed only with "
+                                          "scoring.bertscore_model set", objective.metric, "a ROUGE metric, or set "
+                                          "scoring.bertscore_model", "set scoring.bertscore_model: <local encoder>"))
     if settings.pruner == "none":
         return problems
     if len(settings.objectives) > 1:

@@ -13,11 +13,12 @@ import io
 import json
 from dataclasses import asdict, dataclass
 
+from evaluation import BERTSCORE_METRICS
 from evaluation.rouge import ROUGE_TYPES
 from results.significance import Interval, mean_interval, paired_difference
 from results.store import SweepSummary, TrialSummary
 
-RANKABLE = ROUGE_TYPES  # every ROUGE variant the evaluation stores can rank the board
+RANKABLE = (*ROUGE_TYPES, "bertscore")  # BERTScore F1 ranks only trials that computed it
 FORMATS = ("table", "markdown", "csv", "json")
 
 
@@ -154,8 +155,7 @@ def _row(t: TrialSummary, metric: str, base: TrialSummary | None, best: bool, pa
     delta = None if t.kind == "baseline" or base_value is None or value is None else 100 * (value - base_value)
     scores = {k: 100 * t.metrics[k] for k in ROUGE_TYPES if k in t.metrics}
     scores.update({k: t.metrics[k] for k in ("gen_tokens", "gen_words") if k in t.metrics})
-    if "bertscore" in t.metrics:  # optional (scoring.bertscore_model)
-        scores["bertscore"] = 100 * t.metrics["bertscore"]
+    scores.update({k: 100 * t.metrics[k] for k in BERTSCORE_METRICS if k in t.metrics})  # scoring.bertscore_model
     return Row(best, t.name, t.kind, str(t.params.get("prompt", "")), t.params.get("lora.rank"),
                t.params.get("training.learning_rate"), scores, delta, t.runtime_s, t.status, pareto, group, *intervals)
 
@@ -175,6 +175,8 @@ def render(rows: list[Row], fmt: str, metric: str, notes: dict, sweep: str,
     multi = any(r.pareto is not None for r in rows)
     bert = any("bertscore" in r.scores for r in rows)
     for shown, column, value in ((bert, "BERTScore", lambda r: _fmt(r.scores.get("bertscore"), 2)),
+                                 (bert, "BS_P", lambda r: _fmt(r.scores.get("bertscore_precision"), 2)),
+                                 (bert, "BS_R", lambda r: _fmt(r.scores.get("bertscore_recall"), 2)),
                                  (several, "scoring", lambda r: r.scoring),
                                  (multi, "pareto", lambda r: "yes" if r.pareto else "")):
         if shown:
@@ -254,4 +256,4 @@ def _lr(value) -> str:
 
 
 def _short(metric: str) -> str:
-    return metric.replace("rouge", "R")
+    return metric.replace("rouge", "R").replace("bertscore", "BS")

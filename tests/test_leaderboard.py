@@ -104,14 +104,21 @@ def test_rows_scored_differently_are_never_ranked_together_silently(tmp_path):
     assert "scoring B: tokenizer ascii, references summary1" in text
 
 
-def test_bertscore_gets_a_column_when_computed(filled):
+def test_bertscore_gets_columns_when_computed_and_can_rank(filled):
     store, _ = filled
     summary = store.summary("g")
-    trials = [dataclasses.replace(t, metrics={**t.metrics, "bertscore": 0.871}) if t.name == "v1-r8-lr5e-4" else t
-              for t in summary.trials]
+    bert = {"v1-r8-lr5e-4": (0.871, 0.9, 0.85), "v2-r8-lr5e-4": (0.95, 0.96, 0.94)}
+    trials = [dataclasses.replace(t, metrics={**t.metrics, **dict(zip(
+        ("bertscore", "bertscore_precision", "bertscore_recall"), bert[t.name]))}) if t.name in bert else t
+        for t in summary.trials]
     rows = leaderboard.build(dataclasses.replace(summary, trials=trials))
     parsed = {r["trial"]: r for r in csv.DictReader(io.StringIO(leaderboard.render(rows, "csv", "rougeL", {}, "g")))}
-    assert parsed["v1-r8-lr5e-4"]["BERTScore"] == "87.10" and parsed["v2-r8-lr5e-4"]["BERTScore"] == "-"
+    assert (parsed["v1-r8-lr5e-4"]["BERTScore"], parsed["v1-r8-lr5e-4"]["BS_P"], parsed["v1-r8-lr5e-4"]["BS_R"]) == (
+        "87.10", "90.00", "85.00")
+    assert parsed[[n for n in parsed if n not in bert][0]]["BERTScore"] == "-"
+    by_bert = leaderboard.build(dataclasses.replace(summary, trials=trials), "bertscore")
+    assert [r.trial for r in by_bert[:2]] == ["v2-r8-lr5e-4", "v1-r8-lr5e-4"] and by_bert[0].best  # ranked by F1
+    assert len(by_bert) == len(rows) and not {r.trial for r in by_bert[2:]} & set(bert)  # the rest: listed below
 
 
 def _environment(device: str, dtype: str, note: str | None = None) -> dict:

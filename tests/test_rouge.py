@@ -122,6 +122,17 @@ def test_bertscore_with_a_local_tiny_encoder(tmp_path, tiny_model_dir):
     scorer = BertScorer(str(tmp_path))
     same, other = scorer.score(["the meeting moved to Friday", "the meeting moved to Friday"],
                                [("the meeting moved to Friday",), ("bananas are yellow", "the meeting moved to Friday")])
-    assert same == pytest.approx(1.0, abs=1e-5) and other == pytest.approx(1.0, abs=1e-5)  # best reference wins
+    for scores in (same, other):  # identical text: 1 everywhere; of several references the best one counts
+        assert scores == pytest.approx({"bertscore": 1.0, "bertscore_precision": 1.0, "bertscore_recall": 1.0},
+                                       abs=1e-5)
     [low] = scorer.score(["the meeting moved to Friday"], [("bananas are yellow",)])
-    assert low < 0.99 and "no idf" in scorer.name
+    assert low["bertscore"] < 0.99 and "no idf" in scorer.name
+    # By hand from the token vectors: precision = mean over candidate tokens of their best cosine, recall the
+    # reverse, F1 their harmonic mean.
+    candidate, reference = scorer.embed(["the meeting"])[0], scorer.embed(["the meeting moved to Friday"])[0]
+    cosine = candidate @ reference.T
+    precision, recall = float(cosine.max(1).values.mean()), float(cosine.max(0).values.mean())
+    [short] = scorer.score(["the meeting"], [("the meeting moved to Friday",)])
+    assert short == pytest.approx({"bertscore_precision": precision, "bertscore_recall": recall,
+                                   "bertscore": 2 * precision * recall / (precision + recall)})
+    assert short["bertscore_precision"] > short["bertscore_recall"]  # its words are there; most of the reference's are not
