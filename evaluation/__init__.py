@@ -7,10 +7,10 @@ from functools import lru_cache
 from statistics import fmean
 
 from evaluation.generate import generate
-from evaluation.rouge import ROUGE_TYPES, mean_scores, provenance, score_examples
+from evaluation.rouge import ROUGE_SUM, ROUGE_TYPES, mean_scores, provenance, score_examples
 
 # Final metrics of every trial; any of them can be a study objective.
-METRIC_NAMES = (*ROUGE_TYPES, "gen_tokens", "gen_words")
+METRIC_NAMES = (*ROUGE_TYPES, ROUGE_SUM, "gen_tokens", "gen_words")
 # Computed only with scoring.bertscore_model; rankable and objectives as well.
 BERTSCORE_METRICS = ("bertscore", "bertscore_precision", "bertscore_recall")
 

@@ -14,11 +14,11 @@ import json
 from dataclasses import asdict, dataclass
 
 from evaluation import BERTSCORE_METRICS
-from evaluation.rouge import ROUGE_TYPES
+from evaluation.rouge import ROUGE_SUM, ROUGE_TYPES
 from results.significance import Interval, mean_interval, paired_difference
 from results.store import SweepSummary, TrialSummary
 
-RANKABLE = (*ROUGE_TYPES, "bertscore")  # BERTScore F1 ranks only trials that computed it
+RANKABLE = (*ROUGE_TYPES, ROUGE_SUM, "bertscore")  # BERTScore F1 ranks only trials that computed it
 FORMATS = ("table", "markdown", "csv", "json")
 
 
@@ -153,7 +153,7 @@ def _row(t: TrialSummary, metric: str, base: TrialSummary | None, best: bool, pa
          intervals: tuple) -> Row:
     value, base_value = t.metrics.get(metric), base.metrics.get(metric) if base is not None else None
     delta = None if t.kind == "baseline" or base_value is None or value is None else 100 * (value - base_value)
-    scores = {k: 100 * t.metrics[k] for k in ROUGE_TYPES if k in t.metrics}
+    scores = {k: 100 * t.metrics[k] for k in (*ROUGE_TYPES, ROUGE_SUM) if k in t.metrics}
     scores.update({k: t.metrics[k] for k in ("gen_tokens", "gen_words") if k in t.metrics})
     scores.update({k: 100 * t.metrics[k] for k in BERTSCORE_METRICS if k in t.metrics})  # scoring.bertscore_model
     return Row(best, t.name, t.kind, str(t.params.get("prompt", "")), t.params.get("lora.rank"),
@@ -174,7 +174,9 @@ def render(rows: list[Row], fmt: str, metric: str, notes: dict, sweep: str,
     several = len({r.scoring for r in rows}) > 1
     multi = any(r.pareto is not None for r in rows)
     bert = any("bertscore" in r.scores for r in rows)
-    for shown, column, value in ((bert, "BERTScore", lambda r: _fmt(r.scores.get("bertscore"), 2)),
+    summed = metric == ROUGE_SUM
+    for shown, column, value in ((summed, "R_sum", lambda r: _fmt(r.scores.get(ROUGE_SUM), 2)),
+                                 (bert, "BERTScore", lambda r: _fmt(r.scores.get("bertscore"), 2)),
                                  (bert, "BS_P", lambda r: _fmt(r.scores.get("bertscore_precision"), 2)),
                                  (bert, "BS_R", lambda r: _fmt(r.scores.get("bertscore_recall"), 2)),
                                  (several, "scoring", lambda r: r.scoring),
@@ -256,4 +258,4 @@ def _lr(value) -> str:
 
 
 def _short(metric: str) -> str:
-    return metric.replace("rouge", "R").replace("bertscore", "BS")
+    return metric.replace("rouge_sum", "R_sum").replace("rouge", "R").replace("bertscore", "BS")

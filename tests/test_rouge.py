@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 
 from evaluation.rouge import (UnicodeTokenizer, mean_scores, provenance, resolve_tokenizer, score_examples,
@@ -55,7 +57,7 @@ def test_korean_scores_as_a_hand_count_and_ascii_would_score_zero():
 def test_tokenizer_choice_is_never_silently_ascii_on_other_scripts():
     assert resolve_tokenizer("auto", ["plain English only."]) == "ascii"
     assert resolve_tokenizer("auto", ["A café", "x"]) == "unicode"
-    assert resolve_tokenizer("auto", ["오늘은 회의가 있다"]) == "unicode"
+    assert resolve_tokenizer("auto", ["오늘은 회의가 있다"]) == "korean"  # mostly Hangul: morphemes
     with pytest.raises(ValueError, match="scoring.tokenizer: unicode"):
         resolve_tokenizer("ascii", ["fine", "会议在星期五"])
     assert UnicodeTokenizer(False).tokenize("会议在星期五。Meeting on_Friday 3.5") == \
@@ -136,3 +138,70 @@ def test_bertscore_with_a_local_tiny_encoder(tmp_path, tiny_model_dir):
     assert short == pytest.approx({"bertscore_precision": precision, "bertscore_recall": recall,
                                    "bertscore": 2 * precision * recall / (precision + recall)})
     assert short["bertscore_precision"] > short["bertscore_recall"]  # its words are there; most of the reference's are not
+
+
+KOREAN_REFERENCES = ("#Person1#은 회의가 금요일 10시로 옮겨졌다고 알려준다.",
+                     "회의 시간이 금요일 오전 10시로 바뀌었다.",
+                     "#Person2#는 팀에게 회의 변경을 전하겠다고 한다.")
+KOREAN_PREDICTION = "회의가 금요일로 옮겨졌다고 #Person1#이 말한다."
+
+
+@functools.lru_cache(maxsize=1)
+def _own_kiwi():
+    from kiwipiepy import Kiwi
+
+    return Kiwi()  # the test's own instance, with its default options
+
+
+def _kiwi_tokens(text: str) -> list[str]:
+    """The rule as the issue states it, applied by hand to Kiwi's own output."""
+    return [t.form.lower() for t in _own_kiwi().tokenize(text) if t.tag not in ("SF", "SP", "SS", "SE", "SO", "SW")]
+
+
+def _f1(overlap: int, predicted: int, reference: int) -> float:
+    p, r = overlap / predicted, overlap / reference
+    return 2 * p * r / (p + r) if overlap else 0.0
+
+
+def _hand_rouge(prediction: list[str], reference: list[str]) -> dict[str, float]:
+    from collections import Counter
+
+    def ngrams(tokens, n):
+        return Counter(zip(*(tokens[i:] for i in range(n))))
+
+    def lcs(a, b):
+        table = [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
+        for i, x in enumerate(a):
+            for j, y in enumerate(b):
+                table[i + 1][j + 1] = table[i][j] + 1 if x == y else max(table[i][j + 1], table[i + 1][j])
+        return table[-1][-1]
+
+    out = {}
+    for n in (1, 2):
+        mine, theirs = ngrams(prediction, n), ngrams(reference, n)
+        out[f"rouge{n}"] = _f1(sum((mine & theirs).values()), sum(mine.values()), sum(theirs.values()))
+    out["rougeL"] = _f1(lcs(prediction, reference), len(prediction), len(reference))
+    return out
+
+
+def test_korean_rouge_counts_kiwi_morphemes_and_rouge_sum_is_the_competition_score():
+    prediction = _kiwi_tokens(KOREAN_PREDICTION)
+    assert "회의" in prediction and "." not in prediction and "가" in prediction  # particles are tokens of their own
+    hand = [_hand_rouge(prediction, _kiwi_tokens(ref)) for ref in KOREAN_REFERENCES]
+
+    [first] = score_examples([KOREAN_PREDICTION], [KOREAN_REFERENCES], "korean", "first")
+    assert {k: first[k] for k in ("rouge1", "rouge2", "rougeL")} == pytest.approx(hand[0])
+    [mean] = score_examples([KOREAN_PREDICTION], [KOREAN_REFERENCES], "korean", "mean")
+    # The competition's score: each F1 averaged over the 3 references, then the three summed.
+    expected = sum(sum(h[k] for h in hand) / 3 for k in ("rouge1", "rouge2", "rougeL"))
+    assert mean["rouge_sum"] == pytest.approx(expected) and 0 < expected < 3
+    # Whole-word tokens barely match Korean (particles and endings are glued on); morphemes do.
+    [words] = score_examples([KOREAN_PREDICTION], [KOREAN_REFERENCES], "unicode", "mean")
+    assert words["rouge1"] < mean["rouge1"]
+
+
+def test_auto_picks_the_korean_tokenizer_for_mostly_hangul_references_and_records_the_analyzer():
+    assert resolve_tokenizer("auto", list(KOREAN_REFERENCES)) == "korean"  # #Person1# tags are not enough
+    assert resolve_tokenizer("auto", ["The meeting moved.", "会议改到周五。"]) == "unicode"
+    how = provenance("korean", "mean", True, ["summary1", "summary2", "summary3"], 3)
+    assert how["tokenizer"].startswith("korean: kiwipiepy ") and how["stemming"] == "none"

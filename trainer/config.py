@@ -221,10 +221,12 @@ class AugmentationConfig:
 
 @dataclass(frozen=True)
 class ScoringConfig:
-    tokenizer: Literal["auto", "ascii", "unicode"] = "auto"
+    tokenizer: Literal["auto", "ascii", "unicode", "korean"] = "auto"
     """`ascii` is rouge-score's own (it deletes non-ASCII letters, so it is refused on such text);
-    `unicode` keeps every script (one token per CJK character); `auto` picks ascii for ASCII-only
-    references, else unicode. The one used is recorded with every result."""
+    `unicode` keeps every script (one token per CJK character); `korean` scores morphemes (kiwipiepy's
+    analyzer, as Korean summarization tasks do: Korean attaches particles and endings to words, so whole-word
+    tokens rarely match); `auto` picks korean when most letters of the references are Hangul, ascii for
+    ASCII-only references, else unicode. The one used is recorded with every result."""
     references: Literal["max", "mean", "first"] = "max"
     """Several references per example: score against the best-matching one (max, rouge-score's
     score_multi), their mean, or the first only."""
