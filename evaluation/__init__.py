@@ -10,7 +10,9 @@ from evaluation.generate import generate
 from evaluation.rouge import ROUGE_SUM, ROUGE_TYPES, mean_scores, provenance, score_examples
 
 # Final metrics of every trial; any of them can be a study objective.
-METRIC_NAMES = (*ROUGE_TYPES, ROUGE_SUM, "gen_tokens", "gen_words")
+METRIC_NAMES = (*ROUGE_TYPES, ROUGE_SUM, "eval_loss", "gen_tokens", "gen_words")
+# Smaller is better for these; every other metric is larger-is-better.
+LOWER_IS_BETTER = ("eval_loss", "gen_tokens", "gen_words")
 # Computed only with scoring.bertscore_model; rankable and objectives as well.
 BERTSCORE_METRICS = ("bertscore", "bertscore_precision", "bertscore_recall")
 

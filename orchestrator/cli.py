@@ -161,8 +161,11 @@ def _sweep_dir(summary):
 
 
 def _best_fine_tune(summary, metric: str) -> str | None:
+    from evaluation import LOWER_IS_BETTER
+
     done = [t for t in summary.trials if t.kind == "trial" and t.status == "completed" and metric in t.metrics]
-    return max(done, key=lambda t: t.metrics[metric]).name if done else None
+    sign = -1 if metric in LOWER_IS_BETTER else 1
+    return max(done, key=lambda t: sign * t.metrics[metric]).name if done else None
 
 
 def _stop(args) -> int:

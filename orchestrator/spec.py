@@ -44,7 +44,8 @@ class Dimension:
 @dataclass(frozen=True)
 class Objective:
     metric: str = "rougeL"
-    """A final metric of every trial: rouge1, rouge2, rougeL, rougeLsum, gen_tokens, gen_words; or bertscore,
+    """A final metric of every trial: rouge1, rouge2, rougeL, rougeLsum, rouge_sum, eval_loss (minimize),
+    gen_tokens, gen_words; or bertscore,
     bertscore_precision, bertscore_recall when scoring.bertscore_model is set."""
     direction: Literal["maximize", "minimize"] = "maximize"
     """Whether larger (ROUGE) or smaller (generated length) is better."""
@@ -396,6 +397,9 @@ def _objective_problems(spec: SweepSpec) -> list[ConfigProblem]:
             problems.append(ConfigProblem(f"search.optuna.objectives[{i}].metric", "must be a final trial metric",
                                           objective.metric, ", ".join(names),
                                           schema.did_you_mean(objective.metric, names)))
+        elif objective.metric == "eval_loss" and objective.direction != "minimize":
+            problems.append(ConfigProblem(f"search.optuna.objectives[{i}].direction", "a loss is minimized",
+                                          objective.direction, "minimize", "direction: minimize"))
         elif objective.metric in BERTSCORE_METRICS and spec.scoring.bertscore_model is None:
             problems.append(ConfigProblem(f"search.optuna.objectives[{i}].metric", "BERTScore is computed only with "
                                           "scoring.bertscore_model set", objective.metric, "a ROUGE metric, or set "

@@ -13,12 +13,12 @@ import io
 import json
 from dataclasses import asdict, dataclass
 
-from evaluation import BERTSCORE_METRICS
+from evaluation import BERTSCORE_METRICS, LOWER_IS_BETTER
 from evaluation.rouge import ROUGE_SUM, ROUGE_TYPES
 from results.significance import Interval, mean_interval, paired_difference
 from results.store import SweepSummary, TrialSummary
 
-RANKABLE = (*ROUGE_TYPES, ROUGE_SUM, "bertscore")  # BERTScore F1 ranks only trials that computed it
+RANKABLE = (*ROUGE_TYPES, ROUGE_SUM, "eval_loss", "bertscore")  # BERTScore F1 ranks only trials that computed it
 FORMATS = ("table", "markdown", "csv", "json")
 
 
@@ -56,7 +56,8 @@ def build(summary: SweepSummary, metric: str = "rougeL", per_example: dict[str, 
         raise ValueError(f"the ranking metric must be one of {', '.join(RANKABLE)}; got {metric!r}")
     letters = scoring_letters(summary.trials)
     done = [t for t in summary.trials if t.status == "completed" and metric in t.metrics]
-    ranked = sorted(done, key=lambda t: (letters[t.name], -t.metrics[metric]))
+    sign = 1 if metric in LOWER_IS_BETTER else -1
+    ranked = sorted(done, key=lambda t: (letters[t.name], sign * t.metrics[metric]))
     ranked += [t for t in summary.trials if t not in done]
     best = {}
     for t in ranked[:len(done)]:
@@ -64,7 +65,7 @@ def build(summary: SweepSummary, metric: str = "rougeL", per_example: dict[str, 
     baselines = {t.name: t for t in done if t.kind == "baseline"}
     objectives = study_objectives(summary.spec)
     front = pareto_front(summary.trials, objectives) if len(objectives) > 1 else None
-    compare = _Comparer(metric, per_example, samples)
+    compare = _Comparer(metric, per_example, samples, scale(metric))
     rows = []
     for t in ranked:
         group = letters[t.name]
@@ -107,25 +108,30 @@ def scoring_groups(trials: list[TrialSummary]) -> dict[str, dict | None]:
 class _Comparer:
     """Bootstrap intervals for one board: the metric's interval per trial and its paired differences."""
 
-    def __init__(self, metric: str, per_example: dict[str, dict[str, float]] | None, samples: int):
-        self.metric, self.scores, self.samples = metric, per_example or {}, samples
+    def __init__(self, metric: str, per_example: dict[str, dict[str, float]] | None, samples: int, factor: float):
+        self.metric, self.scores, self.samples, self.factor = metric, per_example or {}, samples, factor
 
     def intervals(self, t: TrialSummary, top: TrialSummary | None, base: TrialSummary | None):
         mine = self.scores.get(t.name)
         if not mine or t.status != "completed":
             return None, None, None
-        return (_points(mean_interval(list(mine.values()), self.samples)),
+        return (_scaled(mean_interval(list(mine.values()), self.samples), self.factor),
                 self._difference(mine, top) if top is not None and top is not t else None,
                 self._difference(mine, base) if base is not None and t.kind != "baseline" else None)
 
     def _difference(self, mine: dict[str, float], other: TrialSummary) -> Interval | None:
         theirs = self.scores.get(other.name)
         found = paired_difference(mine, theirs, self.samples) if theirs else None
-        return _points(found) if found else None
+        return _scaled(found, self.factor) if found else None
 
 
-def _points(i: Interval) -> Interval:
-    return Interval(100 * i.estimate, 100 * i.low, 100 * i.high, i.examples)
+def scale(metric: str) -> float:
+    """Shown x 100 (points) for scores in [0, 1]; a loss is shown as it is."""
+    return 1.0 if metric == "eval_loss" else 100.0
+
+
+def _scaled(i: Interval, factor: float) -> Interval:
+    return Interval(factor * i.estimate, factor * i.low, factor * i.high, i.examples)
 
 
 def study_objectives(spec: dict) -> list[tuple[str, str]]:
@@ -152,9 +158,9 @@ def _dominates(a: list[float], b: list[float]) -> bool:
 def _row(t: TrialSummary, metric: str, base: TrialSummary | None, best: bool, pareto: bool | None, group: str,
          intervals: tuple) -> Row:
     value, base_value = t.metrics.get(metric), base.metrics.get(metric) if base is not None else None
-    delta = None if t.kind == "baseline" or base_value is None or value is None else 100 * (value - base_value)
+    delta = None if t.kind == "baseline" or base_value is None or value is None else scale(metric) * (value - base_value)
     scores = {k: 100 * t.metrics[k] for k in (*ROUGE_TYPES, ROUGE_SUM) if k in t.metrics}
-    scores.update({k: t.metrics[k] for k in ("gen_tokens", "gen_words") if k in t.metrics})
+    scores.update({k: t.metrics[k] for k in ("gen_tokens", "gen_words", "eval_loss") if k in t.metrics})
     scores.update({k: 100 * t.metrics[k] for k in BERTSCORE_METRICS if k in t.metrics})  # scoring.bertscore_model
     return Row(best, t.name, t.kind, str(t.params.get("prompt", "")), t.params.get("lora.rank"),
                t.params.get("training.learning_rate"), scores, delta, t.runtime_s, t.status, pareto, group, *intervals)
@@ -174,8 +180,9 @@ def render(rows: list[Row], fmt: str, metric: str, notes: dict, sweep: str,
     several = len({r.scoring for r in rows}) > 1
     multi = any(r.pareto is not None for r in rows)
     bert = any("bertscore" in r.scores for r in rows)
-    summed = metric == ROUGE_SUM
+    summed, loss = metric == ROUGE_SUM, any("eval_loss" in r.scores for r in rows)
     for shown, column, value in ((summed, "R_sum", lambda r: _fmt(r.scores.get(ROUGE_SUM), 2)),
+                                 (loss, "eval_loss", lambda r: _fmt(r.scores.get("eval_loss"), 3)),
                                  (bert, "BERTScore", lambda r: _fmt(r.scores.get("bertscore"), 2)),
                                  (bert, "BS_P", lambda r: _fmt(r.scores.get("bertscore_precision"), 2)),
                                  (bert, "BS_R", lambda r: _fmt(r.scores.get("bertscore_recall"), 2)),
@@ -201,7 +208,8 @@ def render(rows: list[Row], fmt: str, metric: str, notes: dict, sweep: str,
 
 
 def _title(sweep: str, metric: str, notes: dict, groups: dict, several: bool, multi: bool) -> list[str]:
-    title = [f"sweep {sweep}: ranked by {metric} (F1 x 100); * = best"] + [f"{k}: {v}" for k, v in notes.items()]
+    how = "lowest first" if metric in LOWER_IS_BETTER else "F1 x 100"
+    title = [f"sweep {sweep}: ranked by {metric} ({how}); * = best"] + [f"{k}: {v}" for k, v in notes.items()]
     for letter, how in sorted(groups.items()):
         title.append(f"{f'scoring {letter}' if several else 'scoring'}: {describe_scoring(how)}")
     if several:

@@ -156,3 +156,18 @@ def test_an_emulated_explicit_dtype_is_noted_once_in_status_and_show(filled, cap
     assert capsys.readouterr().out.count(note) == 1
     assert main(["show", "g", "v1-r8-lr5e-4", "--store", url]) == 0
     assert "ran on: cpu: AMD EPYC; bfloat16 (auto); host rss 900 MiB; torch 2.13.0" in capsys.readouterr().out
+
+
+def test_eval_loss_ranks_lowest_first_and_is_shown_as_it_is(filled):
+    store, _ = filled
+    summary = store.summary("g")
+    losses = {t.name: 2.0 + i / 10 for i, t in enumerate(summary.trials)}
+    trials = [dataclasses.replace(t, metrics={**t.metrics, "eval_loss": losses[t.name]}) for t in summary.trials]
+    rows = leaderboard.build(dataclasses.replace(summary, trials=trials), "eval_loss")
+    ranked = [r.trial for r in rows if r.status == "completed"]
+    assert ranked == sorted(ranked, key=losses.get) and rows[0].best  # lowest first
+    with_base = next(r for r in rows if r.delta is not None)
+    base = next(t for t in trials if t.kind == "baseline" and t.params["prompt"] == with_base.prompt)
+    assert with_base.delta == pytest.approx(losses[with_base.trial] - losses[base.name])  # not x 100
+    text = leaderboard.render(rows, "table", "eval_loss", {}, "g")
+    assert "ranked by eval_loss (lowest first)" in text and f"{losses[ranked[0]]:.3f}" in text

@@ -30,6 +30,11 @@ def test_sweep_run_smoke_then_leaderboard(data_root, tmp_path):
     assert all(0 <= float(r["RL"]) <= 100 and float(r["gen_tok"]) > 0 for r in rows)
     assert {r["trial"] for r in rows if r["kind"] == "baseline"} == {"v1-zero-shot", "v2-zero-shot"}
     assert all(r["RL_95ci"].startswith("[") for r in rows)  # bootstrap interval per row
+    # Held-out loss of the references: 4 steps on DialogSum already fit its summaries better than zero-shot.
+    loss = {r["trial"]: float(r["eval_loss"]) for r in rows}
+    for r in rows:
+        if r["kind"] == "trial":
+            assert loss[r["trial"]] < loss[f"{r['prompt']}-zero-shot"], loss
     table = subprocess.run(sweep + ["leaderboard", "smoke"], cwd=tmp_path, env=env, capture_output=True, text=True,
                            timeout=120).stdout
     assert "references max over summary1, summary2, summary3" in table and "tokenizer ascii" in table

@@ -47,7 +47,8 @@ def test_trial_trains_lora_weights_and_reports(trial_cfg, tmp_path):
     metrics = [(e["name"], e["step"]) for e in events if e["event"] == "metric"]
     assert ("train/loss", 1) in metrics and ("train/loss", 2) in metrics
     assert ("eval/rougeL", 1) in metrics and ("eval/rougeL", 2) in metrics  # interim and final
-    assert set(result.metrics) == {"rouge1", "rouge2", "rougeL", "rougeLsum", "rouge_sum", "gen_tokens", "gen_words"}
+    assert set(result.metrics) == {"rouge1", "rouge2", "rougeL", "rougeLsum", "rouge_sum", "eval_loss", "gen_tokens",
+                                   "gen_words"}
     assert len(result.predictions) == 4 and all(0 <= p["rougeL"] <= 1 for p in result.predictions)
     assert 0 < result.metrics["gen_tokens"] <= cfg.generation.max_new_tokens
 
@@ -206,3 +207,23 @@ def test_weight_decay_and_gradient_clipping_reach_the_optimizer(trial_cfg, tmp_p
         return sum(float(v.norm()) for k, v in adapter.items() if "lora_A" in k)
 
     assert a_norm(decayed, "decayed") < a_norm(cfg, "plain")
+
+
+def test_heldout_loss_is_the_reference_summaries_cross_entropy(trial_cfg, tmp_path):
+    from trainer.heldout import heldout_loss, heldout_pairs
+
+    data = load_trial_data(trial_cfg.dataset)
+    result = run_trial(trial_cfg, data, tmp_path / "t", lambda e: None, num_threads=1)
+    per_example = [p["eval_loss"] for p in result.predictions]
+    assert result.metrics["eval_loss"] == pytest.approx(sum(per_example) / len(per_example))
+    # By hand for the first example: the model's own loss (labels -100 on the prompt) of its reference.
+    from peft import PeftModel
+
+    tokenizer = load_tokenizer(str(trial_cfg.model.name))
+    model = PeftModel.from_pretrained(load_model(str(trial_cfg.model.name), trial_cfg.quantization), result.adapter_dir)
+    [pair] = heldout_pairs(trial_cfg, tokenizer, False, [data.eval[0].dialogue], [data.eval[0].references])
+    with torch.inference_mode():
+        own = model.eval()(input_ids=torch.tensor([pair.input_ids]), labels=torch.tensor([pair.labels])).loss
+    assert per_example[0] == pytest.approx(float(own), rel=1e-4)
+    assert heldout_loss(model, [pair], 1, 1, tokenizer.pad_token_id) == [pytest.approx(float(own), rel=1e-4)]
+    assert result.scoring["eval_loss"].startswith("teacher-forced cross-entropy")

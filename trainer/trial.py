@@ -17,7 +17,7 @@ from transformers import TrainerCallback, set_seed
 
 from evaluation import EvalResult, Scoring, evaluate
 from evaluation.rouge import resolve_tokenizer
-from trainer import checkpoints, prompts
+from trainer import checkpoints, heldout, prompts
 from trainer.augment import augment
 from trainer.config import TrialConfig
 from trainer.data import TrialData
@@ -26,8 +26,6 @@ from trainer.models import load_model, load_tokenizer, resolve_model_path
 from trainer.result import TrialResult
 
 Report = Callable[[dict], None]
-# Tokens the chat template puts after the summary (end-of-turn and newline), plus slack.
-_COMPLETION_END_TOKENS = 4
 
 
 class TrialDiverged(RuntimeError):
@@ -44,8 +42,9 @@ def run_trial(cfg: TrialConfig, data: TrialData, out_dir: Path, report: Report,
     timings: dict[str, float] = {}
     with _step("load", timings, report):
         tokenizer, model = load(cfg)
-        evaluator = make_evaluator(cfg, tokenizer, data)
-        interim = make_evaluator(cfg, tokenizer, data, cfg.training.interim_eval_examples)
+        seq2seq = model.config.is_encoder_decoder
+        evaluator = make_evaluator(cfg, tokenizer, data, encoder_decoder=seq2seq)
+        interim = make_evaluator(cfg, tokenizer, data, cfg.training.interim_eval_examples, encoder_decoder=seq2seq)
     adapter_dir = None
     if not cfg.zero_shot:
         with _step("adapt", timings, report):
@@ -173,7 +172,7 @@ def training_rows(cfg: TrialConfig, tokenizer, data: TrialData) -> tuple[list[di
     chat = prompts.uses_chat(cfg, tokenizer)
     for example in augment(data.train, cfg.augmentation):  # speaker-swapped copies: training split only
         summary_tokens = len(tokenizer(example.summary, add_special_tokens=False)["input_ids"])
-        budget = cfg.training.max_seq_length - summary_tokens - _COMPLETION_END_TOKENS
+        budget = cfg.training.max_seq_length - summary_tokens - heldout.COMPLETION_END_TOKENS
         dialogue = prompts.fit_dialogue(cfg, tokenizer, example.dialogue, budget)
         if dialogue is None:
             skipped += 1
@@ -190,26 +189,40 @@ def training_rows(cfg: TrialConfig, tokenizer, data: TrialData) -> tuple[list[di
     return rows, skipped
 
 
-def make_evaluator(cfg: TrialConfig, tokenizer, data: TrialData,
-                   limit: int | None = None) -> Callable[[object], EvalResult]:
-    """A function model -> EvalResult over the first `limit` (default all) eval prompts, built once."""
+def make_evaluator(cfg: TrialConfig, tokenizer, data: TrialData, limit: int | None = None,
+                   encoder_decoder: bool = False) -> Callable[[object], EvalResult]:
+    """A function model -> EvalResult over the first `limit` (default all) eval rows, built once: ROUGE of the
+    generated summaries, and the held-out loss of the references (`eval_loss`)."""
     rows = data.eval[:limit]
     texts = eval_prompts(cfg, tokenizer, rows)
     references = [e.references or (e.summary,) for e in rows]
     ids = [e.id for e in rows]
     add_special = not prompts.uses_chat(cfg, tokenizer)  # the chat template already wrote them
     how = scoring(cfg, data)
+    pairs = heldout.heldout_pairs(cfg, tokenizer, encoder_decoder, [e.dialogue for e in rows], references)
 
     def run(model) -> EvalResult:
         was_training = model.training
         model.eval()
         try:
-            return evaluate(model, tokenizer, texts, references, ids, cfg.generation.max_new_tokens,
-                            cfg.generation.eval_batch_size, add_special, how, cfg.generation.generate_kwargs())
+            result = evaluate(model, tokenizer, texts, references, ids, cfg.generation.max_new_tokens,
+                              cfg.generation.eval_batch_size, add_special, how, cfg.generation.generate_kwargs())
+            losses = heldout.heldout_loss(model, pairs, len(rows), cfg.generation.eval_batch_size,
+                                          tokenizer.pad_token_id)
+            return with_heldout_loss(result, losses)
         finally:
             model.train(was_training)
 
     return run
+
+
+def with_heldout_loss(result: EvalResult, losses: list[float | None]) -> EvalResult:
+    """The result with `eval_loss` per example (where a reference fitted) and as their mean."""
+    scored = [loss for loss in losses if loss is not None]
+    predictions = [p if loss is None else {**p, "eval_loss": loss} for p, loss in zip(result.predictions, losses)]
+    metrics = {**result.metrics, "eval_loss": sum(scored) / len(scored)} if scored else result.metrics
+    scoring = {**result.scoring, "eval_loss": "teacher-forced cross-entropy, summary tokens, mean over references"}
+    return dataclasses.replace(result, metrics=metrics, predictions=predictions, scoring=scoring)
 
 
 def scoring(cfg: TrialConfig, data: TrialData) -> Scoring:
