@@ -22,10 +22,14 @@ def export(trial: TrialSummary, config: dict, adapter_dir: str | None, sweep: st
     if trial.status != "completed" or trial.kind != "trial":
         raise ExportError(f"only a completed fine-tune has an adapter to export; {trial.name} is a "
                           f"{trial.status} {trial.kind}")
-    if not adapter_dir or not (Path(adapter_dir) / "adapter_config.json").exists():
-        raise ExportError(f"the adapter of {trial.name} must be on this machine; it is not at {adapter_dir} "
-                          "(on a cluster it stays on the node that ran the trial: run export there)")
+    full = config.get("training", {}).get("method") == "full"
+    saved = "config.json" if full else "adapter_config.json"
+    if not adapter_dir or not (Path(adapter_dir) / saved).exists():
+        raise ExportError(f"the {'model' if full else 'adapter'} of {trial.name} must be on this machine; it is not "
+                          f"at {adapter_dir} (on a cluster it stays on the node that ran the trial: run export there)")
     out.mkdir(parents=True, exist_ok=True)
+    if full:  # every weight was trained: the saved model is the export, with its tokenizer; nothing to merge
+        return _export_full(trial, config, adapter_dir, sweep, out)
     shutil.copytree(adapter_dir, out / "adapter", dirs_exist_ok=True)
     written = [out / "adapter"]
     if merged:
@@ -34,6 +38,16 @@ def export(trial: TrialSummary, config: dict, adapter_dir: str | None, sweep: st
     card = out / "README.md"
     card.write_text(model_card(trial, config, sweep, merged), encoding="utf-8")
     return written + [card]
+
+
+def _export_full(trial: TrialSummary, config: dict, model_dir: str, sweep: str, out: Path) -> list[Path]:
+    from trainer.models import load_tokenizer, resolve_model_path
+
+    shutil.copytree(model_dir, out / "model", dirs_exist_ok=True)
+    load_tokenizer(resolve_model_path(config["model"]["name"])).save_pretrained(out / "model")
+    card = out / "README.md"
+    card.write_text(model_card(trial, config, sweep, merged=False), encoding="utf-8")
+    return [out / "model", card]
 
 
 def merge(config: dict, adapter_dir: str, target: Path, dtype: str) -> Path:

@@ -18,6 +18,8 @@ from evaluation.rouge import ROUGE_SUM, ROUGE_TYPES
 from results.significance import Interval, mean_interval, paired_difference
 from results.store import SweepSummary, TrialSummary
 
+# What a trial trained and saved (trainer.trial.parameter_counts, the saved folder's size).
+FOOTPRINT = ("trainable_params", "total_params", "saved_mib")
 RANKABLE = (*ROUGE_TYPES, ROUGE_SUM, "eval_loss", "bertscore")  # BERTScore F1 ranks only trials that computed it
 FORMATS = ("table", "markdown", "csv", "json")
 
@@ -160,7 +162,7 @@ def _row(t: TrialSummary, metric: str, base: TrialSummary | None, best: bool, pa
     value, base_value = t.metrics.get(metric), base.metrics.get(metric) if base is not None else None
     delta = None if t.kind == "baseline" or base_value is None or value is None else scale(metric) * (value - base_value)
     scores = {k: 100 * t.metrics[k] for k in (*ROUGE_TYPES, ROUGE_SUM) if k in t.metrics}
-    scores.update({k: t.metrics[k] for k in ("gen_tokens", "gen_words", "eval_loss") if k in t.metrics})
+    scores.update({k: t.metrics[k] for k in ("gen_tokens", "gen_words", "eval_loss", *FOOTPRINT) if k in t.metrics})
     scores.update({k: 100 * t.metrics[k] for k in BERTSCORE_METRICS if k in t.metrics})  # scoring.bertscore_model
     return Row(best, t.name, t.kind, str(t.params.get("prompt", "")), t.params.get("lora.rank"),
                t.params.get("training.learning_rate"), scores, delta, t.runtime_s, t.status, pareto, group, *intervals)
@@ -181,8 +183,11 @@ def render(rows: list[Row], fmt: str, metric: str, notes: dict, sweep: str,
     multi = any(r.pareto is not None for r in rows)
     bert = any("bertscore" in r.scores for r in rows)
     summed, loss = metric == ROUGE_SUM, any("eval_loss" in r.scores for r in rows)
+    footprint = any("trainable_params" in r.scores for r in rows)
     for shown, column, value in ((summed, "R_sum", lambda r: _fmt(r.scores.get(ROUGE_SUM), 2)),
                                  (loss, "eval_loss", lambda r: _fmt(r.scores.get("eval_loss"), 3)),
+                                 (footprint, "trainable", lambda r: format_count(r.scores.get("trainable_params"))),
+                                 (footprint, "saved_MiB", lambda r: _fmt(r.scores.get("saved_mib"), 1)),
                                  (bert, "BERTScore", lambda r: _fmt(r.scores.get("bertscore"), 2)),
                                  (bert, "BS_P", lambda r: _fmt(r.scores.get("bertscore_precision"), 2)),
                                  (bert, "BS_R", lambda r: _fmt(r.scores.get("bertscore_recall"), 2)),
@@ -263,6 +268,16 @@ def _lr(value) -> str:
         return "-"
     mantissa, exponent = f"{value:.1e}".split("e")
     return f"{mantissa.removesuffix('.0')}e{int(exponent)}"
+
+
+def format_count(value: float | None) -> str:
+    """Parameters as 4.9M / 135M / 1.2B."""
+    if value is None:
+        return "-"
+    for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if value >= size:
+            return f"{value / size:.3g}{unit}"
+    return f"{value:.0f}"
 
 
 def _short(metric: str) -> str:

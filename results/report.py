@@ -8,7 +8,7 @@ from html import escape
 
 from evaluation.rouge import ROUGE_TYPES
 from results import environment
-from results.leaderboard import Row, describe_scoring, format_difference, format_interval
+from results.leaderboard import Row, describe_scoring, format_count, format_difference, format_interval
 from results.show import curve_lines, curve_series, worst_and_best
 from results.store import SweepSummary
 
@@ -46,13 +46,15 @@ def _notes(summary: SweepSummary, groups: dict) -> str:
 
 
 def _board(rows: list[Row], metric: str) -> str:
-    head = ["trial", "kind", "status", "prompt", "rank", "lr", *ROUGE_TYPES, "gen_tokens", f"{metric} 95% CI",
-            "vs best", "vs 0-shot", "scoring"]
+    head = ["trial", "kind", "status", "prompt", "rank", "lr", *ROUGE_TYPES, "gen_tokens", "eval_loss", "trainable",
+            "saved MiB", f"{metric} 95% CI", "vs best", "vs 0-shot", "scoring"]
     body = []
     for r in rows:
         cells = [r.trial, r.kind, r.status, r.prompt, r.rank if r.rank is not None else "-",
                  f"{r.lr:.2g}" if r.lr else "-", *(_num(r.scores.get(k)) for k in ROUGE_TYPES),
-                 _num(r.scores.get("gen_tokens"), 1), format_interval(r.interval), format_difference(r.vs_best),
+                 _num(r.scores.get("gen_tokens"), 1), _num(r.scores.get("eval_loss"), 3),
+                 format_count(r.scores.get("trainable_params")), _num(r.scores.get("saved_mib"), 1),
+                 format_interval(r.interval), format_difference(r.vs_best),
                  format_difference(r.vs_baseline, r.delta), r.scoring]
         tds = "".join(f"<td class='l'>{_e(c)}</td>" if i < 4 else f"<td>{_e(c)}</td>" for i, c in enumerate(cells))
         body.append(f"<tr class='{'best' if r.best else ''}'>{tds}</tr>")

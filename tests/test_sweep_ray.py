@@ -133,3 +133,44 @@ def test_set_points_a_spec_at_another_model_and_is_stored_with_the_sweep(backend
     summary = Store(raw["output"]["store"]).summary("tiny")
     assert summary.spec["model"]["name"] == str(tiny_model_dir) and summary.spec["search"]["grid"] == {"prompt": ["v2"]}
     assert [t.name for t in summary.trials] == ["v2"] and summary.trials[0].status == "completed"
+
+
+def test_full_fine_tune_against_lora_in_one_sweep(backend, tiny_model_dir, local_data, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    raw = tiny_spec(tiny_model_dir, *local_data, tmp_path)
+    raw["prompt"] = "v1"
+    raw["quantization"] = {"mode": "none", "compute_dtype": "float32"}
+    raw["search"]["grid"] = {"training.method": ["lora", "full"]}
+    outcome = run_sweep(parse_spec(raw), Store(raw["output"]["store"]), backend, show_progress=False)
+    assert not outcome.failed and len(outcome.completed) == 3  # + one baseline: the method does not change it
+    trials = {t.name: t for t in Store(raw["output"]["store"]).summary("tiny").trials}
+    lora, full = trials["methodlora"], trials["methodfull"]
+    assert full.metrics["trainable_params"] == full.metrics["total_params"] > 10 * lora.metrics["trainable_params"]
+    assert trials["v1-zero-shot"].metrics["trainable_params"] == 0
+    assert full.metrics["saved_mib"] > 10 * lora.metrics["saved_mib"]  # the whole model against an adapter
+    base = load_file(f"{tiny_model_dir}/model.safetensors")
+    tuned = load_file(f"{full.adapter_dir}/model.safetensors")
+    q = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(tuned[q], base[q])  # full: the base weights themselves changed
+    adapter = load_file(f"{lora.adapter_dir}/adapter_model.safetensors")
+    assert all("lora_" in k for k in adapter)  # LoRA: only adapters were trained and saved; the base is as it was
+    out = tmp_path / "export-full"
+    assert main(["export", "tiny", "methodfull", "--out", str(out), "--store", raw["output"]["store"]]) == 0
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    exported = AutoModelForCausalLM.from_pretrained(out / "model")  # the whole tuned model, with its tokenizer
+    assert torch.equal(exported.state_dict()[q], tuned[q]) and AutoTokenizer.from_pretrained(out / "model")
+    problems = parse_spec_problems({**raw, "quantization": {"mode": "nf4"}})
+    assert "training.method (at methodfull): a full fine-tune trains every weight" in problems
+
+
+def parse_spec_problems(raw: dict) -> str:
+    from orchestrator.spec import SpecError
+
+    try:
+        parse_spec(raw)
+    except SpecError as exc:
+        return str(exc)
+    return ""

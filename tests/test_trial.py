@@ -48,7 +48,8 @@ def test_trial_trains_lora_weights_and_reports(trial_cfg, tmp_path):
     assert ("train/loss", 1) in metrics and ("train/loss", 2) in metrics
     assert ("eval/rougeL", 1) in metrics and ("eval/rougeL", 2) in metrics  # interim and final
     assert set(result.metrics) == {"rouge1", "rouge2", "rougeL", "rougeLsum", "rouge_sum", "eval_loss", "gen_tokens",
-                                   "gen_words"}
+                                   "gen_words", "trainable_params", "total_params", "saved_mib"}
+    assert 0 < result.metrics["trainable_params"] < result.metrics["total_params"] and result.metrics["saved_mib"] > 0
     assert len(result.predictions) == 4 and all(0 <= p["rougeL"] <= 1 for p in result.predictions)
     assert 0 < result.metrics["gen_tokens"] <= cfg.generation.max_new_tokens
 

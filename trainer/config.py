@@ -119,6 +119,9 @@ class QuantizationConfig:
 
 @dataclass(frozen=True)
 class TrainingConfig:
+    method: Literal["lora", "full"] = "lora"
+    """`lora`: train adapters on a frozen (4-bit under nf4) base, MBs to save; `full`: train every weight of a
+    full-precision base (quantization.mode: none), the whole model to save and ~3x its size in optimizer state."""
     max_steps: int = field(default=32, metadata={"ge": 1})
     """Optimizer steps per trial."""
     micro_batch_size: int = field(default=2, metadata={"ge": 1})
@@ -260,6 +263,11 @@ class TrialConfig:
         """Cross-field invariants of one run; checked on every grid point and every study proposal."""
         t, g = self.training, self.generation
         out = self.dataset.problems("dataset") + t.problems("training") + g.problems("generation")
+        if t.method == "full" and self.quantization.mode != "none":
+            out.append(ConfigProblem("training.method", "a full fine-tune trains every weight, and 4-bit weights "
+                                     "cannot be trained", f"full with quantization.mode {self.quantization.mode}",
+                                     "lora with nf4, or full with quantization.mode: none",
+                                     "set quantization.mode: none (or method: lora)"))
         if g.max_new_tokens >= t.max_seq_length:
             out.append(ConfigProblem("generation.max_new_tokens", "the summary budget must leave room for the "
                                      "dialogue inside training.max_seq_length", g.max_new_tokens,

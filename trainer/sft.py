@@ -30,7 +30,8 @@ class SweepSFTTrainer(SFTTrainer):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        keep_adapters_float32(self.model)
+        if hasattr(self.model, "peft_config"):  # a full fine-tune keeps the dtype it was loaded in
+            keep_adapters_float32(self.model)
         self._slices_logits = _slices_logits_by_mask(self.accelerator.unwrap_model(self.model))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

@@ -53,6 +53,7 @@ def run_trial(cfg: TrialConfig, data: TrialData, out_dir: Path, report: Report,
             skipped = train(model, tokenizer, cfg, data, out_dir, report, interim, key)
         # Rows whose summary alone does not fit max_seq_length: dropped, never truncated.
         report({"event": "metric", "name": "train/skipped_examples", "step": 0, "value": float(skipped)})
+    footprint = parameter_counts(model, trained=not cfg.zero_shot)
     with _step("evaluate", timings, report):
         result = evaluator(model)
         _report_eval(report, result, cfg.training.max_steps if not cfg.zero_shot else 0)
@@ -60,8 +61,10 @@ def run_trial(cfg: TrialConfig, data: TrialData, out_dir: Path, report: Report,
         with _step("save", timings, report):
             adapter_dir = save(model, out_dir)
             checkpoints.remove_checkpoints(out_dir)
+    footprint["saved_mib"] = _folder_mib(adapter_dir)
     environment.update(peak_memory_mib())
-    return TrialResult(result.metrics, result.predictions, adapter_dir, timings, result.scoring, environment)
+    return TrialResult({**result.metrics, **footprint}, result.predictions, adapter_dir, timings, result.scoring,
+                       environment)
 
 
 def resolve_device(cfg: TrialConfig, report: Report) -> tuple[TrialConfig, dict]:
@@ -82,9 +85,13 @@ def load(cfg: TrialConfig):
 
 
 def adapt(model, cfg: TrialConfig):
-    """Wrap the base model in LoRA adapters; base weights stay frozen (and 4-bit under nf4)."""
+    """Wrap the base model in LoRA adapters; base weights stay frozen (and 4-bit under nf4). A full fine-tune
+    trains the model as it is: every weight."""
     from peft import LoraConfig, get_peft_model
 
+    if cfg.training.method == "full":
+        model.requires_grad_(True)
+        return model
     task = "SEQ_2_SEQ_LM" if model.config.is_encoder_decoder else "CAUSAL_LM"
     lora = LoraConfig(r=cfg.lora.rank, lora_alpha=cfg.lora.effective_alpha, lora_dropout=cfg.lora.dropout,
                       target_modules=cfg.lora.target_modules, task_type=task, use_rslora=cfg.lora.use_rslora,
@@ -240,9 +247,27 @@ def eval_prompts(cfg: TrialConfig, tokenizer, rows: list) -> list[str]:
 
 
 def save(model, out_dir: Path) -> str:
-    adapter_dir = out_dir / "adapter"
-    model.save_pretrained(adapter_dir)  # a PeftModel saves only the adapter (~MBs)
-    return str(adapter_dir)
+    """The adapter (a PeftModel saves only it, ~MBs), or the whole model after a full fine-tune."""
+    folder = out_dir / ("adapter" if hasattr(model, "peft_config") else "model")
+    model.save_pretrained(folder)
+    return str(folder)
+
+
+def parameter_counts(model, trained: bool) -> dict[str, float]:
+    """Trainable and total parameters (a 4-bit weight counts as its unpacked size, as PEFT counts it); a
+    zero-shot run trains none."""
+    import torch
+
+    if hasattr(model, "get_nb_trainable_parameters"):
+        trainable, total = model.get_nb_trainable_parameters()
+    else:  # bitsandbytes packs two 4-bit weights in each uint8
+        total = sum(p.numel() * (2 if p.dtype == torch.uint8 else 1) for p in model.parameters())
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"trainable_params": float(trainable if trained else 0), "total_params": float(total)}
+
+
+def _folder_mib(folder: str | None) -> float:
+    return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file()) / 2**20 if folder else 0.0
 
 
 class ReportCallback(TrainerCallback):
