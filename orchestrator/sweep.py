@@ -134,7 +134,11 @@ def prepare(spec: SweepSpec) -> tuple[list[PlannedTrial], dict[str, TrialData]]:
             resolve_model_path(name)
         except Exception as exc:  # conversion or download: any failure means the sweep cannot start
             raise PrepareError(f"model.name {name!r} could not be prepared: {type(exc).__name__}: {exc}") from exc
-    problems = budget_problems([t.config for t in targets], [t.name for t in targets])
+    try:
+        problems = budget_problems([t.config for t in targets], [t.name for t in targets])
+    except Exception as exc:  # a hub tokenizer offline, a broken local folder: the trials could not load it either
+        raise PrepareError(f"the prompts' token budgets could not be checked, because a tokenizer did not load: "
+                           f"{type(exc).__name__}: {exc}") from exc
     if problems:
         raise SpecError(spec.name, problems)
     data: dict[str, TrialData] = {}

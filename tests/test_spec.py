@@ -270,3 +270,16 @@ def test_set_overrides_any_dotted_key_and_is_validated_like_the_file(spec, tmp_p
     err = capsys.readouterr().err
     assert "--set lora.rank=0 --set lora.rnak=4: 2 problem(s)" in err  # the source names the overrides
     assert "lora.rank: must be >= 1; given 0" in err and "lora.rnak: unknown key" in err and "did you mean 'rank'" in err
+
+
+def test_a_hub_model_that_cannot_load_exits_2_before_anything_runs(spec, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
+    spec["model"]["name"] = "some-org/some-model"
+    path = tmp_path / "hub.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    assert main(["validate", str(path)]) == 0  # a hub id cannot be checked offline: validation passes...
+    assert main(["run", str(path), "--quiet"]) == 2  # ...and the run stops before Ray, the store or a trial
+    err = capsys.readouterr().err
+    assert "the prompts' token budgets could not be checked, because a tokenizer did not load" in err
+    assert "nothing was run or written" in err and not (tmp_path / "store.db").exists()
