@@ -58,6 +58,7 @@ def test_zero_shot_has_no_adapter(trial_cfg, tmp_path):
     cfg = dataclasses.replace(trial_cfg, zero_shot=True)
     result = run_trial(cfg, load_trial_data(cfg.dataset), tmp_path / "zs", lambda e: None, num_threads=1)
     assert result.adapter_dir is None and set(result.timings_s) == {"load", "evaluate"}
+    assert result.metrics["trainable_params"] == 0 and result.metrics["total_params"] > 0
 
 
 def test_dialogue_is_truncated_never_the_summary(tiny_model_dir, trial_cfg):
