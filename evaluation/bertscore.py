@@ -22,6 +22,9 @@ class BertScorer:
             batch = self.tokenizer(texts[start:start + self.batch_size], return_tensors="pt", padding=True,
                                    truncation=True, return_special_tokens_mask=True)
             special = batch.pop("special_tokens_mask").bool()
+            if batch["input_ids"].shape[1] == 0:  # every text empty (a model that generated nothing): no token
+                out += [self.torch.zeros(0, 1)] * len(special)
+                continue
             with self.torch.inference_mode():
                 states = self.model(**batch, output_hidden_states=True).hidden_states
             hidden = states[-1 if self.layer is None else self.layer]

@@ -17,7 +17,7 @@ from evaluation import BERTSCORE_METRICS, METRIC_NAMES
 from trainer.config import (PROMPT_PLACEHOLDER, AugmentationConfig, ConfigProblem, DatasetConfig, GenerationConfig,
                             LoraSettings, ModelConfig, QuantizationConfig, ScoringConfig, TrainingConfig, TrialConfig)
 from trainer.data import read_rows, reference_columns, split_source
-from trainer.models import model_problem
+from trainer.models import is_local, model_problem
 
 SPEC_DIR = Path("sweeps")
 # TrialConfig paths a grid may not set: they are derived per trial.
@@ -245,10 +245,11 @@ def semantic_problems(spec: SweepSpec) -> list[ConfigProblem]:
     problems = _name_problems(spec) + _prompt_problems(spec) + _grid_problems(spec) + _study_problems(spec)
     problems += _model_problems(spec) + _data_problems(spec.dataset) + _output_problems(spec.output)
     bert = spec.scoring.bertscore_model
-    if bert is not None and not (Path(bert).expanduser() / "config.json").exists():
-        problems.append(ConfigProblem("scoring.bertscore_model", "BERTScore needs a local encoder directory", bert,
-                                      "a folder with config.json and tokenizer files, or null (off)",
-                                      "download the model once elsewhere and copy it here, or set null"))
+    if bert is not None and is_local(bert) and not (Path(bert).expanduser() / "config.json").exists():
+        problems.append(ConfigProblem("scoring.bertscore_model", "a local BERTScore encoder must be a model folder",
+                                      bert, "a folder with config.json and tokenizer files, a hub id such as "
+                                      "roberta-large (downloaded by the first trial), or null (off)",
+                                      "fix the path, or give a hub id"))
     return problems
 
 

@@ -102,3 +102,18 @@ def tiny_t5_dir(tmp_path_factory, tiny_model_dir) -> Path:
     T5ForConditionalGeneration(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory, tiny_model_dir) -> Path:
+    """A BERT-style encoder (1 layer, hidden 32, random weights) with the same real tokenizer, for BERTScore."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    out = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64, pad_token_id=tokenizer.pad_token_id)).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out

@@ -187,49 +187,49 @@ def rerun_and_check(spec: Path, tmp_path: Path, store: Store, before: dict) -> s
 
 
 def test_ctrl_c_marks_running_trials_interrupted_then_rerun_resumes(raw, tmp_path):
-    # 600 steps of the tiny model (~30 s here): long enough to still be training when the 2-step trial is done.
-    raw["search"]["grid"] = {"training.max_steps": [2, 600, 601]}
+    # 400 steps of the tiny model (~20 s here): long enough to still be training when the 2-step trial is done.
+    raw["search"]["grid"] = {"training.max_steps": [2, 400, 401]}
     raw["resources"] = {"cpus_per_trial": 1}
     raw["training"]["checkpoint_interval_steps"] = 50
     spec = write_spec(raw, tmp_path)
     store = Store(raw["output"]["store"])
     driver = start_cli(spec, tmp_path, "first.log")
     wait_for(lambda: trials_of(store).get("max_steps2") and trials_of(store)["max_steps2"].status == "completed"
-             and training(store, "max_steps600", 60), what="one trial done and one past its first checkpoint")
+             and training(store, "max_steps400", 60), what="one trial done and one past its first checkpoint")
     driver.send_signal(signal.SIGINT)
     assert driver.wait(timeout=120) == 130, (tmp_path / "first.log").read_text()[-3000:]
 
     before = trials_of(store)
     assert before["max_steps2"].status == "completed"
-    assert before["max_steps600"].status == "interrupted" and "SIGINT" in before["max_steps600"].error
-    assert before["max_steps601"].status == "interrupted"  # queued or running: either way not done
+    assert before["max_steps400"].status == "interrupted" and "SIGINT" in before["max_steps400"].error
+    assert before["max_steps401"].status == "interrupted"  # queued or running: either way not done
     assert store.summary("tiny").driver is None
     status = cli("status", "tiny", "--store", store.url)
     assert "not running; 2 trial(s) would run again" in status.stdout, status.stdout
 
     rerun_and_check(spec, tmp_path, store, before)
-    assert_resumed_without_duplicates(store, trials_of(store)["max_steps600"], 600)
+    assert_resumed_without_duplicates(store, trials_of(store)["max_steps400"], 400)
 
 
 def test_orchestrator_sigkill_then_rerun_loses_nothing(raw, tmp_path):
-    raw["search"]["grid"] = {"training.max_steps": [2, 600]}
+    raw["search"]["grid"] = {"training.max_steps": [2, 400]}
     raw["training"]["checkpoint_interval_steps"] = 50
     spec = write_spec(raw, tmp_path)
     store = Store(raw["output"]["store"])
     driver = start_cli(spec, tmp_path, "first.log")
     wait_for(lambda: trials_of(store).get("max_steps2") and trials_of(store)["max_steps2"].status == "completed"
-             and training(store, "max_steps600", 60),
+             and training(store, "max_steps400", 60),
              what="one trial done and one past its first checkpoint")
     driver.kill()  # SIGKILL: no handler runs, the store keeps whatever the driver last wrote
     driver.wait(timeout=60)
 
     before = trials_of(store)
-    assert before["max_steps2"].status == "completed" and before["max_steps600"].status == "running"
+    assert before["max_steps2"].status == "completed" and before["max_steps400"].status == "running"
     status = cli("status", "tiny", "--store", store.url)
     assert "is gone" in status.stdout and "running (orphaned)" in status.stdout, status.stdout
 
     rerun_and_check(spec, tmp_path, store, before)
-    assert_resumed_without_duplicates(store, trials_of(store)["max_steps600"], 600)
+    assert_resumed_without_duplicates(store, trials_of(store)["max_steps400"], 400)
 
 
 def test_a_sweep_held_by_a_live_driver_is_not_run_twice(raw, tmp_path, capsys):

@@ -110,23 +110,17 @@ def test_paired_bootstrap_interval_contains_the_observed_difference():
     assert paired_difference({"a": 1.0}, {"b": 1.0}) is None  # no example in common: nothing to compare
 
 
-def test_bertscore_with_a_local_tiny_encoder(tmp_path, tiny_model_dir):
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
+def test_bertscore_with_a_local_tiny_encoder(tiny_bert_dir):
     from evaluation.bertscore import BertScorer
 
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=64, pad_token_id=tokenizer.pad_token_id)).save_pretrained(tmp_path)
-    tokenizer.save_pretrained(tmp_path)
-    scorer = BertScorer(str(tmp_path))
+    scorer = BertScorer(str(tiny_bert_dir))
     same, other = scorer.score(["the meeting moved to Friday", "the meeting moved to Friday"],
                                [("the meeting moved to Friday",), ("bananas are yellow", "the meeting moved to Friday")])
     for scores in (same, other):  # identical text: 1 everywhere; of several references the best one counts
         assert scores == pytest.approx({"bertscore": 1.0, "bertscore_precision": 1.0, "bertscore_recall": 1.0},
                                        abs=1e-5)
+    empty = scorer.score(["", ""], [("the meeting moved to Friday",), ("x",)])  # a batch of empty predictions
+    assert [e["bertscore"] for e in empty] == [0.0, 0.0]
     [low] = scorer.score(["the meeting moved to Friday"], [("bananas are yellow",)])
     assert low["bertscore"] < 0.99 and "no idf" in scorer.name
     # By hand from the token vectors: precision = mean over candidate tokens of their best cosine, recall the

@@ -107,11 +107,16 @@ def test_bare_spec_name_is_found_in_sweeps_dir(monkeypatch):
         find_spec("grid_9x9.yaml")
 
 
-def test_shipped_specs_are_valid(monkeypatch, data_root):
+def test_shipped_specs_are_valid_and_plan(monkeypatch, data_root, capsys):
     monkeypatch.chdir(REPO)
     monkeypatch.setenv("QLORA_SWEEP_DATA_DIR", str(data_root))
-    for name in ("grid_2x2x2.yaml", "smoke.yaml"):
+    shipped = sorted(p.name for p in (REPO / "sweeps").glob("*.yaml"))
+    assert len(shipped) >= 7  # the three of the seed project and one per experiment it replaces
+    for name in shipped:
         assert load_spec(name).name == name.removesuffix(".yaml")
+        assert main(["validate", name]) == 0 and main(["plan", name]) == 0, capsys.readouterr().err
+    planned = capsys.readouterr().out
+    assert "methodfull-lr5e-5" in planned and "v2-r16-lr2e-4" in planned and "lr1e-4" in planned
 
 
 def test_every_shipped_yaml_key_has_a_comment():
@@ -272,13 +277,17 @@ def test_set_overrides_any_dotted_key_and_is_validated_like_the_file(spec, tmp_p
     assert "lora.rank: must be >= 1; given 0" in err and "lora.rnak: unknown key" in err and "did you mean 'rank'" in err
 
 
-def test_a_hub_model_that_cannot_load_exits_2_before_anything_runs(spec, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
-    spec["model"]["name"] = "some-org/some-model"
-    path = tmp_path / "hub.yaml"
+def test_a_model_whose_tokenizer_cannot_load_exits_2_before_anything_runs(spec, tmp_path, tiny_model_dir, capsys):
+    import shutil
+
+    broken = tmp_path / "no-tokenizer"  # as a hub id offline or a half-copied folder: weights, no tokenizer
+    broken.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(tiny_model_dir / name, broken / name)
+    spec["model"]["name"] = str(broken)
+    path = tmp_path / "broken.yaml"
     path.write_text(yaml.safe_dump(spec))
-    assert main(["validate", str(path)]) == 0  # a hub id cannot be checked offline: validation passes...
+    assert main(["validate", str(path)]) == 0  # a config.json is all validation can check...
     assert main(["run", str(path), "--quiet"]) == 2  # ...and the run stops before Ray, the store or a trial
     err = capsys.readouterr().err
     assert "the prompts' token budgets could not be checked, because a tokenizer did not load" in err

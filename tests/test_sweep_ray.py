@@ -174,3 +174,39 @@ def parse_spec_problems(raw: dict) -> str:
     except SpecError as exc:
         return str(exc)
     return ""
+
+
+SPEC_BUDGET = ["dataset.train_examples=8", "dataset.eval_examples=2", "training.max_steps=2",
+               "training.micro_batch_size=2", "training.gradient_accumulation_steps=1", "training.warmup_steps=0",
+               "training.max_seq_length=192", "training.checkpoint_interval_steps=1", "generation.max_new_tokens=8"]
+
+
+def run_shipped(name: str, tmp_path, model_dir, *overrides: str) -> dict:
+    """A shipped experiment spec, run through `sweep run` with --set: a tiny local model, a tiny budget."""
+    sets = [f"model.name={model_dir}", f"output.run_dir={tmp_path / 'runs'}",
+            f"output.store=sqlite:///{tmp_path / 's.db'}", *SPEC_BUDGET, *overrides]
+    args = ["run", str(Path(__file__).resolve().parents[1] / "sweeps" / f"{name}.yaml"), "--quiet"]
+    assert main(args + [a for s in sets for a in ("--set", s)]) == 0
+    summary = Store(f"sqlite:///{tmp_path / 's.db'}").summary(name)
+    assert summary.spec["model"]["name"] == str(model_dir)  # the override, stored with the sweep
+    return {t.name: t for t in summary.trials}
+
+
+def test_flan_t5_full_vs_lora_spec_runs_with_a_tiny_t5(backend, tiny_t5_dir, data_root, tmp_path):
+    trials = run_shipped("flan_t5_dialogsum_full_vs_lora", tmp_path, tiny_t5_dir,
+                         "search.grid.training.learning_rate=[1e-3]", "training.eval_interval_steps=1",
+                         "lora.target_modules=[q, v]")
+    assert sorted(trials) == ["methodfull-lr1e-3", "methodlora-lr1e-3", "summarize-zero-shot"]
+    assert all(t.status == "completed" for t in trials.values())
+    full, lora = trials["methodfull-lr1e-3"].metrics, trials["methodlora-lr1e-3"].metrics
+    assert full["trainable_params"] == full["total_params"] > lora["trainable_params"] > 0
+
+
+def test_llama_bertscore_spec_runs_with_a_tiny_llama_and_encoder(backend, tiny_model_dir, tiny_bert_dir, data_root,
+                                                                 tmp_path):
+    trials = run_shipped("llama32_3b_dialogsum_bertscore", tmp_path, tiny_model_dir,
+                         f"scoring.bertscore_model={tiny_bert_dir}", "search.grid.lora.rank=[4]",
+                         "quantization.compute_dtype=float32")
+    assert sorted(trials) == ["r4", "summarize-zero-shot"] and all(t.status == "completed" for t in trials.values())
+    for t in trials.values():
+        assert {"bertscore", "bertscore_precision", "bertscore_recall", "eval_loss"} <= set(t.metrics)

@@ -236,8 +236,8 @@ class ScoringConfig:
     stemming: bool = True
     """Porter stemming of English words longer than 3 letters (summaries ~ summary); no effect on other scripts."""
     bertscore_model: str | None = None
-    """Local encoder directory (e.g. a roberta-large or klue/bert-base copy) for BERTScore F1 next to ROUGE;
-    null = off. Costs one encoder pass per prediction and reference."""
+    """Encoder for BERTScore P/R/F1 next to ROUGE: a local folder or a hub id (roberta-large for English,
+    klue/bert-base for Korean); null = off. Costs one encoder pass per prediction and reference."""
 
 
 @dataclass(frozen=True)
