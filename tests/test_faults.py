@@ -188,7 +188,7 @@ def rerun_and_check(spec: Path, tmp_path: Path, store: Store, before: dict) -> s
 
 def test_ctrl_c_marks_running_trials_interrupted_then_rerun_resumes(raw, tmp_path):
     # 400 steps of the tiny model (~20 s here): long enough to still be training when the 2-step trial is done.
-    raw["search"]["grid"] = {"training.max_steps": [2, 400, 401]}
+    raw["search"]["grid"] = {"training.max_steps": [2, 400, 40]}
     raw["resources"] = {"cpus_per_trial": 1}
     raw["training"]["checkpoint_interval_steps"] = 50
     spec = write_spec(raw, tmp_path)
@@ -202,7 +202,7 @@ def test_ctrl_c_marks_running_trials_interrupted_then_rerun_resumes(raw, tmp_pat
     before = trials_of(store)
     assert before["max_steps2"].status == "completed"
     assert before["max_steps400"].status == "interrupted" and "SIGINT" in before["max_steps400"].error
-    assert before["max_steps401"].status == "interrupted"  # queued or running: either way not done
+    assert before["max_steps40"].status == "interrupted"  # queued or just started: either way not done
     assert store.summary("tiny").driver is None
     status = cli("status", "tiny", "--store", store.url)
     assert "not running; 2 trial(s) would run again" in status.stdout, status.stdout

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -140,8 +143,11 @@ def test_unreachable_dataset_exits_2_before_ray_and_store(spec, tmp_path, monkey
     path = tmp_path / "offline.yaml"
     path.write_text(yaml.safe_dump(spec))
     store = tmp_path / "store.db"
-    assert main(["run", str(path), "--store", f"sqlite:///{store}"]) == 2
-    err = capsys.readouterr().err
+    # In a fresh process, as a user runs it: huggingface_hub reads HF_HUB_OFFLINE when it is imported.
+    run = subprocess.run([sys.executable, "-m", "orchestrator.cli", "run", str(path), "--store", f"sqlite:///{store}"],
+                         cwd=REPO, env=dict(os.environ), capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2
+    err = run.stderr
     assert "dataset could not be loaded from hub knkarthick/samsum split validation" in err
     assert "QLORA_SWEEP_DATA_DIR" in err and "nothing was run or written" in err
     assert not store.exists()

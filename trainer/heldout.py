@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from trainer import prompts
 from trainer.config import TrialConfig
+from trainer.sft import slices_logits_by_mask
 
 # Tokens the chat template puts after the summary (end-of-turn and newline), plus slack.
 COMPLETION_END_TOKENS = 4
@@ -83,6 +84,12 @@ def _batch_losses(model, batch: list[Pair], pad_id: int, torch) -> list[float]:
     with torch.inference_mode():
         if model.config.is_encoder_decoder:
             logits, targets = model(input_ids=input_ids, attention_mask=attention, labels=labels).logits, labels
+        elif slices_logits_by_mask(model):  # the vocabulary projection only where a summary token is predicted
+            targets = labels[:, 1:]
+            kept = torch.nn.functional.pad(targets != -100, (0, 1))
+            flat = model(input_ids=input_ids, attention_mask=attention, logits_to_keep=kept).logits
+            token_loss = torch.nn.functional.cross_entropy(flat.float(), targets[targets != -100], reduction="none")
+            return [float(part.mean()) for part in token_loss.split((targets != -100).sum(dim=1).tolist())]
         else:  # position t predicts token t + 1
             logits, targets = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1], labels[:, 1:]
         token_loss = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none",

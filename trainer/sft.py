@@ -32,7 +32,7 @@ class SweepSFTTrainer(SFTTrainer):
         super().__init__(*args, **kwargs)
         if hasattr(self.model, "peft_config"):  # a full fine-tune keeps the dtype it was loaded in
             keep_adapters_float32(self.model)
-        self._slices_logits = _slices_logits_by_mask(self.accelerator.unwrap_model(self.model))
+        self._slices_logits = slices_logits_by_mask(self.accelerator.unwrap_model(self.model))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs["use_cache"] = False  # no KV cache while training
@@ -50,7 +50,7 @@ class SweepSFTTrainer(SFTTrainer):
         return loss / torch.as_tensor(num_items_in_batch if counted else scored.sum()).clamp(min=1)
 
 
-def _slices_logits_by_mask(model) -> bool:
+def slices_logits_by_mask(model) -> bool:
     """The model's forward takes `logits_to_keep` as a boolean (batch, position) mask (transformers'
     `slice_logits_to_keep`, used by Llama, Qwen, Mistral, Gemma, ...); other models get the plain loss."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
