@@ -181,10 +181,6 @@ class Store:
         with self.session() as s:
             s.get(TrialRow, trial_id).environment = environment
 
-    def fail_trial(self, trial_id: int, error: str, runtime_s: float | None) -> None:
-        """Failed, with the error's text; metrics reported so far stay."""
-        self.end_trial(trial_id, "failed", error, runtime_s)
-
     def end_trial(self, trial_id: int, status: str, reason: str, runtime_s: float | None = None) -> None:
         """Ended without a result (failed, pruned, interrupted): the reason is kept, and so are its curves."""
         with self.session() as s:

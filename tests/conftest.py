@@ -25,6 +25,16 @@ DIALOGUES = [
 ]
 
 
+@pytest.fixture(scope="module")
+def backend():
+    """A local Ray instance (2 CPUs) per test module, shut down when the module is done."""
+    from orchestrator.ray_backend import RayBackend
+
+    ray_backend = RayBackend(num_cpus=2)
+    yield ray_backend
+    ray_backend.shutdown()
+
+
 @pytest.fixture(scope="session")
 def data_root() -> Path:
     """The read-only DialogSum mirror beside the repo (../shared/data), or $QLORA_SWEEP_DATA_DIR."""

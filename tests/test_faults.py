@@ -18,7 +18,7 @@ import yaml
 
 from orchestrator.cli import main
 from orchestrator.plan import expand
-from orchestrator.ray_backend import DEFAULT_TRIAL_FN, RayBackend
+from orchestrator.ray_backend import DEFAULT_TRIAL_FN
 from orchestrator.spec import parse_spec
 from orchestrator.sweep import run_sweep
 from results.store import Store
@@ -27,13 +27,6 @@ from trainer.data import load_trial_data
 from trainer.trial import run_trial
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def backend():
-    ray_backend = RayBackend(num_cpus=2)
-    yield ray_backend
-    ray_backend.shutdown()
 
 
 @pytest.fixture

@@ -33,7 +33,7 @@ def filled(tmp_path) -> tuple[Store, str]:
                                             "rougeLsum": rouge_l, "gen_tokens": 20.0, "gen_words": 15.0},
                                  [], 10.0, {}, None)
         else:
-            store.fail_trial(trial_id, "boom", 1.0)
+            store.end_trial(trial_id, "failed", "boom", 1.0)
     return store, url
 
 

@@ -8,19 +8,11 @@ import time
 import pytest
 
 from orchestrator.cli import main
-from orchestrator.ray_backend import RayBackend
 from orchestrator.spec import parse_spec
 from orchestrator.sweep import run_sweep
 from results.store import Store
 from tests.conftest import tiny_spec
 from tests.test_faults import write_spec
-
-
-@pytest.fixture(scope="module")
-def backend():
-    ray_backend = RayBackend(num_cpus=2)
-    yield ray_backend
-    ray_backend.shutdown()
 
 
 @pytest.fixture

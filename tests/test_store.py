@@ -44,7 +44,7 @@ def test_rerun_reuses_completed_and_never_duplicates(store):
     sweep_id = store.open_sweep("s", {}, "runs/s", {})
     trial_id, _ = _trial(store, sweep_id)
     store.add_metrics(trial_id, [("train/loss", 1, 2.5)])
-    store.fail_trial(trial_id, "Traceback ... ValueError: boom", 3.0)
+    store.end_trial(trial_id, "failed", "Traceback ... ValueError: boom", 3.0)
     assert store.summary("s").trials[0].error.endswith("boom")
     assert store.curves(trial_id) == [("train/loss", 1, 2.5)]  # partial curve kept on failure
     store.add_metrics(trial_id, [("train/loss", 2, 2.4)])

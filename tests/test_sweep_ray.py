@@ -8,18 +8,10 @@ from pathlib import Path
 import pytest
 
 from orchestrator.cli import main
-from orchestrator.ray_backend import RayBackend
 from orchestrator.spec import parse_spec
 from orchestrator.sweep import run_sweep
 from results.store import Store
 from tests.conftest import tiny_spec
-
-
-@pytest.fixture(scope="module")
-def backend():
-    ray_backend = RayBackend(num_cpus=2)
-    yield ray_backend
-    ray_backend.shutdown()
 
 
 def test_sweep_end_to_end(backend, tiny_model_dir, local_data, tmp_path, capsys):
