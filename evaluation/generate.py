@@ -42,8 +42,8 @@ def _generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_s
                             add_special_tokens=add_special_tokens).to(model.device)
         try:
             with torch.inference_mode():
-                output = model.generate(**encoded, max_new_tokens=max_new_tokens, do_sample=False,
-                                        pad_token_id=tokenizer.pad_token_id, **decoding)
+                output = model.generate(**encoded, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                                        **{"do_sample": False, **decoding})
         except torch.OutOfMemoryError:
             if batch_size == 1:
                 raise

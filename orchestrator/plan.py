@@ -7,13 +7,16 @@ import hashlib
 import itertools
 import json
 import re
+import typing
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
 from orchestrator.spec import SweepSpec
-from trainer.config import AugmentationConfig, ConfigProblem, LoraSettings, TrainingConfig, TrialConfig
+from trainer.config import (EXCLUSIVE_KEYS, AugmentationConfig, ConfigProblem, LoraSettings, TrainingConfig,
+                            TrialConfig)
 from trainer.data import TrialData
+from trainer.models import quantization_problems
 
 # Always shown in the leaderboard, swept or not.
 DISPLAY_KEYS = ("prompt", "lora.rank", "training.learning_rate")
@@ -73,7 +76,7 @@ def point_problems(spec: SweepSpec) -> list[ConfigProblem]:
     fine_tunes = {t.name for t in plan if t.kind == "trial"}
     found: dict[str, tuple[ConfigProblem, list[str]]] = {}
     for trial in plan:
-        for problem in trial.config.problems():
+        for problem in trial.config.problems() + quantization_problems(trial.config):
             found.setdefault(problem.render(), (problem, []))[1].append(trial.name)
     problems = [p if fine_tunes <= set(names) else dataclasses.replace(p, path=f"{p.path} (at {', '.join(names)})")
                 for p, names in found.values()]
@@ -165,7 +168,11 @@ def with_value(config: TrialConfig, dotted: str, value: Any, spec: SweepSpec) ->
     """A copy of `config` with the dotted key set; setting `prompt` also sets its template."""
     if dotted == "prompt":
         return dataclasses.replace(config, prompt=value, prompt_template=spec.prompts[value])
-    return _replace_path(config, dotted.split("."), _typed(config, dotted, value))
+    config = _replace_path(config, dotted.split("."), _typed(config, dotted, value))
+    if dotted in EXCLUSIVE_KEYS and value is not None:  # epochs: [1, 3] replaces the spec's max_steps
+        other, cleared = EXCLUSIVE_KEYS[dotted]
+        config = _replace_path(config, other.split("."), cleared)
+    return config
 
 
 def _replace_path(obj: Any, keys: list[str], value: Any) -> Any:
@@ -181,8 +188,10 @@ def typed_value(dotted: str, value: Any) -> Any:
 
 def _typed(config: TrialConfig, dotted: str, value: Any) -> Any:
     """YAML grid values arrive raw (`1e-4` may be a string); the spec check guaranteed they convert."""
-    current = get_value(config, dotted)
-    return float(value) if isinstance(current, float) and not isinstance(value, bool) else value
+    *parents, name = dotted.split(".")
+    hint = typing.get_type_hints(type(get_value(config, ".".join(parents)) if parents else config))[name]
+    floats = hint is float or float in typing.get_args(hint)
+    return float(value) if floats and value is not None and not isinstance(value, bool) else value
 
 
 def get_value(config: Any, dotted: str) -> Any:
@@ -215,7 +224,10 @@ def label(key: str, value: Any, exact: bool = False) -> str:
 
 
 def format_float(value: float) -> str:
-    """2e-4 -> `2e-4`, 1.5e-4 -> `1.5e-4`, 0.1 -> `1e-1`: short, exact to 4 digits, no dots lost."""
+    """2e-4 -> `2e-4`, 1.5e-4 -> `1.5e-4`, 0.1 -> `1e-1`: short, exact to 4 digits, no dots lost; 1 to 999 as
+    written (epochs 3.0 -> `3`, 2.5 -> `2.5`)."""
+    if 1 <= abs(value) < 1000 and float(f"{value:.4g}") == value:
+        return f"{value:g}"
     mantissa, exponent = f"{value:.3e}".split("e")
     return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 

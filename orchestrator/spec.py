@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import dataclasses
 import re
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ import yaml
 from orchestrator import schema
 from trainer import prompts as prompt_rules
 from evaluation import BERTSCORE_METRICS, METRIC_NAMES
-from trainer.config import (PROMPT_PLACEHOLDER, AugmentationConfig, ConfigProblem, DatasetConfig, GenerationConfig,
+from trainer.config import (EXCLUSIVE_KEYS, PAGED_OPTIMIZERS, PROMPT_PLACEHOLDER, AugmentationConfig, ConfigProblem, DatasetConfig, GenerationConfig,
                             LoraSettings, ModelConfig, QuantizationConfig, ScoringConfig, TrainingConfig, TrialConfig)
 from trainer.data import read_rows, reference_columns, split_source
 from trainer.models import is_local, model_problem
@@ -192,6 +193,10 @@ def apply_overrides(raw: dict, overrides: list[str], problems: list[ConfigProble
             problems.append(ConfigProblem(f"--set {key}", "the value must be valid YAML", text, "YAML 1.1", str(exc)))
             continue
         _set_path(out, key.strip().split("."), value, key, problems)
+        if key.strip() in EXCLUSIVE_KEYS and value is not None:  # --set training.epochs=3 replaces max_steps
+            section, name = EXCLUSIVE_KEYS[key.strip()][0].split(".")
+            if isinstance(out.get(section), dict):
+                out[section].pop(name, None)
     return out
 
 
@@ -244,6 +249,7 @@ def parse_spec(raw: Any, source: str = "<spec>") -> SweepSpec:
 def semantic_problems(spec: SweepSpec) -> list[ConfigProblem]:
     problems = _name_problems(spec) + _prompt_problems(spec) + _grid_problems(spec) + _study_problems(spec)
     problems += _model_problems(spec) + _data_problems(spec.dataset) + _output_problems(spec.output)
+    problems += _optimizer_problems(spec)
     bert = spec.scoring.bertscore_model
     if bert is not None and is_local(bert) and not (Path(bert).expanduser() / "config.json").exists():
         problems.append(ConfigProblem("scoring.bertscore_model", "a local BERTScore encoder must be a model folder",
@@ -251,6 +257,17 @@ def semantic_problems(spec: SweepSpec) -> list[ConfigProblem]:
                                       "roberta-large (downloaded by the first trial), or null (off)",
                                       "fix the path, or give a hub id"))
     return problems
+
+
+def _optimizer_problems(spec: SweepSpec) -> list[ConfigProblem]:
+    """Paged optimizers page GPU memory: refused for trials that get no GPU (a GPU-less cluster: at `sweep run`)."""
+    if spec.resources.gpus_per_trial > 0:
+        return []
+    given = [("training.optimizer", spec.training.optimizer)] + [
+        (f"search.grid.training.optimizer[{i}]", v) for i, v in enumerate(spec.search.grid.get("training.optimizer", []))]
+    return [ConfigProblem(path, "a paged optimizer pages its state out of GPU memory, and resources.gpus_per_trial: "
+                          "0 gives trials no GPU", value, "adamw, adamw_8bit", "use adamw_8bit, or give trials a GPU")
+            for path, value in given if value in PAGED_OPTIMIZERS]
 
 
 def _name_problems(spec: SweepSpec) -> list[ConfigProblem]:
@@ -412,10 +429,11 @@ def _objective_problems(spec: SweepSpec) -> list[ConfigProblem]:
                                       settings.pruner, "none with several objectives",
                                       "set pruner: none, or keep one objective"))
     t = spec.training
-    if not 0 < t.eval_interval_steps < t.max_steps:
+    if not 0 < t.eval_interval_steps < (t.max_steps or math.inf):  # an epoch budget's steps: at the trial
         problems.append(ConfigProblem("training.eval_interval_steps", "a pruner decides on interim evaluations, "
                                       "so they must happen before the last step", t.eval_interval_steps,
-                                      f"1 to {t.max_steps - 1}", f"e.g. eval_interval_steps: {max(t.max_steps // 4, 1)}"))
+                                      f"1 to {t.max_steps - 1}" if t.max_steps else ">= 1, below the trial's steps",
+                                      f"e.g. eval_interval_steps: {max((t.max_steps or 32) // 4, 1)}"))
     return problems
 
 
@@ -425,6 +443,8 @@ def _model_problems(spec: SweepSpec) -> list[ConfigProblem]:
     if "model.name" in spec.search.space:
         names += [(f"search.space.model.name.choices[{i}]", v)
                   for i, v in enumerate(spec.search.space["model.name"].choices or [])]
+    if spec.augmentation.paraphrase_model:
+        names.append(("augmentation.paraphrase_model", spec.augmentation.paraphrase_model))
     problems = []
     for path, name in names:
         reason = model_problem(str(name))

@@ -9,6 +9,8 @@ failed (its error kept), pruned or interrupted (with the reason), its partial cu
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 import signal
 import sys
@@ -27,9 +29,11 @@ from orchestrator.spec import ResourcesConfig, SpecError, SweepSpec, to_plain
 from orchestrator.study import Study
 from results.store import Store
 from results.tensorboard import TensorBoardSink
-from trainer.config import TrialConfig
+from trainer import paraphrase
+from trainer.augment import training_examples
+from trainer.config import PAGED_OPTIMIZERS, AugmentationConfig, ConfigProblem, TrialConfig
 from trainer.data import DATA_DIR_ENV, TrialData, load_trial_data, split_source
-from trainer.models import model_identity, resolve_model_path
+from trainer.models import cache_root, model_identity, resolve_model_path
 
 
 @dataclass
@@ -64,6 +68,8 @@ class _Running:
     """The cluster node its worker runs on, added to the environment it reports."""
     done: bool = False
     """Its outcome is recorded; late events (a killed worker's last ones) add curve points only."""
+    phase: str = ""
+    """The trial step it reported last (load, adapt, train, evaluate, save): evals during `train` are interim."""
 
 
 class PrepareError(Exception):
@@ -76,7 +82,7 @@ def run_sweep(spec: SweepSpec, store: Store, backend, stream: TextIO = sys.stder
     """Run every trial of `spec` (resuming what a previous run left) until done or stopped."""
     start = time.perf_counter()
     plan, data = prepared or prepare(spec)
-    check_placement(spec.resources, backend)
+    check_placement(spec.resources, backend, {spec.training.optimizer} | {t.config.training.optimizer for t in plan})
     seen = live_driver_check(store, spec.name)
     sweep_dir = Path(spec.output.run_dir).resolve() / spec.name  # absolute: read commands run from anywhere
     me = driver_id()
@@ -107,9 +113,15 @@ class Unschedulable(Exception):
     """A trial asks for more CPUs or GPUs than any node of the Ray cluster has: it would wait forever."""
 
 
-def check_placement(resources: ResourcesConfig, backend) -> None:
-    """Raise Unschedulable when one trial cannot fit on the largest node (Ray would queue it silently)."""
+def check_placement(resources: ResourcesConfig, backend, optimizers: set[str] = frozenset()) -> None:
+    """Raise Unschedulable when one trial cannot fit on the largest node (Ray would queue it silently), or
+    needs a GPU the cluster does not have."""
     problems = []
+    paged = sorted(optimizers & set(PAGED_OPTIMIZERS))
+    if paged and backend.total("GPU") == 0:
+        problems.append(f"training.optimizer: a paged optimizer pages its state out of GPU memory, and this Ray "
+                        f"cluster has no GPU; given {', '.join(paged)}; allowed: adamw, adamw_8bit. "
+                        f"Fix: set training.optimizer: adamw_8bit")
     cpus = backend.largest_node("CPU")
     if resources.cpus_per_trial > cpus:
         problems.append(f"resources.cpus_per_trial: a trial must fit on one node; given {resources.cpus_per_trial}; "
@@ -142,11 +154,25 @@ def prepare(spec: SweepSpec) -> tuple[list[PlannedTrial], dict[str, TrialData]]:
     if problems:
         raise SpecError(spec.name, problems)
     data: dict[str, TrialData] = {}
-    for trial in targets:
+    # The largest paraphrase share first: a smaller share's rows are a subset, then read from the cache.
+    for trial in sorted(targets, key=lambda t: -t.config.augmentation.paraphrase):
         key = _data_key(trial)
         if key not in data:
             data[key] = _load_data(trial)
+    problems = [p for t in targets for p in _epoch_problems(t, data[_data_key(t)])]
+    if problems:
+        raise SpecError(spec.name, problems)
     return plan, data
+
+
+def _epoch_problems(trial: PlannedTrial, data: TrialData) -> list[ConfigProblem]:
+    """An epoch budget's step checks on the most rows the trial can have (rows too long for it only shorten
+    it; the trial checks its own count again)."""
+    t = trial.config.training
+    if t.epochs is None or trial.config.zero_shot:
+        return []
+    rows = len(training_examples(data, trial.config.augmentation))
+    return t.step_problems("training", t.total_steps(rows), f" (at {trial.name}: {rows} training rows at most)")
 
 
 def _load_data(trial: PlannedTrial) -> TrialData:
@@ -164,7 +190,29 @@ def _load_data(trial: PlannedTrial) -> TrialData:
         resolve_tokenizer(trial.config.scoring.tokenizer, [r for e in data.eval for r in e.references])
     except ValueError as exc:
         raise PrepareError(f"scoring.tokenizer: {exc}") from exc
-    return data
+    return _with_paraphrases(data, trial.config.augmentation) if trial.config.augmentation.paraphrase else data
+
+
+def _with_paraphrases(data: TrialData, aug: AugmentationConfig) -> TrialData:
+    """`data` with its paraphrased training rows, generated here (once, before any trial) or read from the cache."""
+    try:
+        path = resolve_model_path(aug.paraphrase_model)
+        made_by = paraphrase.provenance(aug, model_identity(aug.paraphrase_model))
+        cache = paraphrase.ParaphraseCache(cache_root(), made_by)
+        rows, generated = paraphrase.paraphrased_examples(data.train, aug, cache,
+                                                          lambda: paraphrase.load_generator(path, aug))
+    except Exception as exc:  # a missing or broken generator stops the sweep before it starts
+        raise PrepareError(f"augmentation.paraphrase_model: paraphrases could not be made with "
+                           f"{aug.paraphrase_model!r}: {type(exc).__name__}: {exc}") from exc
+    print(f"paraphrase: {len(rows)} training rows, {generated} generated now, the rest from {cache.path}",
+          file=sys.stderr, flush=True)
+    source = (f"{aug.paraphrase_model} (identity {_short_digest(made_by['generator_identity'])}), seed {aug.seed}, "
+              f"temperature {paraphrase.TEMPERATURE}, top_p {paraphrase.TOP_P}, prompt {aug.paraphrase_prompt!r}")
+    return dataclasses.replace(data, paraphrased=rows, paraphrase_source=source)
+
+
+def _short_digest(value: dict) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def register(store: Store, sweep_id: int, trial: PlannedTrial, data: TrialData) -> tuple[int, bool]:
@@ -307,6 +355,8 @@ class _Driver:
             elif event["event"] == "attempt":  # before any point of this attempt, which reports them all again
                 self._flush(points)
                 self.store.resume_from(trial_id, event["resume_step"])
+            elif event["event"] == "step":
+                trial.phase = event["name"]
             elif event["event"] == "environment":
                 self.store.set_environment(trial_id, {**event["environment"], **trial.where})
             elif event["event"] == "metric" and not math.isfinite(event["value"]):
@@ -334,8 +384,8 @@ class _Driver:
         if self.study is None or number is None or trial.ending or trial.done or not self.study.pruning:
             return
         metric = self.study.settings.objectives[0].metric
-        if event["name"] != f"eval/{metric}" or event["step"] >= trial.planned.config.training.max_steps:
-            return  # only interim evaluations; the final one is the trial's result
+        if event["name"] != f"eval/{metric}" or trial.phase != "train":
+            return  # only interim evaluations (an epoch budget's last step is known to the trial alone)
         if self.study.report(number, event["step"], event["value"]):
             self._kill(trial, "pruned", f"pruned by the {self.study.settings.pruner} pruner at step {event['step']}: "
                                         f"eval/{metric}={event['value']:.4f}")
@@ -447,8 +497,14 @@ def _notes(data: dict[str, TrialData]) -> dict:
     if any(first.skipped_rows):
         notes["skipped_rows"] = (f"{first.skipped_rows[0]} train, {first.skipped_rows[1]} eval "
                                  "(empty or missing dialogue or summary)")
+    sources = sorted({d.paraphrase_source for d in data.values() if d.paraphrase_source})
+    if sources:
+        notes["paraphrase"] = "; ".join(sources)
     return notes
 
 
 def _data_key(trial: PlannedTrial) -> str:
-    return repr(trial.config.dataset)
+    """One TrialData per dataset, and per paraphrase setting (each holds the paraphrased rows it needs)."""
+    aug = trial.config.augmentation
+    made_by = (aug.paraphrase, aug.paraphrase_model, aug.paraphrase_prompt, aug.seed) if aug.paraphrase else None
+    return repr((trial.config.dataset, made_by))

@@ -33,3 +33,55 @@ def test_ratio_and_seed_choose_which_training_rows_get_a_copy():
     assert half == augment(train, AugmentationConfig(speaker_swap=0.5, seed=1))
     assert half != augment(train, AugmentationConfig(speaker_swap=0.5, seed=2))
     assert all(e.summary.startswith("B talks to A") for e in half[10:])
+
+
+def test_paraphrases_are_made_once_per_sweep_keep_speaker_tags_and_a_rerun_reads_the_cache(
+        tiny_model_dir, local_data, tmp_path, monkeypatch):
+    from orchestrator.spec import parse_spec
+    from orchestrator.sweep import _notes, prepare
+    from tests.conftest import tiny_spec
+    from trainer import paraphrase
+    from trainer.augment import training_examples
+
+    monkeypatch.setenv("QLORA_SWEEP_CACHE", str(tmp_path / "cache"))
+    raw = tiny_spec(tiny_model_dir, *local_data, tmp_path,
+                    augmentation={"paraphrase_model": str(tiny_model_dir), "seed": 3})
+    raw["search"]["grid"] = {"prompt": ["v1"], "augmentation.paraphrase": [0.25, 0.5]}
+    spec = parse_spec(raw)
+    loaded = []
+    real_generator = paraphrase.load_generator
+    monkeypatch.setattr(paraphrase, "load_generator", lambda *a: loaded.append(a) or real_generator(*a))
+    plan, data = prepare(spec)
+    assert len(loaded) == 1  # one generator for the sweep: the 0.25 rows are among the 0.5 ones
+
+    by_share = {t.config.augmentation.paraphrase: data[_data_key(t)] for t in plan if t.kind == "trial"}
+    quarter, half = by_share[0.25], by_share[0.5]
+    assert len(half.paraphrased) == 4 and {e.id for e in quarter.paraphrased} < {e.id for e in half.paraphrased}
+    originals = {e.id: e for e in half.train}
+    changed = 0
+    for row in half.paraphrased:
+        source = originals[row.id.removesuffix("#para")]
+        tags = [line.split(":")[0] for line in row.dialogue.splitlines()]
+        assert tags == [line.split(":")[0] for line in source.dialogue.splitlines()]  # same speakers, same order
+        assert row.summary == source.summary
+        changed += row.dialogue != source.dialogue
+    assert changed > 0
+    baseline = next(t for t in plan if t.kind == "baseline")
+    assert data[_data_key(baseline)].paraphrased == () and half.eval == data[_data_key(baseline)].eval
+    trial = next(t for t in plan if t.config.augmentation.paraphrase == 0.5)
+    assert len(training_examples(half, trial.config.augmentation)) == 8 + 4
+    notes = _notes(data)["paraphrase"]
+    assert str(tiny_model_dir) in notes and "seed 3" in notes and repr(trial.config.augmentation.paraphrase_prompt) in notes
+
+    def no_generator(*args):
+        raise AssertionError("a re-run must read every paraphrase from the cache")
+
+    monkeypatch.setattr(paraphrase, "load_generator", no_generator)
+    _, again = prepare(spec)
+    assert again[_data_key(trial)].paraphrased == half.paraphrased
+
+
+def _data_key(trial):
+    from orchestrator.sweep import _data_key as key
+
+    return key(trial)

@@ -110,16 +110,34 @@ def test_bare_spec_name_is_found_in_sweeps_dir(monkeypatch):
         find_spec("grid_9x9.yaml")
 
 
-def test_shipped_specs_are_valid_and_plan(monkeypatch, data_root, capsys):
+KOREAN_ROWS = [("#Person1#: 내일 회의가 몇 시예요?\n#Person2#: 오전 열 시로 바뀌었어요.", "#Person2#는 회의가 오전 열 시로 바뀌었다고 알려준다."),
+               ("#Person1#: 우유 좀 사다 줄래요?\n#Person2#: 네, 빵도 살까요?", "#Person1#는 #Person2#에게 우유를 부탁한다.")]
+
+
+def korean_files(folder: Path) -> list[str]:
+    """--set options pointing the Korean spec at two small CSV files in the competition's layout."""
+    import csv
+
+    for name in ("train.csv", "dev.csv"):
+        with (folder / name).open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["fname", "dialogue", "summary"])
+            writer.writerows([f"{name}_{i}", d, s] for i, (d, s) in enumerate(KOREAN_ROWS))
+    return ["--set", f"dataset.train_file={folder / 'train.csv'}", "--set", f"dataset.eval_file={folder / 'dev.csv'}"]
+
+
+def test_shipped_specs_are_valid_and_plan(monkeypatch, data_root, capsys, tmp_path):
     monkeypatch.chdir(REPO)
     monkeypatch.setenv("QLORA_SWEEP_DATA_DIR", str(data_root))
     shipped = sorted(p.name for p in (REPO / "sweeps").glob("*.yaml"))
-    assert len(shipped) >= 7  # the three of the seed project and one per experiment it replaces
-    for name in shipped:
-        assert load_spec(name).name == name.removesuffix(".yaml")
-        assert main(["validate", name]) == 0 and main(["plan", name]) == 0, capsys.readouterr().err
+    assert len(shipped) >= 8  # the three of the seed project and one per experiment it replaces
+    for name in shipped:  # the Korean spec reads the user's own files: small stand-ins here
+        sets = korean_files(tmp_path) if name == "korean_llm_vs_kobart.yaml" else []
+        assert load_spec(name, sets[1::2]).name == name.removesuffix(".yaml")
+        assert main(["validate", name, *sets]) == 0 and main(["plan", name, *sets]) == 0, capsys.readouterr().err
     planned = capsys.readouterr().out
     assert "methodfull-lr5e-5" in planned and "v2-r16-lr2e-4" in planned and "lr1e-4" in planned
+    assert "kobart-base-v2-v2-lr2e-4" in planned and "v1-SOLAR-10.7B-Instruct-v1.0-zero-shot" in planned
 
 
 def test_every_shipped_yaml_key_has_a_comment():
@@ -298,3 +316,52 @@ def test_a_model_whose_tokenizer_cannot_load_exits_2_before_anything_runs(spec, 
     err = capsys.readouterr().err
     assert "the prompts' token budgets could not be checked, because a tokenizer did not load" in err
     assert "nothing was run or written" in err and not (tmp_path / "store.db").exists()
+
+
+def test_an_epoch_budget_replaces_max_steps_and_is_checked_on_the_data(spec, tmp_path, capsys):
+    from orchestrator.plan import expand
+
+    spec["training"].update(epochs=2, warmup_steps=1, warmup_ratio=0.1)
+    found = problems_of(spec)
+    assert "training.epochs: the budget is max_steps or epochs, not both; given {'max_steps': 2, 'epochs': 2.0}" \
+        in found["training.epochs"]
+    assert "warm-up is warmup_steps or warmup_ratio, not both" in found["training.warmup_ratio"]
+    for key in ("epochs", "warmup_ratio"):
+        del spec["training"][key]
+    spec["search"]["grid"] = {"prompt": ["v1"], "training.epochs": [1, 2.5]}  # each point drops the spec's max_steps
+    budgets = [(t.config.training.max_steps, t.config.training.epochs) for t in expand(parse_spec(spec))
+               if t.kind == "trial"]
+    assert budgets == [(None, 1.0), (None, 2.5)]
+    spec["search"]["grid"] = {"prompt": ["v1"]}
+    path = tmp_path / "epochs.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    assert load_spec(str(path), ["training.epochs=3"]).training.max_steps is None  # --set one clears the other
+    # 8 rows at micro batch 2: one epoch is 4 steps, so a 4-step warm-up never ends. Known once the data is read.
+    assert main(["run", str(path), "--quiet", "--set", "training.epochs=1", "--set", "training.warmup_steps=4"]) == 2
+    err = capsys.readouterr().err
+    assert "training.warmup_steps (at v1: 8 training rows at most): warm-up must end before training does " \
+           "(4 steps); given 4; allowed: 0 to 3" in err
+    assert not (tmp_path / "store.db").exists() and not (tmp_path / "runs").exists()
+
+
+def test_paged_optimizers_are_refused_for_trials_without_a_gpu(spec):
+    from orchestrator.sweep import Unschedulable, check_placement
+
+    spec["resources"] = {"gpus_per_trial": 0}
+    spec["search"]["grid"]["training.optimizer"] = ["adamw_8bit", "paged_adamw_8bit"]
+    found = problems_of(spec)
+    assert list(found) == ["search.grid.training.optimizer[1]"]
+    assert "pages its state out of GPU memory, and resources.gpus_per_trial: 0 gives trials no GPU; given " \
+           "'paged_adamw_8bit'; allowed: adamw, adamw_8bit" in found["search.grid.training.optimizer[1]"]
+
+    class CpuOnlyCluster:  # what RayBackend reports for a cluster of two-CPU nodes
+        @staticmethod
+        def total(resource):
+            return 2.0 if resource == "CPU" else 0.0
+
+        largest_node = total
+
+    spec["resources"] = {"gpus_per_trial": 1}
+    with pytest.raises(Unschedulable, match="this Ray cluster has no GPU; given paged_adamw_32bit; allowed: adamw"):
+        check_placement(parse_spec(spec).resources, CpuOnlyCluster(), {"adamw", "paged_adamw_32bit"})
+    check_placement(parse_spec(spec).resources, CpuOnlyCluster(), {"adamw", "adamw_8bit"})

@@ -152,6 +152,34 @@ def test_generation_out_of_memory_halves_the_eval_batch_and_keeps_every_prompt(t
     assert tokenizer.padding_side == "right"  # as it was found
 
 
+def test_heldout_loss_out_of_memory_halves_its_batch_and_gives_the_same_losses(tiny_model_dir, trial_cfg, capsys):
+    import functools
+
+    from transformers import AutoModelForCausalLM
+
+    from trainer import heldout
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    data = load_trial_data(trial_cfg.dataset)
+    pairs = heldout.heldout_pairs(trial_cfg, tokenizer, False, [e.dialogue for e in data.eval],
+                                  [e.references for e in data.eval])
+    expected = heldout.heldout_loss(model, pairs, len(data.eval), 2, tokenizer.pad_token_id)
+    real, sizes = model.forward, []
+
+    @functools.wraps(real)
+    def runs_out_above_2(*args, **kwargs):
+        sizes.append(kwargs["input_ids"].shape[0])
+        if sizes[-1] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected by the test)")
+        return real(*args, **kwargs)
+
+    model.forward = runs_out_above_2
+    assert heldout.heldout_loss(model, pairs, len(data.eval), 8, tokenizer.pad_token_id) == expected
+    assert sizes[:3] == [4, 2, 2] and "held-out loss ran out of memory; its batch size halved to 2" in \
+        capsys.readouterr().out
+
+
 def test_a_trial_whose_gradients_blow_up_ends_as_diverged(trial_cfg, tmp_path):
     from trainer.trial import TrialDiverged
 
@@ -197,7 +225,7 @@ def test_weight_decay_and_gradient_clipping_reach_the_optimizer(trial_cfg, tmp_p
 
     cfg = dataclasses.replace(trial_cfg, training=dataclasses.replace(trial_cfg.training, max_grad_norm=0.5,
                                                                       weight_decay=0.1))
-    args = _trainer_args(cfg, tmp_path)
+    args = _trainer_args(cfg, tmp_path, cfg.training.max_steps)
     assert (args["max_grad_norm"], args["weight_decay"]) == (0.5, 0.1)
     # Decay pulls every trained weight towards 0: after the same 2 steps the adapter is smaller than without it.
     data = load_trial_data(cfg.dataset)
@@ -229,3 +257,64 @@ def test_heldout_loss_is_the_reference_summaries_cross_entropy(trial_cfg, tmp_pa
     assert per_example[0] == pytest.approx(float(own), rel=1e-4)
     assert heldout_loss(model, [pair], 1, 1, tokenizer.pad_token_id) == [pytest.approx(float(own), rel=1e-4)]
     assert result.scoring["eval_loss"].startswith("teacher-forced cross-entropy")
+
+
+def test_an_epoch_budget_counts_steps_as_the_trainer_does_with_warmup_ratio_8bit_adamw_and_an_fp4_base(
+        trial_cfg, tmp_path, monkeypatch):
+    from bitsandbytes.optim.optimizer import Optimizer8bit
+
+    calls = []
+    step = Optimizer8bit.step
+    monkeypatch.setattr(Optimizer8bit, "step", lambda self, *a, **k: calls.append(1) or step(self, *a, **k))
+    # 8 rows, micro batch 2, no accumulation: 4 steps an epoch, so 1.5 epochs = 6 steps; warm-up ceil(6 x 0.25) = 2.
+    training = dataclasses.replace(trial_cfg.training, max_steps=None, epochs=1.5, warmup_ratio=0.25,
+                                   optimizer="adamw_8bit")
+    cfg = dataclasses.replace(trial_cfg, training=training,
+                              quantization=dataclasses.replace(trial_cfg.quantization, mode="fp4"))
+    events: list[dict] = []
+    result = run_trial(cfg, load_trial_data(cfg.dataset), tmp_path / "epochs", events.append, num_threads=1)
+
+    losses = [e["step"] for e in events if e.get("name") == "train/loss"]
+    rates = [e["value"] for e in events if e.get("name") == "train/learning_rate"]
+    assert losses == [1, 2, 3, 4, 5, 6] and len(calls) == 6  # bitsandbytes' optimizer made every update
+    assert rates[0] < rates[1] and rates[1] > rates[-1] > 0  # 2 warm-up steps, then the linear decay
+    assert ("eval/rougeL", 6) in [(e.get("name"), e.get("step")) for e in events]  # the final eval, at the last step
+    adapter = load_file(f"{result.adapter_dir}/adapter_model.safetensors")
+    assert all(v.abs().sum() > 0 for k, v in adapter.items() if "lora_B" in k)  # trained on the fp4 base
+
+
+def test_fp4_int8_and_a_checkpoint_saved_in_4bit_load_as_asked(tiny_model_dir, trial_cfg, tmp_path):
+    import bitsandbytes as bnb
+
+    from trainer.models import quantization_problems
+
+    quant = trial_cfg.quantization
+    fp4 = load_model(str(tiny_model_dir), dataclasses.replace(quant, mode="fp4")).model.layers[0].self_attn.q_proj
+    assert isinstance(fp4, bnb.nn.Linear4bit) and fp4.weight.quant_state.quant_type == "fp4"
+    int8 = load_model(str(tiny_model_dir), dataclasses.replace(quant, mode="int8")).model.layers[0].self_attn.q_proj
+    assert isinstance(int8, bnb.nn.Linear8bitLt) and int8.weight.dtype == torch.int8
+
+    nf4 = load_model(str(tiny_model_dir), quant)
+    saved = tmp_path / "tiny-bnb-4bit"
+    nf4.save_pretrained(saved)
+    load_tokenizer(str(tiny_model_dir)).save_pretrained(saved)
+    again = load_model(str(saved), quant)  # no second quantization: the saved 4-bit weights as they are
+    ids = torch.tensor([[1, 2, 3, 4]])
+    assert isinstance(again.model.layers[0].self_attn.q_proj, bnb.nn.Linear4bit)
+    assert torch.equal(again(input_ids=ids).logits, nf4(input_ids=ids).logits)
+
+    as_none = dataclasses.replace(trial_cfg, model=dataclasses.replace(trial_cfg.model, name=str(saved)),
+                                  quantization=dataclasses.replace(quant, mode="none"))
+    [problem] = quantization_problems(as_none)
+    assert problem.path == "quantization.mode" and problem.allowed == "nf4" and problem.given == "none"
+    with pytest.raises(ValueError, match="quantization.mode: a checkpoint saved quantized"):
+        load_model(str(saved), as_none.quantization)
+
+
+def test_a_paged_optimizer_on_a_worker_without_gpu_is_a_clear_error():
+    from trainer.trial import _optimizer
+
+    assert _optimizer("adamw") == {} and _optimizer("adamw_8bit") == {"optim": "adamw_bnb_8bit"}
+    with pytest.raises(ValueError, match="paged_adamw_8bit pages optimizer state out of GPU memory, and this "
+                                         "worker has no GPU; allowed here: adamw, adamw_8bit"):
+        _optimizer("paged_adamw_8bit")

@@ -8,7 +8,7 @@ import random
 import re
 
 from trainer.config import AugmentationConfig
-from trainer.data import Example
+from trainer.data import Example, TrialData
 
 # A speaker is whatever starts a line before the first colon: `#Person1#:`, `Amanda:`, `민수:`.
 _SPEAKER = re.compile(r"^\s*([^:\n]{1,40}?)\s*:", re.MULTILINE)
@@ -43,3 +43,9 @@ def augment(train: tuple[Example, ...], cfg: AugmentationConfig) -> tuple[Exampl
     picked = sorted(random.Random(cfg.seed).sample(range(len(train)), count))
     swapped = [s for s in (swap_speakers(train[i]) for i in picked) if s is not None]
     return train + tuple(swapped)
+
+
+def training_examples(data: TrialData, cfg: AugmentationConfig) -> tuple[Example, ...]:
+    """What a trial trains on: the training rows, their speaker-swapped copies, and the paraphrased rows the
+    driver prepared for this augmentation."""
+    return augment(data.train, cfg) + (data.paraphrased if cfg.paraphrase else ())

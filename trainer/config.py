@@ -7,11 +7,22 @@ cross-field invariants. The orchestrator builds these from YAML; the trainer onl
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
 EMBEDDED_MODEL_ALIAS = "smollm2-135m-instruct"
 PROMPT_PLACEHOLDER = "dialogue"
+DEFAULT_MAX_STEPS = 32
+DEFAULT_PARAPHRASE_PROMPT = ("Rewrite the following sentence in other words, keeping its meaning, names and "
+                             "numbers. Reply with the rewritten sentence only.\n\nSentence: {text}")
+# Keys that exclude each other: a grid value, a study proposal or a --set of one clears the other (key ->
+# the other key, its cleared value).
+EXCLUSIVE_KEYS = {"training.max_steps": ("training.epochs", None), "training.epochs": ("training.max_steps", None),
+                  "training.warmup_steps": ("training.warmup_ratio", None),
+                  "training.warmup_ratio": ("training.warmup_steps", 0)}
+# bitsandbytes' paged optimizers page their state between GPU and host memory; a CPU has nothing to page.
+PAGED_OPTIMIZERS = ("paged_adamw_8bit", "paged_adamw_32bit")
 
 
 @dataclass(frozen=True)
@@ -107,8 +118,11 @@ class LoraSettings:
 
 @dataclass(frozen=True)
 class QuantizationConfig:
-    mode: Literal["nf4", "none"] = "nf4"
-    """`nf4`: 4-bit NormalFloat base weights (QLoRA); `none`: full-precision base weights."""
+    mode: Literal["nf4", "fp4", "int8", "none"] = "nf4"
+    """Base weights as bitsandbytes stores them. `nf4`: 4-bit NormalFloat (QLoRA; ~0.5 byte/param, the best 4-bit
+    quality); `fp4`: 4-bit float, same memory, usually a little worse; `int8`: LLM.int8() (~1 byte/param, closest
+    to full precision, slower matmuls, computes in float16); `none`: full precision (2-4 bytes/param). A checkpoint
+    saved quantized (a `...-bnb-4bit` repo) loads as it is, and this must name its mode."""
     double_quant: bool = True
     """Quantize the quantization constants too: ~0.4 bit/param less memory, negligible cost."""
     compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
@@ -122,8 +136,13 @@ class TrainingConfig:
     method: Literal["lora", "full"] = "lora"
     """`lora`: train adapters on a frozen (4-bit under nf4) base, MBs to save; `full`: train every weight of a
     full-precision base (quantization.mode: none), the whole model to save and ~3x its size in optimizer state."""
-    max_steps: int = field(default=32, metadata={"ge": 1})
-    """Optimizer steps per trial."""
+    max_steps: int | None = field(default=None, metadata={"ge": 1})
+    """Optimizer steps per trial: the same budget for every trial whatever its data. Give it or `epochs`, not
+    both; neither means 32."""
+    epochs: float | None = field(default=None, metadata={"gt": 0.0})
+    """Passes over the training rows instead of max_steps (may be fractional): steps = ceil(epochs x
+    ceil(rows / micro_batch_size / gradient_accumulation_steps)), counted by each trial on the rows that fit, so
+    augmentation lengthens training. Suits full-dataset runs; max_steps suits equal-cost grids."""
     micro_batch_size: int = field(default=2, metadata={"ge": 1})
     """Examples per forward pass; the memory knob (batch 1 + accumulation fits 24 GB for 10B models)."""
     gradient_accumulation_steps: int = field(default=2, metadata={"ge": 1})
@@ -134,6 +153,13 @@ class TrainingConfig:
     """Learning-rate schedule over max_steps."""
     warmup_steps: int = field(default=0, metadata={"ge": 0})
     """Linear warm-up steps at the start of the schedule."""
+    warmup_ratio: float | None = field(default=None, metadata={"ge": 0.0, "lt": 1.0})
+    """Warm-up as a share of the trial's steps (rounded up), instead of warmup_steps; follows an epoch budget.
+    ~0.03 is common; 0 or null = no warm-up."""
+    optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit"] = "adamw"
+    """`adamw`: torch's AdamW, state 8 bytes per trained weight. `adamw_8bit`: bitsandbytes' 8-bit AdamW, ~2
+    bytes; matters for full fine-tunes, hardly for LoRA. `paged_*`: bitsandbytes pages the state to host memory
+    when the GPU runs out (GPU only; refused for CPU trials)."""
     max_grad_norm: float = field(default=1.0, metadata={"ge": 0.0})
     """Clip the gradient's global norm to this before each update; 0 = no clipping. Guards against a bad batch;
     too low slows learning."""
@@ -156,19 +182,50 @@ class TrainingConfig:
     0 = none. Each costs one write of the adapter and its optimizer state; a trial that is killed, stopped, timed
     out or retried continues from the last one on the next `sweep run`."""
 
+    def __post_init__(self):
+        if self.max_steps is None and self.epochs is None:
+            object.__setattr__(self, "max_steps", DEFAULT_MAX_STEPS)
+
+    def total_steps(self, train_rows: int) -> int:
+        """Optimizer steps over `train_rows` rows, as transformers' Trainer counts an epoch budget."""
+        if self.max_steps is not None:
+            return self.max_steps
+        batches = math.ceil(train_rows / self.micro_batch_size)
+        return math.ceil(self.epochs * max(math.ceil(batches / self.gradient_accumulation_steps), 1))
+
+    def warmup(self, total_steps: int) -> int:
+        """Warm-up steps of a trial of `total_steps` steps."""
+        return math.ceil(total_steps * self.warmup_ratio) if self.warmup_ratio else self.warmup_steps
+
     def problems(self, path: str) -> list[ConfigProblem]:
         out = []
-        if self.warmup_steps >= self.max_steps:
-            out.append(ConfigProblem(f"{path}.warmup_steps", "warm-up must end before training does",
-                                     self.warmup_steps, f"0 to {self.max_steps - 1}",
-                                     "lower warmup_steps or raise max_steps"))
+        if self.max_steps is not None and self.epochs is not None:
+            out.append(ConfigProblem(f"{path}.epochs", "the budget is max_steps or epochs, not both",
+                                     {"max_steps": self.max_steps, "epochs": self.epochs}, "exactly one of the two",
+                                     "remove one of them (a grid value or --set of one replaces the other)"))
+        if self.warmup_ratio is not None and self.warmup_steps:
+            out.append(ConfigProblem(f"{path}.warmup_ratio", "warm-up is warmup_steps or warmup_ratio, not both",
+                                     {"warmup_steps": self.warmup_steps, "warmup_ratio": self.warmup_ratio},
+                                     "one of the two", "remove one"))
+        if self.max_steps is not None:
+            out += self.step_problems(path, self.max_steps)
         if self.interim_eval_examples is not None and self.eval_interval_steps == 0:
             out.append(ConfigProblem(f"{path}.interim_eval_examples", "sizes interim evaluations, and there are none "
                                      "(eval_interval_steps: 0), so it would be ignored", self.interim_eval_examples,
                                      "null, or set eval_interval_steps", "remove it, or set eval_interval_steps"))
-        if self.logging_steps > self.max_steps:
-            out.append(ConfigProblem(f"{path}.logging_steps", "at least one training loss point must be logged",
-                                     self.logging_steps, f"1 to {self.max_steps}", "lower logging_steps"))
+        return out
+
+    def step_problems(self, path: str, total_steps: int, where: str = "") -> list[ConfigProblem]:
+        """Invariants that need the step count: from max_steps at load, from the data for an epoch budget."""
+        out = []
+        if self.warmup(total_steps) >= total_steps:
+            out.append(ConfigProblem(f"{path}.warmup_steps{where}", f"warm-up must end before training does "
+                                     f"({total_steps} steps)", self.warmup(total_steps), f"0 to {total_steps - 1}",
+                                     "lower the warm-up or raise the budget"))
+        if self.logging_steps > total_steps:
+            out.append(ConfigProblem(f"{path}.logging_steps{where}", f"at least one training loss point must be "
+                                     f"logged ({total_steps} steps)", self.logging_steps, f"1 to {total_steps}",
+                                     "lower logging_steps"))
         return out
 
 
@@ -218,8 +275,30 @@ class AugmentationConfig:
     speaker_swap: float = field(default=0.0, metadata={"ge": 0.0, "le": 1.0})
     """Share of training rows added once more with their speakers exchanged (consistently in dialogue and
     summary); 0 = none. Teaches who-did-what rather than names; the eval split is never augmented."""
+    paraphrase: float = field(default=0.0, metadata={"ge": 0.0, "le": 1.0})
+    """Share of training rows added once more with the dialogue paraphrased turn by turn by `paraphrase_model`
+    (speaker tags and summary kept); 0 = none. More wording variety; a weak generator adds noise. Generated once
+    per sweep on the driver before the trials, and cached by content."""
+    paraphrase_model: str | None = None
+    """The paraphrasing causal LM: a local folder, `smollm2-135m-instruct`, or a hub id; needed when paraphrase
+    > 0. Its identity, the prompt and the seed are stored with the sweep."""
+    paraphrase_prompt: str = DEFAULT_PARAPHRASE_PROMPT
+    """What the generator is asked, once per turn; `{text}` is the turn's text. Write it in the data's language
+    (an English request makes many models answer in English)."""
     seed: int = 0
-    """Which rows are swapped."""
+    """Which rows are swapped or paraphrased, and the paraphrases' sampling seed."""
+
+    def problems(self, path: str) -> list[ConfigProblem]:
+        out = []
+        if self.paraphrase > 0 and not self.paraphrase_model:
+            out.append(ConfigProblem(f"{path}.paraphrase_model", "paraphrasing needs a generator", None,
+                                     "a local causal LM folder, smollm2-135m-instruct, or a hub id",
+                                     "set augmentation.paraphrase_model, or paraphrase: 0"))
+        if "{text}" not in self.paraphrase_prompt:
+            out.append(ConfigProblem(f"{path}.paraphrase_prompt", "the request must contain the turn",
+                                     self.paraphrase_prompt, "text with a {text} placeholder",
+                                     "add {text} where the turn goes"))
+        return out
 
 
 @dataclass(frozen=True)
@@ -263,9 +342,10 @@ class TrialConfig:
         """Cross-field invariants of one run; checked on every grid point and every study proposal."""
         t, g = self.training, self.generation
         out = self.dataset.problems("dataset") + t.problems("training") + g.problems("generation")
+        out += self.augmentation.problems("augmentation")
         if t.method == "full" and self.quantization.mode != "none":
-            out.append(ConfigProblem("training.method", "a full fine-tune trains every weight, and 4-bit weights "
-                                     "cannot be trained", f"full with quantization.mode {self.quantization.mode}",
+            out.append(ConfigProblem("training.method", "a full fine-tune trains every weight, and quantized "
+                                     "weights cannot be trained", f"full with quantization.mode {self.quantization.mode}",
                                      "lora with nf4, or full with quantization.mode: none",
                                      "set quantization.mode: none (or method: lora)"))
         if g.max_new_tokens >= t.max_seq_length:

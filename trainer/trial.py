@@ -18,8 +18,8 @@ from transformers import TrainerCallback, set_seed
 from evaluation import EvalResult, Scoring, evaluate
 from evaluation.rouge import resolve_tokenizer
 from trainer import checkpoints, heldout, prompts
-from trainer.augment import augment
-from trainer.config import TrialConfig
+from trainer.augment import training_examples
+from trainer.config import PAGED_OPTIMIZERS, TrialConfig
 from trainer.data import TrialData
 from trainer.hardware import environment_record, peak_memory_mib, probe_device, resolve_precision
 from trainer.models import load_model, load_tokenizer, resolve_model_path
@@ -50,13 +50,13 @@ def run_trial(cfg: TrialConfig, data: TrialData, out_dir: Path, report: Report,
         with _step("adapt", timings, report):
             model = adapt(model, cfg)
         with _step("train", timings, report):
-            skipped = train(model, tokenizer, cfg, data, out_dir, report, interim, key)
+            skipped, total_steps = train(model, tokenizer, cfg, data, out_dir, report, interim, key)
         # Rows whose summary alone does not fit max_seq_length: dropped, never truncated.
         report({"event": "metric", "name": "train/skipped_examples", "step": 0, "value": float(skipped)})
     footprint = parameter_counts(model, trained=not cfg.zero_shot)
     with _step("evaluate", timings, report):
         result = evaluator(model)
-        _report_eval(report, result, cfg.training.max_steps if not cfg.zero_shot else 0)
+        _report_eval(report, result, 0 if cfg.zero_shot else total_steps)
     if not cfg.zero_shot:
         with _step("save", timings, report):
             adapter_dir = save(model, out_dir)
@@ -102,9 +102,9 @@ def adapt(model, cfg: TrialConfig):
 
 
 def train(model, tokenizer, cfg: TrialConfig, data: TrialData, out_dir: Path, report: Report,
-          evaluator: Callable[[object], EvalResult], resume_key: str = "") -> int:
+          evaluator: Callable[[object], EvalResult], resume_key: str = "") -> tuple[int, int]:
     """Fine-tune on summary tokens only, from the last complete checkpoint of the same `resume_key` when there
-    is one; returns how many training rows were skipped as too long.
+    is one; returns how many training rows were skipped as too long, and the optimizer steps taken.
 
     Decoder-only models: TRL's SFTTrainer on prompt/completion rows (completion-only loss).
     Encoder-decoder models: transformers' Seq2SeqTrainer, prompt into the encoder, summary as labels."""
@@ -120,7 +120,8 @@ def train(model, tokenizer, cfg: TrialConfig, data: TrialData, out_dir: Path, re
         from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments
 
         rows, skipped = seq2seq_rows(cfg, tokenizer, data)
-        trainer = Seq2SeqTrainer(model=model, args=Seq2SeqTrainingArguments(**_trainer_args(cfg, out_dir)),
+        total_steps = budget(cfg, len(rows))
+        trainer = Seq2SeqTrainer(model=model, args=Seq2SeqTrainingArguments(**_trainer_args(cfg, out_dir, total_steps)),
                                  train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                                  data_collator=DataCollatorForSeq2Seq(tokenizer, model=model), callbacks=callbacks)
     else:
@@ -129,26 +130,51 @@ def train(model, tokenizer, cfg: TrialConfig, data: TrialData, out_dir: Path, re
         from trainer.sft import SweepSFTTrainer
 
         rows, skipped = training_rows(cfg, tokenizer, data)
+        total_steps = budget(cfg, len(rows))
         # TRL turns activation checkpointing on by default; _trainer_args sets it from the spec.
-        args = SFTConfig(**_trainer_args(cfg, out_dir), max_length=cfg.training.max_seq_length,
+        args = SFTConfig(**_trainer_args(cfg, out_dir, total_steps), max_length=cfg.training.max_seq_length,
                          completion_only_loss=True)
         trainer = SweepSFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
                                    processing_class=tokenizer, callbacks=callbacks)
     trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
-    return skipped
+    return skipped, total_steps
 
 
-def _trainer_args(cfg: TrialConfig, out_dir: Path) -> dict:
-    """TrainingArguments shared by both trainers."""
+def budget(cfg: TrialConfig, train_rows: int) -> int:
+    """The trial's optimizer steps over the rows that fit; an epoch budget is checked here, once it is known."""
+    total_steps = cfg.training.total_steps(train_rows)
+    problems = cfg.training.step_problems("training", total_steps, f" ({train_rows} training rows fit)")
+    if problems:
+        raise ValueError("; ".join(p.render() for p in problems))
+    print(f"training budget: {total_steps} optimizer steps over {train_rows} rows", flush=True)
+    return total_steps
+
+
+# bitsandbytes' optimizers by their transformers names; adamw keeps the Trainer's default (torch's AdamW).
+_OPTIMIZERS = {"adamw_8bit": "adamw_bnb_8bit", "paged_adamw_8bit": "paged_adamw_8bit",
+               "paged_adamw_32bit": "paged_adamw_32bit"}
+
+
+def _optimizer(name: str) -> dict:
+    import torch
+
+    if name in PAGED_OPTIMIZERS and not torch.cuda.is_available():
+        raise ValueError(f"training.optimizer: {name} pages optimizer state out of GPU memory, and this worker has "
+                         f"no GPU; allowed here: adamw, adamw_8bit. Fix: set training.optimizer: adamw_8bit")
+    return {"optim": _OPTIMIZERS[name]} if name in _OPTIMIZERS else {}
+
+
+def _trainer_args(cfg: TrialConfig, out_dir: Path, total_steps: int) -> dict:
+    """TrainingArguments shared by both trainers, for a budget of `total_steps` optimizer steps."""
     import torch
 
     t = cfg.training
     saving = dict(save_strategy="steps", save_steps=t.checkpoint_interval_steps) if t.checkpoint_interval_steps \
         else dict(save_strategy="no")
-    return dict(output_dir=str(out_dir / checkpoints.TRAINER_DIR), max_steps=t.max_steps, **saving,
-                per_device_train_batch_size=t.micro_batch_size,
+    return dict(output_dir=str(out_dir / checkpoints.TRAINER_DIR), max_steps=total_steps, **saving,
+                per_device_train_batch_size=t.micro_batch_size, **_optimizer(t.optimizer),
                 gradient_accumulation_steps=t.gradient_accumulation_steps, learning_rate=t.learning_rate,
-                lr_scheduler_type=t.lr_scheduler, warmup_steps=t.warmup_steps, seed=t.seed, data_seed=t.seed,
+                lr_scheduler_type=t.lr_scheduler, warmup_steps=t.warmup(total_steps), seed=t.seed, data_seed=t.seed,
                 max_grad_norm=t.max_grad_norm, weight_decay=t.weight_decay,
                 logging_steps=t.logging_steps, activation_checkpointing=t.gradient_checkpointing,
                 bf16=cfg.quantization.compute_dtype == "bfloat16",
@@ -159,7 +185,7 @@ def _trainer_args(cfg: TrialConfig, out_dir: Path) -> dict:
 def seq2seq_rows(cfg: TrialConfig, tokenizer, data: TrialData) -> tuple[list[dict], int]:
     """Encoder input ids (dialogue cut to max_seq_length) and label ids (the whole summary + end token)."""
     rows, skipped = [], 0
-    for example in augment(data.train, cfg.augmentation):
+    for example in training_examples(data, cfg.augmentation):
         labels = tokenizer(example.summary, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         dialogue = prompts.fit_dialogue(cfg, tokenizer, example.dialogue, cfg.training.max_seq_length)
         if dialogue is None or len(labels) > cfg.training.max_seq_length:
@@ -177,7 +203,7 @@ def training_rows(cfg: TrialConfig, tokenizer, data: TrialData) -> tuple[list[di
     """Prompt-completion rows with each dialogue cut so that prompt + full summary fit max_seq_length."""
     rows, skipped = [], 0
     chat = prompts.uses_chat(cfg, tokenizer)
-    for example in augment(data.train, cfg.augmentation):  # speaker-swapped copies: training split only
+    for example in training_examples(data, cfg.augmentation):  # speaker-swapped copies: training split only
         summary_tokens = len(tokenizer(example.summary, add_special_tokens=False)["input_ids"])
         budget = cfg.training.max_seq_length - summary_tokens - heldout.COMPLETION_END_TOKENS
         dialogue = prompts.fit_dialogue(cfg, tokenizer, example.dialogue, budget)
