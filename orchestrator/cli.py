@@ -17,6 +17,8 @@ STORE_ENV = "QLORA_SWEEP_STORE"
 DEFAULT_STORE = "sqlite:///runs/results.db"
 SET_HELP = ("override one dotted key of the spec, e.g. model.name=./tiny or search.grid.lora.rank=[4,8] "
             "(repeatable; the value is YAML; validated with the file and stored with the sweep's spec)")
+WHERE_HELP = ("show only trials whose swept setting (or kind, status, name) has this value, e.g. prompt=v2 or "
+              "lora.rank=16 (repeatable: all must hold; a kept fine-tune keeps its zero-shot baseline)")
 SWEEP_HELP = "sweep name (default: the latest), or its spec file (then read from the store the spec names)"
 
 
@@ -66,7 +68,7 @@ def _run(args) -> int:
     if outcome.stopped_by:
         print(f"  {outcome.stopped_by}: run the same command again to resume")
     if not args.quiet:
-        print(_leaderboard_text(store, outcome.sweep, "rougeL", "table"))
+        print(_leaderboard_text(store, store.summary(outcome.sweep), "rougeL", "table"))
     if stop:
         return 130
     return 1 if outcome.failed or outcome.interrupted else 0
@@ -106,9 +108,9 @@ def _report(args) -> int:
     from results import leaderboard, report
 
     store, sweep = _open_sweep(args, "report")
-    if sweep is None:
+    summary = _selected(store, sweep, args.where, "report")
+    if summary is None:
         return 2
-    summary = store.summary(sweep)
     rows = leaderboard.build(summary, args.metric, store.example_scores(sweep, args.metric))
     html = report.render(summary, rows, args.metric, {t.name: store.curves(t.id) for t in summary.trials},
                          {t.name: store.predictions(sweep, t.name) for t in summary.trials},
@@ -139,7 +141,8 @@ def _export(args) -> int:
     trial, config = found
     out = Path(args.out or _sweep_dir(summary) / "export" / name)
     try:
-        written = export(trial, config, trial.adapter_dir, sweep, out, merged=args.merged)
+        written = export(trial, config, trial.adapter_dir, sweep, out, merged=args.merged,
+                         predictions=store.predictions(sweep, name))
     except ExportError as exc:
         print(f"sweep export: {exc}", file=sys.stderr)
         return 2
@@ -231,9 +234,49 @@ def _dimension(d) -> str:
 
 def _leaderboard(args) -> int:
     store, sweep = _open_sweep(args, "leaderboard")
-    if sweep is None:
+    summary = _selected(store, sweep, args.where, "leaderboard")
+    if summary is None:
         return 2
-    print(_leaderboard_text(store, sweep, args.metric, args.format, args.bootstrap))
+    print(_leaderboard_text(store, summary, args.metric, args.format, args.bootstrap))
+    return 0
+
+
+def _selected(store, sweep: str | None, wheres: list[str], command: str):
+    """The sweep's summary with the trials its --where filters keep; None (after saying why) if it cannot be."""
+    from results.selection import SelectionError, select
+
+    if sweep is None:
+        return None
+    try:
+        return select(store.summary(sweep), wheres)
+    except SelectionError as exc:
+        print(f"sweep {command}: {exc}", file=sys.stderr)
+        return None
+
+
+def _compare(args) -> int:
+    from types import SimpleNamespace
+
+    from results.compare import CompareError, compare, render
+
+    sides = []
+    for given in (args.a, args.b):
+        sweep, _, trial = given.partition(":") if not given.endswith((".yaml", ".yml")) else (given, "", "")
+        store, name = _open_sweep(SimpleNamespace(sweep=sweep, store=args.store), "compare")
+        if name is None:
+            return 2
+        trials = store.summary(name).trials
+        picked = [t for t in trials if t.name == trial] if trial else trials
+        if trial and not picked:
+            return _unknown_trial("compare", name, trial, [t.name for t in trials])
+        sides.append((name, picked, store.example_scores(name, args.metric)))
+    (name_a, a, scores_a), (name_b, b, scores_b) = sides
+    try:
+        pairs = compare(a, b, scores_a, scores_b, args.metric, args.bootstrap)
+    except CompareError as exc:
+        print(f"sweep compare: {exc}", file=sys.stderr)
+        return 2
+    print(render(pairs, args.format, args.metric, name_a, name_b))
     return 0
 
 
@@ -257,10 +300,10 @@ def _open_sweep(args, command: str):
     return store, sweep
 
 
-def _leaderboard_text(store, sweep: str, metric: str, fmt: str, samples: int = 1000) -> str:
+def _leaderboard_text(store, summary, metric: str, fmt: str, samples: int = 1000) -> str:
     from results import environment, leaderboard
 
-    summary = store.summary(sweep)
+    sweep = summary.name
     rows = leaderboard.build(summary, metric, store.example_scores(sweep, metric), samples)
     return leaderboard.render(rows, fmt, metric, summary.notes, sweep, leaderboard.scoring_groups(summary.trials),
                               environment.sweep_lines(summary.trials))
@@ -291,7 +334,16 @@ def _parser() -> argparse.ArgumentParser:
     board.add_argument("--format", default="table", choices=FORMATS)
     board.add_argument("--bootstrap", type=int, default=1000, metavar="N",
                        help="resamples of the eval examples for the 95%% intervals (default 1000)")
+    board.add_argument("--where", action="append", default=[], metavar="KEY=VALUE", help=WHERE_HELP)
     board.set_defaults(handler=_leaderboard)
+    comp = sub.add_parser("compare", help="the same trials in two sweeps, on shared examples, with paired intervals")
+    comp.add_argument("a", help="sweep A (name or spec file), or SWEEP:TRIAL for one trial")
+    comp.add_argument("b", help="sweep B, or SWEEP:TRIAL")
+    comp.add_argument("--metric", default="rougeL", choices=RANKABLE)
+    comp.add_argument("--format", default="table", choices=("table", "json"))
+    comp.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="paired resamples (default 1000)")
+    comp.add_argument("--store", help=f"SQLAlchemy URL of the results store (default: ${STORE_ENV})")
+    comp.set_defaults(handler=_compare)
     status = sub.add_parser("status", help="each trial's state, progress and worker; whether a driver is alive")
     status.add_argument("sweep", nargs="?", help=SWEEP_HELP)
     status.add_argument("--format", default="table", choices=("table", "json"),
@@ -308,6 +360,7 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", help="HTML file (default: <run_dir>/<sweep>/report.html)")
     rep.add_argument("--metric", default="rougeL", choices=RANKABLE)
     rep.add_argument("--examples", type=int, default=3, help="worst and best predictions per trial (default 3 each)")
+    rep.add_argument("--where", action="append", default=[], metavar="KEY=VALUE", help=WHERE_HELP)
     rep.set_defaults(handler=_report)
     exp = sub.add_parser("export", help="a trial's adapter (optionally merged into its base) with a model card")
     exp.add_argument("sweep", help=SWEEP_HELP)

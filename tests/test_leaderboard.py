@@ -171,3 +171,57 @@ def test_eval_loss_ranks_lowest_first_and_is_shown_as_it_is(filled):
     assert with_base.delta == pytest.approx(losses[with_base.trial] - losses[base.name])  # not x 100
     text = leaderboard.render(rows, "table", "eval_loss", {}, "g")
     assert "ranked by eval_loss (lowest first)" in text and f"{losses[ranked[0]]:.3f}" in text
+
+
+def test_where_keeps_the_matching_trials_and_their_own_baselines(filled, capsys):
+    _, url = filled
+
+    def shown(*wheres: str) -> dict[str, dict]:
+        assert main(["leaderboard", "--store", url, "--format", "json", *(a for w in wheres for a in ("--where", w))]) == 0
+        return {r["trial"]: r for r in json.loads(capsys.readouterr().out)["rows"]}
+
+    assert sorted(shown("prompt=v2")) == ["v2-r8-lr5e-4", "v2-zero-shot"]
+    by_rank = shown("lora.rank=8", "training.learning_rate=5e-4")  # 5e-4 as typed equals the stored 0.0005
+    assert sorted(by_rank) == ["v1-r8-lr5e-4", "v1-zero-shot", "v2-r8-lr5e-4", "v2-zero-shot"]
+    assert by_rank["v1-r8-lr5e-4"]["delta"] == pytest.approx(20.0)  # still against its own baseline
+    assert sorted(shown("status=failed")) == ["v1-r16-lr5e-4", "v1-zero-shot"]
+    assert shown("lora.rank=4") == {}
+    assert main(["leaderboard", "--store", url, "--where", "lora.rnak=8"]) == 2
+    err = capsys.readouterr().err
+    assert "--where lora.rnak=8: the key must be a swept setting or kind, status, name; given 'lora.rnak'" in err
+    assert "did you mean 'lora.rank'?" in err
+    assert main(["report", "--store", url, "--where", "prompt"]) == 2
+    assert "a filter is key=value; given 'prompt'" in capsys.readouterr().err
+
+
+def test_compare_two_sweeps_on_shared_examples_and_refuse_different_scoring(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    store = Store(url)
+    how = {"tokenizer": "ascii", "references": "max over r1, r2", "eval_examples": 4}
+    before = store.open_sweep("before", {}, "runs/before", {})
+    _scored(store, before, "v1-r8", "trial", "v1", [0.2, 0.3, 0.4, 0.5], how)
+    _scored(store, before, "v1-zero-shot", "baseline", "v1", [0.1, 0.1, 0.2, 0.2], how)
+    after = store.open_sweep("after", {}, "runs/after", {})  # one eval example more: only the shared 4 count
+    _scored(store, after, "v1-r8", "trial", "v1", [0.4, 0.5, 0.6, 0.7, 0.0], {**how, "eval_examples": 5})
+    _scored(store, after, "v1-zero-shot", "baseline", "v1", [0.1, 0.2, 0.1, 0.2, 0.9], {**how, "eval_examples": 5})
+
+    assert main(["compare", "before", "after", "--store", url, "--format", "json"]) == 0
+    pairs = {p["trial_a"]: p for p in json.loads(capsys.readouterr().out)["pairs"]}
+    tuned = pairs["v1-r8"]
+    assert (tuned["mean_a"], tuned["mean_b"]) == pytest.approx((35.0, 55.0))  # the 5th example is left out
+    assert tuned["difference"]["estimate"] == pytest.approx(20.0) and tuned["difference"]["examples"] == 4
+    assert tuned["difference"]["low"] == pytest.approx(20.0) and tuned["verdict"] == "B better"  # +20 on every one
+    assert (tuned["only_a"], tuned["only_b"]) == (0, 1)
+    assert pairs["v1-zero-shot"]["verdict"] == "no clear difference"  # +0.1, -0.1, 0, 0
+
+    assert main(["compare", "before:v1-zero-shot", "after:v1-r8", "--store", url]) == 0
+    table = capsys.readouterr().out
+    assert "v1-zero-shot / v1-r8" in table and "+40.00 [" in table and "B better" in table
+
+    stemmed = store.open_sweep("stemmed", {}, "runs/stemmed", {})
+    _scored(store, stemmed, "v1-r8", "trial", "v1", [0.4, 0.5, 0.6, 0.7], {**how, "tokenizer": "unicode"})
+    assert main(["compare", "before", "stemmed", "--store", url]) == 2
+    assert "results scored differently are not compared: v1-r8 vs v1-r8 differ in tokenizer ('ascii' vs " \
+           "'unicode')" in capsys.readouterr().err
+    assert main(["compare", "before:v9", "after", "--store", url]) == 2
+    assert "the trial must belong to sweep before; given 'v9'" in capsys.readouterr().err

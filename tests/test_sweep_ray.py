@@ -73,9 +73,13 @@ def test_tensorboard_has_curves_and_hparams(tmp_path):
 
 def test_decoder_only_and_encoder_decoder_in_one_sweep_then_export(backend, tiny_model_dir, tiny_t5_dir, local_data,
                                                                    tmp_path, capsys):
+    import json
+    import subprocess
+    import sys
+
     import torch
     from safetensors.torch import load_file
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     raw = tiny_spec(tiny_model_dir, *local_data, tmp_path)
     raw["prompt"] = "v1"
@@ -100,13 +104,40 @@ def test_decoder_only_and_encoder_decoder_in_one_sweep_then_export(backend, tiny
     assert any("decoder" in k for k in t5_adapter)
 
     out = tmp_path / "export"
+    out.mkdir()
+    (out / "stale.txt").write_text("from an older export")
     assert main(["export", "tiny", "tiny-llama0", "--merged", "--out", str(out), "--store", store.url]) == 0
+    assert not (out / "stale.txt").exists()  # the folder was replaced, not mixed
     card = (out / "README.md").read_text()
     assert "base_model: " + str(tiny_model_dir) in card and "| rougeL |" in card and "lora:" in card
     merged = AutoModelForCausalLM.from_pretrained(out / "merged")
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     q = "model.layers.0.self_attn.q_proj.weight"
     assert not torch.equal(merged.state_dict()[q], base.state_dict()[q])  # the adapter is in the weights
+    # Merged = the NF4 weights the adapter was trained against (dequantized) + scale x B @ A; not the original + it.
+    from trainer.config import QuantizationConfig
+    from trainer.models import load_model
+
+    lora = load_file(out / "adapter" / "adapter_model.safetensors")
+    prefix = "base_model.model.model.layers.0.self_attn.q_proj"
+    delta = 2.0 * lora[f"{prefix}.lora_B.weight"] @ lora[f"{prefix}.lora_A.weight"]  # alpha 8 / rank 4
+    seen = load_model(str(tiny_model_dir), QuantizationConfig(mode="nf4", compute_dtype="float32")).dequantize()
+    assert torch.allclose(merged.state_dict()[q], seen.state_dict()[q] + delta, atol=1e-6)
+    assert not torch.allclose(merged.state_dict()[q], base.state_dict()[q] + delta, atol=1e-3)
+    # Plain transformers on the merged model, one prompt at a time, gives every stored prediction (CPU, float32).
+    examples = [json.loads(line) for line in (out / "eval_examples.jsonl").read_text().splitlines()]
+    stored = {p["example_id"]: p["prediction"] for p in store.predictions("tiny", "tiny-llama0")}
+    assert len(examples) == len(stored) == 4
+    tokenizer = AutoTokenizer.from_pretrained(out / "merged")
+    for e in examples:
+        inputs = tokenizer(e["prompt"], return_tensors="pt", add_special_tokens=e["add_special_tokens"])
+        output = merged.generate(**inputs, max_new_tokens=e["max_new_tokens"], do_sample=False,
+                                 num_beams=e["num_beams"], pad_token_id=tokenizer.pad_token_id)
+        text = tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+        assert text == e["prediction"] == stored[e["example_id"]]
+    snippet = card.split("```python\n")[1].split("```")[0]  # the card's own code runs as it is
+    runs = subprocess.run([sys.executable, "-c", snippet], cwd=out, capture_output=True, text=True, timeout=300)
+    assert runs.returncode == 0, runs.stderr
     assert main(["export", "tiny", "v1-tiny-llama0-zero-shot", "--store", store.url]) == 2  # no adapter
     assert "only a completed fine-tune" in capsys.readouterr().err
 
