@@ -114,7 +114,7 @@ def _report(args) -> int:
     rows = leaderboard.build(summary, args.metric, store.example_scores(sweep, args.metric))
     html = report.render(summary, rows, args.metric, {t.name: store.curves(t.id) for t in summary.trials},
                          {t.name: store.predictions(sweep, t.name) for t in summary.trials},
-                         leaderboard.scoring_groups(summary.trials), args.examples)
+                         leaderboard.scoring_groups(summary.trials), args.examples, storage_url=store.url)
     out = Path(args.out or _sweep_dir(summary) / "report.html")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(html, encoding="utf-8")

@@ -1,36 +1,49 @@
-"""`sweep report SWEEP`: one self-contained HTML file (inline CSS and SVG, no script, no network) with
-the leaderboard, each trial's training and eval curves, ROUGE against generated length, and
-prediction samples. Every string from the store (model output above all) is HTML-escaped."""
+"""`sweep report SWEEP`: one self-contained HTML file (inline CSS and SVG, no script, no network).
+
+It answers what a sweep is run for: the leaderboard; every trial's curves overlaid, one chart per metric; the
+grid as a heatmap of the ranking metric; parallel coordinates and hyperparameter importance (Optuna's); the
+ranking metric against generated length; then each trial's worst and best predictions. The charts are drawn
+by matplotlib and Optuna (results.charts, results.importance). Every string from the store (model output above
+all) is HTML-escaped; chart text is escaped by matplotlib's SVG writer.
+"""
 
 from __future__ import annotations
 
+import itertools
 from html import escape
 
 from evaluation.rouge import ROUGE_TYPES
-from results import environment
-from results.leaderboard import Row, describe_scoring, format_count, format_difference, format_interval
+from results import charts, environment, importance
+from results.leaderboard import Row, describe_scoring, format_count, format_difference, format_interval, scale
 from results.show import curve_lines, curve_series, worst_and_best
 from results.store import SweepSummary
 
-_CSS = """body{font:14px/1.45 system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
-table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}
-td.l,th.l{text-align:left}td{white-space:nowrap}tr.best{background:#eef7ee}svg{background:#fafafa;border:1px solid #ddd;margin:4px}
-.ex{border-left:3px solid #ccc;margin:.6em 0;padding:.2em .8em}.pred{white-space:pre-wrap}
-.ref{white-space:pre-wrap;color:#555}h3{margin-top:1.6em}.note{color:#666}"""
-_WIDTH, _HEIGHT, _PAD = 420, 200, 30
+_CSS = """body{font:14px/1.45 system-ui,sans-serif;margin:1.5em;max-width:1250px;color:#222}
+table{border-collapse:collapse;margin:1em 0;width:100%}td,th{border:1px solid #ccc;padding:2px 4px;text-align:right}
+td{white-space:nowrap}td.w{white-space:normal}td.l{white-space:normal;overflow-wrap:anywhere;text-align:left}
+th{font-size:12px;vertical-align:bottom}th.l{text-align:left}
+@media (max-width:1000px){table{font-size:11px}th{font-size:10px}td,th{padding:1px 2px}}
+tr.best{background:#eef7ee}svg{max-width:100%;height:auto;display:block;margin:.4em 0}
+.charts{display:flex;flex-wrap:wrap;column-gap:1.2em}.charts svg{width:590px}
+.ex{border-left:3px solid #ccc;margin:.6em 0;padding:.2em .8em}.pred,.ref{white-space:pre-wrap;overflow-wrap:anywhere}
+.ref{color:#555}h3{margin-top:1.6em}.note{color:#666;overflow-wrap:anywhere}"""
 
 
 def render(summary: SweepSummary, rows: list[Row], metric: str, curves: dict[str, list[tuple[str, int, float]]],
-           predictions: dict[str, list[dict]], groups: dict, examples: int = 3) -> str:
+           predictions: dict[str, list[dict]], groups: dict, examples: int = 3,
+           storage_url: str | None = None) -> str:
+    best = next((r.trial for r in rows if r.best), None)
     parts = [f"<h1>sweep {_e(summary.name)}</h1>", _notes(summary, groups), "<h2>Leaderboard</h2>",
-             _board(rows, metric), "<h2>ROUGE against generated length</h2>", _scatter(rows, metric),
-             "<h2>Trials</h2>"]
+             _board(rows, metric), "<h2>Curves</h2>", _curves(curves, best),
+             *_grid(summary, rows, metric), *_mattered(summary, metric, storage_url),
+             f"<h2>{_e(metric)} against generated length</h2>", _scatter(rows, metric), "<h2>Trials</h2>"]
     ran_on = {t.name: t.environment for t in summary.trials}
     for row in rows:
         parts.append(_trial(row, curves.get(row.trial, []), predictions.get(row.trial, []), metric, examples,
                             ran_on.get(row.trial)))
-    return ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>sweep " + _e(summary.name) + "</title>"
-            f"<style>{_CSS}</style></head><body>" + "\n".join(parts) + "</body></html>")
+    return ("<!DOCTYPE html><html><head><meta charset='utf-8'>"
+            "<meta name='viewport' content='width=device-width, initial-scale=1'><title>sweep "
+            + _e(summary.name) + f"</title><style>{_CSS}</style></head><body>" + "\n".join(parts) + "</body></html>")
 
 
 def _e(value) -> str:
@@ -45,21 +58,100 @@ def _notes(summary: SweepSummary, groups: dict) -> str:
     return f"<ul class='note'>{''.join(items)}</ul>"
 
 
+_SHORT = {"rouge1": "R1", "rouge2": "R2", "rougeL": "RL", "rougeLsum": "RLsum"}
+_CELL_CLASS = {0: "l", 9: "w", 10: "w", 11: "w"}  # the trial name wraps anywhere; intervals at their spaces
+
+
 def _board(rows: list[Row], metric: str) -> str:
-    head = ["trial", "kind", "status", "prompt", "rank", "lr", *ROUGE_TYPES, "gen_tokens", "eval_loss", "trainable",
-            "saved MiB", f"{metric} 95% CI", "vs best", "vs 0-shot", "scoring"]
+    """Fits the page: settings are in the trial names (and in each trial's section), provenance under the table."""
+    head = ["trial", *(_SHORT.get(k, k) for k in ROUGE_TYPES), "gen tok", "eval loss", "trainable", "MiB",
+            f"{_SHORT.get(metric, metric)} 95% CI", "vs best", "vs 0-shot", "scoring"]
     body = []
     for r in rows:
-        cells = [r.trial, r.kind, r.status, r.prompt, r.rank if r.rank is not None else "-",
-                 f"{r.lr:.2g}" if r.lr else "-", *(_num(r.scores.get(k)) for k in ROUGE_TYPES),
-                 _num(r.scores.get("gen_tokens"), 1), _num(r.scores.get("eval_loss"), 3),
-                 format_count(r.scores.get("trainable_params")), _num(r.scores.get("saved_mib"), 1),
-                 format_interval(r.interval), format_difference(r.vs_best),
+        state = "" if r.status == "completed" else f" [{r.status}]"
+        cells = [r.trial + (" (0-shot)" if r.kind == "baseline" else "") + state,
+                 *(_num(r.scores.get(k)) for k in ROUGE_TYPES), _num(r.scores.get("gen_tokens"), 1),
+                 _num(r.scores.get("eval_loss"), 3), format_count(r.scores.get("trainable_params")),
+                 _num(r.scores.get("saved_mib"), 1), format_interval(r.interval), format_difference(r.vs_best),
                  format_difference(r.vs_baseline, r.delta), r.scoring]
-        tds = "".join(f"<td class='l'>{_e(c)}</td>" if i < 4 else f"<td>{_e(c)}</td>" for i, c in enumerate(cells))
+        tds = "".join(f"<td class='{_CELL_CLASS.get(i, '')}'>{_e(c)}</td>" for i, c in enumerate(cells))
         body.append(f"<tr class='{'best' if r.best else ''}'>{tds}</tr>")
-    ths = "".join(f"<th class='l'>{_e(h)}</th>" if i < 4 else f"<th>{_e(h)}</th>" for i, h in enumerate(head))
-    return f"<table><tr>{ths}</tr>{''.join(body)}</table>"
+    ths = "".join(f"<th class='l'>{_e(h)}</th>" if i == 0 else f"<th>{_e(h)}</th>" for i, h in enumerate(head))
+    return (f"<table><tr>{ths}</tr>{''.join(body)}</table><p class='note'>R1, R2, RL, RLsum: ROUGE in points (F1 x 100); ! = the "
+            "paired 95% interval excludes 0; the scoring letters are explained above.</p>")
+
+
+def _curves(curves: dict[str, list[tuple[str, int, float]]], best: str | None) -> str:
+    """One chart per metric with every trial's curve on it: train loss, and each eval metric with interim points."""
+    by_metric: dict[str, dict[str, list[tuple[int, float]]]] = {}
+    for trial, points in curves.items():
+        for name, series in curve_series(points).items():
+            if name == "train/loss" or (name.startswith("eval/") and len(series) > 1):
+                by_metric.setdefault(name, {})[trial] = series
+    if not by_metric:
+        return "<p class='note'>no curves yet</p>"
+    out = []
+    for name in sorted(by_metric, key=lambda n: (n != "train/loss", n)):
+        label = name.split("/", 1)[1]
+        fig = charts.curves(by_metric[name], best, f"{name}: every trial", label)
+        out.append(charts.to_svg(fig, name))
+    note = ("<p class='note'>no interim evaluations (training.eval_interval_steps: 0): eval metrics are final "
+            "only, see the leaderboard and the heatmap</p>") if list(by_metric) == ["train/loss"] else ""
+    return f"<div class='charts'>{''.join(out)}</div>{note}"
+
+
+def _grid(summary: SweepSummary, rows: list[Row], metric: str) -> list[str]:
+    """A heatmap of the ranking metric over two swept keys, one panel per value of the others."""
+    keys = list((summary.spec.get("search") or {}).get("grid") or {})
+    fine_tunes = [t for t in summary.trials if t.kind == "trial"]
+    if summary.spec.get("search", {}).get("type") == "optuna" or not keys or not fine_tunes:
+        return []
+    values = {k: sorted({_key(t.params.get(k)) for t in fine_tunes}, key=_order) for k in keys}
+    swept = [k for k in keys if len(values[k]) > 1] or keys  # a one-value axis is a constant, not a dimension
+    axes = sorted(swept, key=lambda k: (k not in ("training.learning_rate", "lora.rank"), -len(values[k])))[:2]
+    x_key, y_key = axes[0], (axes[1] if len(axes) > 1 else None)
+    others = [k for k in swept if k not in axes]
+    by_trial = {r.trial: r for r in rows}
+    panels = []
+    for combo in itertools.product(*(values[k] for k in others)):
+        fixed = dict(zip(others, combo))
+        grid = [[_cell(fine_tunes, by_trial, metric, {**fixed, x_key: x, **({y_key: y} if y_key else {})})
+                 for x in values[x_key]] for y in (values[y_key] if y_key else [None])]
+        panels.append((", ".join(f"{k}={v}" for k, v in fixed.items()), grid))
+    fig = charts.heatmap(panels, x_key, values[x_key], y_key or "", values[y_key] if y_key else [""],
+                         f"{metric} ({'x100' if scale(metric) == 100 else 'as is'})")
+    return [f"<h2>The grid: {_e(metric)} by {_e(x_key)}{' and ' + _e(y_key) if y_key else ''}</h2>",
+            charts.to_svg(fig, "heatmap"),
+            "<p class='note'>each cell: the fine-tune's score and its 95% bootstrap interval over the eval examples"
+            "</p>"]
+
+
+def _cell(fine_tunes, by_trial: dict[str, Row], metric: str, wanted: dict):
+    match = next((t for t in fine_tunes if all(_key(t.params.get(k)) == v for k, v in wanted.items())), None)
+    row = by_trial.get(match.name) if match else None
+    if row is None or metric not in row.scores:
+        return None
+    return row.scores[metric], format_interval(row.interval) if row.interval else ""
+
+
+def _key(value):
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _order(value):
+    return (0, value, "") if isinstance(value, (int, float)) and not isinstance(value, bool) else (1, 0, str(value))
+
+
+def _mattered(summary: SweepSummary, metric: str, storage_url: str | None) -> list[str]:
+    """Parallel coordinates and hyperparameter importance, read by Optuna from the study (or the grid's)."""
+    study, target = importance.study_for(summary, metric, storage_url)
+    out = ["<h2>Which settings mattered</h2>"]
+    if not study.get_trials(deepcopy=False, states=(importance.optuna.trial.TrialState.COMPLETE,)):
+        return out + ["<p class='note'>no completed fine-tune yet</p>"]
+    out.append(importance.parallel_coordinates(study, target))
+    problem = importance.importance_problem(study)
+    out.append(f"<p class='note'>{_e(problem)}</p>" if problem else importance.importances(study, target))
+    return out
 
 
 def _num(value, digits: int = 2) -> str:
@@ -67,22 +159,20 @@ def _num(value, digits: int = 2) -> str:
 
 
 def _scatter(rows: list[Row], metric: str) -> str:
-    points = [(r.scores["gen_tokens"], r.scores[metric], r.trial) for r in rows
+    points = [(r.scores["gen_tokens"], r.scores[metric], r.trial, r.best) for r in rows
               if "gen_tokens" in r.scores and metric in r.scores]
     if not points:
         return "<p class='note'>no completed trial yet</p>"
-    return _svg([(label, [(x, y)]) for x, y, label in points], "generated tokens", f"{metric} (F1 x 100)",
-                dots=True)
+    fig, _ = charts.scatter(points, "generated tokens (mean)", metric)
+    return charts.to_svg(fig, "scatter")
 
 
 def _trial(row: Row, curve: list[tuple[str, int, float]], predictions: list[dict], metric: str,
            examples: int, ran_on: dict | None = None) -> str:
-    charts = [_svg([(name, pts)], "step", name) for name, pts in curve_series(curve).items()
-              if name in ("train/loss", f"eval/{metric}") and len(pts) > 1]
     brief = "".join(f"<li>{_e(line)}</li>" for line in curve_lines(curve))
     brief += f"<li>ran on: {_e(environment.describe(ran_on))}</li>" if ran_on else ""
     return (f"<h3 id='{_e(row.trial)}'>{_e(row.trial)} <small class='note'>{_e(row.kind)}, {_e(row.status)}"
-            f"</small></h3>{''.join(charts)}<ul class='note'>{brief}</ul>{_samples(predictions, metric, examples)}")
+            f"</small></h3><ul class='note'>{brief}</ul>{_samples(predictions, metric, examples)}")
 
 
 def _samples(predictions: list[dict], metric: str, examples: int) -> str:
@@ -93,31 +183,6 @@ def _samples(predictions: list[dict], metric: str, examples: int) -> str:
             refs = "".join(f"<div class='ref'>reference {i}: {_e(r)}</div>"
                            for i, r in enumerate(p["references"], 1))
             out.append(f"<div class='ex'><div class='note'>{_e(p['example_id'])}: {_e(metric)} "
-                       f"{100 * p[metric]:.1f}</div><div class='pred'>prediction: {_e(p['prediction'])}</div>"
+                       f"{scale(metric) * p[metric]:.1f}</div><div class='pred'>prediction: {_e(p['prediction'])}</div>"
                        f"{refs}</div>")
     return "".join(out)
-
-
-def _svg(series: list[tuple[str, list[tuple[float, float]]]], x_label: str, y_label: str,
-         dots: bool = False) -> str:
-    xs = [x for _, pts in series for x, _ in pts]
-    ys = [y for _, pts in series for _, y in pts]
-    x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
-
-    def at(x: float, y: float) -> tuple[float, float]:
-        sx = _PAD + (x - x0) / ((x1 - x0) or 1) * (_WIDTH - 2 * _PAD)
-        sy = _HEIGHT - _PAD - (y - y0) / ((y1 - y0) or 1) * (_HEIGHT - 2 * _PAD)
-        return round(sx, 1), round(sy, 1)
-
-    marks = []
-    for label, pts in series:
-        coords = [at(x, y) for x, y in pts]
-        if dots:
-            marks += [f"<circle cx='{cx}' cy='{cy}' r='4' fill='#3a7'><title>{_e(label)}</title></circle>"
-                      f"<text x='{cx + 6}' y='{cy + 3}' font-size='9'>{_e(label)}</text>" for cx, cy in coords]
-        else:
-            marks.append("<polyline fill='none' stroke='#37a' stroke-width='1.5' points='"
-                         + " ".join(f"{cx},{cy}" for cx, cy in coords) + "'/>")
-    axes = (f"<text x='{_PAD}' y='14' font-size='11'>{_e(y_label)}: {y0:.3g} to {y1:.3g}</text>"
-            f"<text x='{_PAD}' y='{_HEIGHT - 8}' font-size='11'>{_e(x_label)}: {x0:.3g} to {x1:.3g}</text>")
-    return f"<svg width='{_WIDTH}' height='{_HEIGHT}' xmlns='http://www.w3.org/2000/svg'>{axes}{''.join(marks)}</svg>"

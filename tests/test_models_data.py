@@ -15,10 +15,10 @@ def test_gguf_conversion_matches_the_gguf_model(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     target = tmp_path / "smollm2"
-    convert_gguf(embedded_gguf_dir(), EMBEDDED_GGUF_FILE, target)
+    original = AutoModelForCausalLM.from_pretrained(embedded_gguf_dir(), gguf_file=EMBEDDED_GGUF_FILE)
+    convert_gguf(embedded_gguf_dir(), EMBEDDED_GGUF_FILE, target, original)  # loaded once: it takes ~18 s
     assert (target / "model.safetensors").exists() and (target / "chat_template.jinja").exists()
     cached = AutoModelForCausalLM.from_pretrained(target)
-    original = AutoModelForCausalLM.from_pretrained(embedded_gguf_dir(), gguf_file=EMBEDDED_GGUF_FILE)
     tokens = AutoTokenizer.from_pretrained(target)("#Person1#: Hello there.", return_tensors="pt")
     with torch.no_grad():
         assert torch.allclose(cached(**tokens).logits, original(**tokens).logits, atol=1e-5)

@@ -19,8 +19,11 @@ def report_store(tmp_path) -> str:
     url = f"sqlite:///{tmp_path / 'r.db'}"
     store = Store(url)
     sweep_id = store.open_sweep("s", {"output": {"run_dir": str(tmp_path / "runs")}}, "runs/s", {"eval_examples": 2})
-    for name, kind, score, text in (("v1-r8", "trial", 0.4, HOSTILE), ("v1-zero-shot", "baseline", 0.1, "plain")):
-        trial_id, _ = store.register_trial(sweep_id, name, kind, {"prompt": "v1"}, {}, name)
+    # A store written by anything: trial names and settings reach the charts' text too.
+    for name, kind, score, text in (("v1-r8", "trial", 0.4, HOSTILE), ("v1-zero-shot", "baseline", 0.1, "plain"),
+                                    ("v2-<i>tag</i>&", "trial", 0.3, "plain")):
+        prompt = "v1" if name.startswith("v1") else "<b>v2</b>"
+        trial_id, _ = store.register_trial(sweep_id, name, kind, {"prompt": prompt}, {}, name)
         store.add_metrics(trial_id, [("train/loss", 1, 2.0), ("train/loss", 2, 1.5), ("eval/rougeL", 2, score)])
         predictions = [{"example_id": f"e{i}", "prediction": text, "references": ["ref one", "ref <b>two</b>"],
                         "new_tokens": 5, "rougeL": score + i / 100} for i in range(2)]
@@ -41,7 +44,25 @@ def test_report_in_headless_chromium_shows_model_output_as_text(report_store, tm
     dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=2000",
                           "--dump-dom", out.as_uri()], capture_output=True, text=True, timeout=120).stdout
     assert "<title>sweep s</title>" in dom  # neither injected handler changed it: nothing ran
-    assert "pwned" in dom and not re.search(r"<script|<img", dom, re.IGNORECASE)  # shown, never parsed as tags
+    assert "pwned" in dom and not re.search(r"<script|<img|<i>tag|<b>v2", dom, re.IGNORECASE)  # never as tags
+    assert "v2-&lt;i&gt;tag&lt;/i&gt;&amp;" in dom  # in the table, the legends and the scatter, as text
     assert "prediction: &lt;script&gt;document.title='pwned'&lt;/script&gt;" in dom
     assert "reference 2: ref &lt;b&gt;two&lt;/b&gt;" in dom and dom.count("<svg") >= 3  # curves and the scatter
     assert "scoring A: tokenizer ascii, references max over summary1, summary2" in dom
+
+
+def test_scatter_labels_never_overlap_each_other_or_leave_the_chart_even_when_points_crowd():
+    from results import charts
+
+    # Nine trials whose points almost coincide: the case where labels used to be printed on top of each other.
+    points = [(32.0 - 0.02 * i, 12.5 + 0.04 * i, f"v{i % 2 + 1}-r{8 * (i + 1)}-lr5e-4", i == 0) for i in range(8)]
+    points.append((31.95, 12.6, "v1-zero-shot", False))
+    fig, labels = charts.scatter(points, "generated tokens", "rougeL")
+    renderer = fig.canvas.get_renderer()
+    assert len(labels) == 9 and charts.boxes_overlap(labels, renderer) == []
+    frame = fig.axes[0].get_window_extent(renderer)
+    for label in labels:
+        box = label.get_window_extent(renderer)
+        assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+    svg = charts.to_svg(fig, "scatter")
+    assert svg.startswith("<svg") and "v1-zero-shot" in svg  # text stays text

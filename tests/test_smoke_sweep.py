@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.browser import drawn_at_right_edge, layout, screenshot
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -44,3 +46,48 @@ def test_sweep_run_smoke_then_leaderboard(data_root, tmp_path):
     for name in ("v1-r8-lr5e-4", "v2-r16-lr5e-4"):
         assert (tmp_path / "runs" / "smoke" / "trials" / name / "adapter" / "adapter_config.json").exists()
         assert list((tmp_path / "runs" / "smoke" / "tensorboard" / name).glob("events.out.tfevents.*"))
+
+    check_report(sweep, tmp_path, env)
+    check_export_reproduces_the_leaderboard(sweep, tmp_path, env)
+
+
+def check_report(sweep: list[str], tmp_path: Path, env: dict) -> None:
+    """Every chart is there, and at 1400 and 800 pixels nothing reaches past the page in Chromium."""
+    report = tmp_path / "report.html"
+    made = subprocess.run(sweep + ["report", "smoke", "--out", str(report)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0, made.stderr[-3000:]
+    html = report.read_text(encoding="utf-8")
+    for chart in ("train/loss: every trial", "The grid: rougeL by lora.rank and prompt", "Parallel coordinates",
+                  "Hyperparameter importance for rougeL (4 trials)", "rougeL against generated tokens"):
+        assert chart in html, chart
+    for width in (1400, 800):
+        seen = layout(report, width)
+        assert seen["cut"] == [] and seen["scroll"] <= width and len(seen["svgs"]) == 5, seen
+        assert max(seen["svgs"]) <= width - 40  # charts shrink to the page (its margins are 2 x 1.5 em)
+        assert drawn_at_right_edge(screenshot(report, width)) == 0
+
+
+def check_export_reproduces_the_leaderboard(sweep: list[str], tmp_path: Path, env: dict) -> None:
+    """Plain transformers on `merged/` (no PEFT, no bitsandbytes), one prompt at a time, CPU float32: every
+    stored prediction of the best trial."""
+    import json
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "export"
+    exported = subprocess.run(sweep + ["export", "smoke", "--best", "--merged", "--out", str(out)], cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=600)
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    model = AutoModelForCausalLM.from_pretrained(out / "merged")
+    tokenizer = AutoTokenizer.from_pretrained(out / "merged")
+    examples = [json.loads(line) for line in (out / "eval_examples.jsonl").read_text().splitlines()]
+    assert len(examples) == 4
+    for e in examples:
+        inputs = tokenizer(e["prompt"], return_tensors="pt", add_special_tokens=e["add_special_tokens"])
+        output = model.generate(**inputs, max_new_tokens=e["max_new_tokens"], do_sample=False,
+                                num_beams=e["num_beams"], pad_token_id=tokenizer.pad_token_id)
+        text = tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+        assert text == e["prediction"], (e["example_id"], text, e["prediction"])
+    card = (out / "README.md").read_text()
+    assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card and "AutoModelForCausalLM" in card

@@ -130,6 +130,27 @@ def test_shipped_optuna_spec_runs_on_the_embedded_model(data_root, tmp_path, mon
     for t in store.summary("optuna_tpe").trials:
         names = {n for n, _, _ in store.curves(t.id)}
         assert {"eval/rougeL", "train/loss", "final/rougeL"} <= names and 1e-4 <= t.params["training.learning_rate"] <= 1e-3
+    check_study_report(store.url, tmp_path)
+
+
+def check_study_report(url: str, tmp_path: Path) -> None:
+    """The report of a real study: overlaid curves of interim evals, Optuna's parallel coordinates and importance
+    read from the stored study, and nothing cut off at 1400 or 800 pixels in Chromium."""
+    from orchestrator.cli import main
+    from tests.browser import drawn_at_right_edge, layout, screenshot
+
+    report = tmp_path / "study.html"
+    assert main(["report", "optuna_tpe", "--store", url, "--out", str(report)]) == 0
+    html = report.read_text(encoding="utf-8")
+    for chart in ("train/loss: every trial", "eval/rougeL: every trial", "eval/eval_loss: every trial",
+                  "Parallel coordinates: swept settings against rougeL (2 trials)", "rougeL against generated"):
+        assert chart in html, chart
+    assert "Hyperparameter importance for rougeL (2 trials)" in html or "importance needs" in html
+    assert "The grid" not in html  # a study has no grid to draw
+    for width in (1400, 800):
+        seen = layout(report, width)
+        assert seen["cut"] == [] and seen["scroll"] <= width and len(seen["svgs"]) == html.count("<svg"), seen
+        assert drawn_at_right_edge(screenshot(report, width)) == 0
 
 
 def test_a_study_cannot_resume_with_other_objectives(tiny_model_dir, local_data, tmp_path):

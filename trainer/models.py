@@ -7,6 +7,7 @@ and saves that; every later trial loads the cached safetensors directory in well
 
 from __future__ import annotations
 
+import copy
 import fcntl
 import hashlib
 import importlib.util
@@ -135,13 +136,14 @@ def _file_digest(path: Path) -> str:
     return known[key]
 
 
-def convert_gguf(gguf_dir: Path, gguf_file: str, target: Path) -> None:
-    """Dequantize a GGUF checkpoint into a safetensors model directory (atomic: tmp dir, then rename)."""
+def convert_gguf(gguf_dir: Path, gguf_file: str, target: Path, gguf_model=None) -> None:
+    """Dequantize a GGUF checkpoint into a safetensors model directory (atomic: tmp dir, then rename);
+    `gguf_model` is the GGUF already loaded by transformers, if the caller has it (loading costs ~18 s)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
-    gguf_model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file)
-    config = gguf_model.config
+    gguf_model = gguf_model or AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file)
+    config = copy.deepcopy(gguf_model.config)
     del config.quantization_config  # the GGUF marker; the rebuilt model is a plain checkpoint
     model = AutoModelForCausalLM.from_config(config)
     model.load_state_dict(gguf_model.state_dict(), strict=True)
