@@ -169,7 +169,8 @@ def _sft_trainer(kind: str, cfg, model, tokenizer, data):
     from trainer.trial import _trainer_args, training_rows
 
     rows, _ = training_rows(cfg, tokenizer, data)
-    args = SFTConfig(**_trainer_args(cfg, Path(tempfile.mkdtemp())), max_length=cfg.training.max_seq_length,
+    args = SFTConfig(**_trainer_args(cfg, Path(tempfile.mkdtemp()), cfg.training.max_steps),
+                     max_length=cfg.training.max_seq_length,
                      completion_only_loss=True)
     family = SFTTrainer if kind == "stock" else SweepSFTTrainer
     return family(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)

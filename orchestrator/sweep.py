@@ -69,7 +69,7 @@ class _Running:
     done: bool = False
     """Its outcome is recorded; late events (a killed worker's last ones) add curve points only."""
     phase: str = ""
-    """The trial step it reported last (load, adapt, train, evaluate, save): evals during `train` are interim."""
+    """The trial step it reported last (load, adapt, train, evaluate, save): the final eval comes in `evaluate`."""
 
 
 class PrepareError(Exception):
@@ -384,8 +384,10 @@ class _Driver:
         if self.study is None or number is None or trial.ending or trial.done or not self.study.pruning:
             return
         metric = self.study.settings.objectives[0].metric
-        if event["name"] != f"eval/{metric}" or trial.phase != "train":
-            return  # only interim evaluations (an epoch budget's last step is known to the trial alone)
+        budget = trial.planned.config.training.max_steps  # None for an epoch budget: its trial alone knows it
+        final = trial.phase == "evaluate" or (budget is not None and event["step"] >= budget)
+        if event["name"] != f"eval/{metric}" or final:
+            return  # only interim evaluations; the final one is the trial's result
         if self.study.report(number, event["step"], event["value"]):
             self._kill(trial, "pruned", f"pruned by the {self.study.settings.pruner} pruner at step {event['step']}: "
                                         f"eval/{metric}={event['value']:.4f}")

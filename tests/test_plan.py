@@ -66,6 +66,25 @@ def test_content_key_depends_on_config_and_data(grid):
     assert content_key(plan[0].config, data) != content_key(plan[0].config, other)
 
 
+def test_settings_added_later_keep_stored_keys_at_their_defaults_and_change_them_otherwise(grid):
+    import hashlib
+    import json
+
+    config = expand(grid)[0].config
+    data = TrialData((Example("a", "d", "s", ("s",)),), (Example("b", "d2", "s2", ("s2",)),), ("summary",))
+    before = {"config": dataclasses.asdict(config), "data": dataclasses.asdict(data), "model": None}
+    for section, names in (("training", ("epochs", "warmup_ratio", "optimizer")),
+                           ("augmentation", ("paraphrase", "paraphrase_model", "paraphrase_prompt"))):
+        for name in names:  # the payload as stores written before these settings hashed it
+            del before["config"][section][name]
+    del before["data"]["paraphrased"], before["data"]["paraphrase_source"]
+    stored = hashlib.sha256(json.dumps(before, sort_keys=True, default=str).encode()).hexdigest()
+    assert content_key(config, data) == stored  # an upgrade does not re-run finished trials
+    eight_bit = dataclasses.replace(config, training=dataclasses.replace(config.training, optimizer="adamw_8bit"))
+    paraphrased = dataclasses.replace(data, paraphrased=data.train, paraphrase_source="gen")
+    assert len({stored, content_key(eight_bit, data), content_key(config, paraphrased)}) == 3
+
+
 def test_labels_that_would_collide_are_made_distinct_and_path_safe(grid):
     def names(grid_values: dict) -> list[str]:
         spec = dataclasses.replace(grid, search=dataclasses.replace(grid.search, grid=grid_values), prompt="v1")

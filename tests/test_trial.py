@@ -318,3 +318,16 @@ def test_a_paged_optimizer_on_a_worker_without_gpu_is_a_clear_error():
     with pytest.raises(ValueError, match="paged_adamw_8bit pages optimizer state out of GPU memory, and this "
                                          "worker has no GPU; allowed here: adamw, adamw_8bit"):
         _optimizer("paged_adamw_8bit")
+
+
+def test_a_quantization_mode_the_device_cannot_run_is_a_clear_error(tiny_model_dir, trial_cfg, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    def no_kernel(*args, **kwargs):  # what bitsandbytes raises on a device it has no kernels for
+        raise RuntimeError("no 8-bit matmul kernel for this device (injected by the test)")
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", no_kernel)
+    int8 = dataclasses.replace(trial_cfg.quantization, mode="int8")
+    with pytest.raises(RuntimeError, match=r"quantization.mode int8: bitsandbytes could not load the model on this "
+                                           r"device \(RuntimeError: no 8-bit matmul kernel.*Fix: quantization.mode: none"):
+        load_model(str(tiny_model_dir), int8)

@@ -219,7 +219,8 @@ class TrainingConfig:
         """Invariants that need the step count: from max_steps at load, from the data for an epoch budget."""
         out = []
         if self.warmup(total_steps) >= total_steps:
-            out.append(ConfigProblem(f"{path}.warmup_steps{where}", f"warm-up must end before training does "
+            key = "warmup_ratio" if self.warmup_ratio else "warmup_steps"
+            out.append(ConfigProblem(f"{path}.{key}{where}", f"warm-up must end before training does "
                                      f"({total_steps} steps)", self.warmup(total_steps), f"0 to {total_steps - 1}",
                                      "lower the warm-up or raise the budget"))
         if self.logging_steps > total_steps:
