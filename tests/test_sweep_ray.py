@@ -71,11 +71,18 @@ def test_tensorboard_has_curves_and_hparams(tmp_path):
                                                          "_hparams_/session_end_info"}
 
 
+def run_card_snippet(folder, card: str, monkeypatch, capsys) -> None:
+    """The model card's code, run as it is from the export folder: it loads the model and prints a summary."""
+    snippet = card.split("```python\n")[1].split("```")[0]
+    monkeypatch.chdir(folder)
+    capsys.readouterr()
+    exec(compile(snippet, str(folder / "README.md"), "exec"), {"__name__": "__card__"})  # raises if it breaks
+    assert capsys.readouterr().out.endswith("\n")  # it got to its print (a tiny model's summary may be empty)
+
+
 def test_decoder_only_and_encoder_decoder_in_one_sweep_then_export(backend, tiny_model_dir, tiny_t5_dir, local_data,
-                                                                   tmp_path, capsys):
+                                                                   tmp_path, capsys, monkeypatch):
     import json
-    import subprocess
-    import sys
 
     import torch
     from safetensors.torch import load_file
@@ -135,27 +142,16 @@ def test_decoder_only_and_encoder_decoder_in_one_sweep_then_export(backend, tiny
                                  num_beams=e["num_beams"], pad_token_id=tokenizer.pad_token_id)
         text = tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
         assert text == e["prediction"] == stored[e["example_id"]]
-    snippet = card.split("```python\n")[1].split("```")[0]  # the card's own code runs as it is
-    runs = subprocess.run([sys.executable, "-c", snippet], cwd=out, capture_output=True, text=True, timeout=300)
-    assert runs.returncode == 0, runs.stderr
+    assert "AutoModelForCausalLM.from_pretrained('merged'" in card
+    run_card_snippet(out, card, monkeypatch, capsys)
+    # The encoder-decoder's adapter: its card loads the 4-bit base with the seq2seq class, then the adapter.
+    t5_out = tmp_path / "export-t5"
+    assert main(["export", "tiny", "tiny-t50", "--out", str(t5_out), "--store", store.url]) == 0
+    t5_card = (t5_out / "README.md").read_text()
+    assert "AutoModelForSeq2SeqLM" in t5_card and "bnb_4bit_quant_type='nf4'" in t5_card
+    run_card_snippet(t5_out, t5_card, monkeypatch, capsys)
     assert main(["export", "tiny", "v1-tiny-llama0-zero-shot", "--store", store.url]) == 2  # no adapter
     assert "only a completed fine-tune" in capsys.readouterr().err
-
-
-def test_set_points_a_spec_at_another_model_and_is_stored_with_the_sweep(backend, tiny_model_dir, local_data,
-                                                                          tmp_path):
-    import yaml
-
-    raw = tiny_spec(tiny_model_dir, *local_data, tmp_path)
-    raw["model"]["name"] = "smollm2-135m-instruct"  # the file's model; the override replaces it
-    raw["search"]["baselines"] = False
-    path = tmp_path / "s.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    assert main(["run", str(path), "--quiet", "--set", f"model.name={tiny_model_dir}",
-                 "--set", "search.grid.prompt=[v2]"]) == 0
-    summary = Store(raw["output"]["store"]).summary("tiny")
-    assert summary.spec["model"]["name"] == str(tiny_model_dir) and summary.spec["search"]["grid"] == {"prompt": ["v2"]}
-    assert [t.name for t in summary.trials] == ["v2"] and summary.trials[0].status == "completed"
 
 
 def test_full_fine_tune_against_lora_in_one_sweep(backend, tiny_model_dir, local_data, tmp_path):
@@ -231,5 +227,8 @@ def test_llama_bertscore_spec_runs_with_a_tiny_llama_and_encoder(backend, tiny_m
                          f"scoring.bertscore_model={tiny_bert_dir}", "search.grid.lora.rank=[4]",
                          "quantization.compute_dtype=float32", "training.optimizer=adamw_8bit")
     assert sorted(trials) == ["r4", "summarize-zero-shot"] and all(t.status == "completed" for t in trials.values())
+    assert trials["r4"].params["lora.rank"] == 4  # the --set grid replaced the file's [8, 16]...
+    stored = Store(f"sqlite:///{tmp_path / 's.db'}").summary("llama32_3b_dialogsum_bertscore").spec
+    assert stored["search"]["grid"] == {"lora.rank": [4]}  # ...and is stored with the sweep
     for t in trials.values():
         assert {"bertscore", "bertscore_precision", "bertscore_recall", "eval_loss"} <= set(t.metrics)
