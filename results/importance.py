@@ -73,9 +73,8 @@ def parallel_coordinates(study: optuna.Study, target_name: str) -> str:
     """Optuna's parallel-coordinate plot of the swept settings against the target, as SVG."""
     from optuna.visualization.matplotlib import plot_parallel_coordinate
 
-    with _optuna_plot():
+    with _optuna_plot(size_in=(8.5, 3.8)):  # wide: a log axis' tick labels need room before the colour bar
         ax = plot_parallel_coordinate(study, target=_target(study), target_name=target_name)
-        ax.figure.set_size_inches(7.5, 3.8)
         _retitle(ax, f"Parallel coordinates: swept settings against {target_name} ({_complete(study)} trials)")
         return _svg_of(ax, "parallel")
 
@@ -85,10 +84,10 @@ def importances(study: optuna.Study, target_name: str) -> str:
     from optuna.importance import FanovaImportanceEvaluator
     from optuna.visualization.matplotlib import plot_param_importances
 
-    with _optuna_plot():
+    params = {k for t in study.get_trials(deepcopy=False) for k in t.params}
+    with _optuna_plot(size_in=(7.5, 1.2 + 0.45 * max(len(params), 2))):  # one bar per setting
         ax = plot_param_importances(study, evaluator=FanovaImportanceEvaluator(n_trees=64, seed=0),
                                     target=_target(study), target_name=target_name)
-        ax.figure.set_size_inches(7.5, 1.2 + 0.45 * max(len(ax.patches), 2))
         _retitle(ax, f"Hyperparameter importance for {target_name} ({_complete(study)} trials)\n{EVALUATOR}")
         return _svg_of(ax, "importance")
 
@@ -101,9 +100,10 @@ def _retitle(ax, text: str) -> None:
 
 
 @contextmanager
-def _optuna_plot() -> Iterator[None]:
-    """Optuna's matplotlib plots set a global style and log and warn (experimental): keep all that to them."""
-    with matplotlib.rc_context(), warnings.catch_warnings():
+def _optuna_plot(size_in: tuple[float, float] | None = None) -> Iterator[None]:
+    """Optuna's matplotlib plots set a global style and log and warn (experimental): keep all that to them.
+    `size_in` is the figure size they are laid out at (inches)."""
+    with matplotlib.rc_context({"figure.figsize": size_in} if size_in else {}), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         verbosity = optuna.logging.get_verbosity()
         optuna.logging.set_verbosity(optuna.logging.WARNING)

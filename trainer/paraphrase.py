@@ -14,6 +14,7 @@ import hashlib
 import json
 import random
 import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -69,6 +70,8 @@ def paraphrased_examples(train: tuple[Example, ...], cfg: AugmentationConfig, ca
     rows = [train[i] for i in chosen_rows(len(train), cfg)]
     missing = list(dict.fromkeys(e.dialogue for e in rows if cache.get(e.dialogue) is None))
     if missing:
+        print(f"paraphrase: generating {len(missing)} of {len(rows)} dialogues with {cfg.paraphrase_model} "
+              f"(once; the rest are cached)", file=sys.stderr, flush=True)
         cache.put_all(dict(zip(missing, paraphrase_dialogues(missing, generate()))))
     out = tuple(dataclasses.replace(e, id=f"{e.id}#para", dialogue=cache.get(e.dialogue)) for e in rows)
     return out, len(missing)
