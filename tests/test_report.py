@@ -66,3 +66,26 @@ def test_scatter_labels_never_overlap_each_other_or_leave_the_chart_even_when_po
         assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
     svg = charts.to_svg(fig, "scatter")
     assert svg.startswith("<svg") and "v1-zero-shot" in svg  # text stays text
+
+
+def test_a_2x2x2_grid_is_drawn_as_rank_by_learning_rate_with_one_panel_per_prompt(tmp_path):
+    from results import leaderboard, report
+
+    store = Store(f"sqlite:///{tmp_path / 'g.db'}")
+    grid = {"prompt": ["v1", "v2"], "lora.rank": [8, 16], "training.learning_rate": [5e-4, 2e-4]}
+    sweep_id = store.open_sweep("g", {"search": {"type": "grid", "grid": grid}}, "runs/g", {})
+    scores = {}
+    for i, (prompt, rank, lr) in enumerate((p, r, lr) for p in grid["prompt"] for r in grid["lora.rank"]
+                                          for lr in grid["training.learning_rate"]):
+        name = f"{prompt}-r{rank}-lr{lr:.0e}"
+        trial_id, _ = store.register_trial(sweep_id, name, "trial", {"prompt": prompt, "lora.rank": rank,
+                                                                        "training.learning_rate": lr}, {}, name)
+        scores[name] = 0.2 + 0.01 * i
+        store.complete_trial(trial_id, {"rougeL": scores[name], "gen_tokens": 20.0}, [], 1.0, {}, None, {})
+    summary = store.summary("g")
+    html = report.render(summary, leaderboard.build(summary), "rougeL", {}, {}, {}, storage_url=store.url)
+    assert "The grid: rougeL by lora.rank and training.learning_rate" in html
+    heatmap = html.split("The grid:")[1].split("</svg>")[0]
+    assert heatmap.count("prompt=v1") == heatmap.count("prompt=v2") == 1  # one panel per prompt
+    assert all(f"{100 * v:.2f}" in heatmap for v in scores.values())  # every cell shows its trial's score
+    assert "Hyperparameter importance for rougeL (8 trials)" in html  # the grid read as an Optuna study
