@@ -75,7 +75,7 @@ def parallel_coordinates(study: optuna.Study, target_name: str) -> str:
 
     with _optuna_plot(size_in=(8.5, 3.8)):  # wide: a log axis' tick labels need room before the colour bar
         ax = plot_parallel_coordinate(study, target=_target(study), target_name=target_name)
-        _retitle(ax, f"Parallel coordinates: swept settings against {target_name} ({_complete(study)} trials)")
+        _retitle(ax, f"Parallel coordinates: swept settings against {target_name} ({completed(study)} trials)")
         return _svg_of(ax, "parallel")
 
 
@@ -88,7 +88,7 @@ def importances(study: optuna.Study, target_name: str) -> str:
     with _optuna_plot(size_in=(7.5, 1.2 + 0.45 * max(len(params), 2))):  # one bar per setting
         ax = plot_param_importances(study, evaluator=FanovaImportanceEvaluator(n_trees=64, seed=0),
                                     target=_target(study), target_name=target_name)
-        _retitle(ax, f"Hyperparameter importance for {target_name} ({_complete(study)} trials)\n{EVALUATOR}")
+        _retitle(ax, f"Hyperparameter importance for {target_name} ({completed(study)} trials)\n{EVALUATOR}")
         return _svg_of(ax, "importance")
 
 
@@ -131,7 +131,8 @@ def _target(study: optuna.Study):
     return (lambda t: t.values[0]) if len(study.directions) > 1 else None
 
 
-def _complete(study: optuna.Study) -> int:
+def completed(study: optuna.Study) -> int:
+    """How many of its trials completed."""
     return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
 
 

@@ -146,11 +146,14 @@ def _mattered(summary: SweepSummary, metric: str, storage_url: str | None) -> li
     """Parallel coordinates and hyperparameter importance, read by Optuna from the study (or the grid's)."""
     study, target = importance.study_for(summary, metric, storage_url)
     out = ["<h2>Which settings mattered</h2>"]
-    if not study.get_trials(deepcopy=False, states=(importance.optuna.trial.TrialState.COMPLETE,)):
+    if not importance.completed(study):
         return out + ["<p class='note'>no completed fine-tune yet</p>"]
-    out.append(importance.parallel_coordinates(study, target))
     problem = importance.importance_problem(study)
-    out.append(f"<p class='note'>{_e(problem)}</p>" if problem else importance.importances(study, target))
+    for draw, skip in ((importance.parallel_coordinates, None), (importance.importances, problem)):
+        try:
+            out.append(f"<p class='note'>{_e(skip)}</p>" if skip else draw(study, target))
+        except (ValueError, RuntimeError) as exc:  # Optuna refusing an odd study must not cost the whole report
+            out.append(f"<p class='note'>Optuna could not draw this: {_e(type(exc).__name__)}: {_e(exc)}</p>")
     return out
 
 
