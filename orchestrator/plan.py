@@ -13,8 +13,8 @@ from decimal import Decimal
 from typing import Any
 
 from orchestrator.spec import SweepSpec
-from trainer.config import (DEFAULT_PARAPHRASE_PROMPT, EXCLUSIVE_KEYS, AugmentationConfig, ConfigProblem, LoraSettings, TrainingConfig,
-                            TrialConfig)
+from trainer.config import (DEFAULT_PARAPHRASE_PROMPT, EXCLUSIVE_KEYS, AugmentationConfig, ConfigProblem,
+                            LoraSettings, TrainingConfig, TrialConfig)
 from trainer.data import TrialData
 from trainer.models import quantization_problems
 
@@ -76,11 +76,16 @@ def point_problems(spec: SweepSpec) -> list[ConfigProblem]:
     fine_tunes = {t.name for t in plan if t.kind == "trial"}
     found: dict[str, tuple[ConfigProblem, list[str]]] = {}
     for trial in plan:
-        for problem in trial.config.problems() + quantization_problems(trial.config):
+        for problem in run_problems(trial.config):
             found.setdefault(problem.render(), (problem, []))[1].append(trial.name)
     problems = [p if fine_tunes <= set(names) else dataclasses.replace(p, path=f"{p.path} (at {', '.join(names)})")
                 for p, names in found.values()]
     return problems + _name_problems(plan)
+
+
+def run_problems(config: TrialConfig) -> list[ConfigProblem]:
+    """The invariants of one run: its config's cross-field checks, and its model's saved quantization."""
+    return config.problems() + quantization_problems(config)
 
 
 def _name_problems(plan: list[PlannedTrial]) -> list[ConfigProblem]:

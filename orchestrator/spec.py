@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import copy
-import math
 import dataclasses
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,8 +15,8 @@ import yaml
 from orchestrator import schema
 from trainer import prompts as prompt_rules
 from evaluation import BERTSCORE_METRICS, METRIC_NAMES
-from trainer.config import (EXCLUSIVE_KEYS, PAGED_OPTIMIZERS, PROMPT_PLACEHOLDER, AugmentationConfig, ConfigProblem, DatasetConfig, GenerationConfig,
-                            LoraSettings, ModelConfig, QuantizationConfig, ScoringConfig, TrainingConfig, TrialConfig)
+from trainer.config import (EXCLUSIVE_KEYS, PAGED_OPTIMIZERS, PROMPT_PLACEHOLDER, AugmentationConfig, ConfigProblem,
+                            DatasetConfig, GenerationConfig, LoraSettings, ModelConfig, QuantizationConfig, ScoringConfig, TrainingConfig, TrialConfig)
 from trainer.data import read_rows, reference_columns, split_source
 from trainer.models import is_local, model_problem
 
@@ -263,11 +263,17 @@ def _optimizer_problems(spec: SweepSpec) -> list[ConfigProblem]:
     """Paged optimizers page GPU memory: refused for trials that get no GPU (a GPU-less cluster: at `sweep run`)."""
     if spec.resources.gpus_per_trial > 0:
         return []
-    given = [("training.optimizer", spec.training.optimizer)] + [
-        (f"search.grid.training.optimizer[{i}]", v) for i, v in enumerate(spec.search.grid.get("training.optimizer", []))]
     return [ConfigProblem(path, "a paged optimizer pages its state out of GPU memory, and resources.gpus_per_trial: "
                           "0 gives trials no GPU", value, "adamw, adamw_8bit", "use adamw_8bit, or give trials a GPU")
-            for path, value in given if value in PAGED_OPTIMIZERS]
+            for path, value in _given(spec, "training.optimizer", spec.training.optimizer) if value in PAGED_OPTIMIZERS]
+
+
+def _given(spec: SweepSpec, key: str, base: Any) -> list[tuple[str, Any]]:
+    """(key path, value) of every value a run can get for `key`: the spec's own, each grid item, each study choice."""
+    out = [(key, base)] + [(f"search.grid.{key}[{i}]", v) for i, v in enumerate(spec.search.grid.get(key, []))]
+    if key in spec.search.space:
+        out += [(f"search.space.{key}.choices[{i}]", v) for i, v in enumerate(spec.search.space[key].choices or [])]
+    return out
 
 
 def _name_problems(spec: SweepSpec) -> list[ConfigProblem]:
@@ -438,11 +444,7 @@ def _objective_problems(spec: SweepSpec) -> list[ConfigProblem]:
 
 
 def _model_problems(spec: SweepSpec) -> list[ConfigProblem]:
-    names = [("model.name", spec.model.name)] + [
-        (f"search.grid.model.name[{i}]", v) for i, v in enumerate(spec.search.grid.get("model.name", []))]
-    if "model.name" in spec.search.space:
-        names += [(f"search.space.model.name.choices[{i}]", v)
-                  for i, v in enumerate(spec.search.space["model.name"].choices or [])]
+    names = _given(spec, "model.name", spec.model.name)
     if spec.augmentation.paraphrase_model:
         names.append(("augmentation.paraphrase_model", spec.augmentation.paraphrase_model))
     problems = []

@@ -9,8 +9,6 @@ failed (its error kept), pruned or interrupted (with the reason), its partial cu
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 import signal
 import sys
@@ -23,7 +21,7 @@ from typing import TextIO
 from evaluation.rouge import resolve_tokenizer
 from orchestrator.control import HEARTBEAT_INTERVAL_S, StopFlag, SweepBusy, driver_alive, driver_id
 from orchestrator.budget import budget_problems
-from orchestrator.plan import PlannedTrial, content_key, expand, planned_trial, with_baseline
+from orchestrator.plan import PlannedTrial, content_key, expand, planned_trial, run_problems, with_baseline
 from orchestrator.progress import Progress
 from orchestrator.spec import ResourcesConfig, SpecError, SweepSpec, to_plain
 from orchestrator.study import Study
@@ -206,13 +204,7 @@ def _with_paraphrases(data: TrialData, aug: AugmentationConfig) -> TrialData:
                            f"{aug.paraphrase_model!r}: {type(exc).__name__}: {exc}") from exc
     print(f"paraphrase: {len(rows)} training rows, {generated} generated now, the rest from {cache.path}",
           file=sys.stderr, flush=True)
-    source = (f"{aug.paraphrase_model} (identity {_short_digest(made_by['generator_identity'])}), seed {aug.seed}, "
-              f"temperature {paraphrase.TEMPERATURE}, top_p {paraphrase.TOP_P}, prompt {aug.paraphrase_prompt!r}")
-    return dataclasses.replace(data, paraphrased=rows, paraphrase_source=source)
-
-
-def _short_digest(value: dict) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:12]
+    return dataclasses.replace(data, paraphrased=rows, paraphrase_source=paraphrase.describe(aug, cache))
 
 
 def register(store: Store, sweep_id: int, trial: PlannedTrial, data: TrialData) -> tuple[int, bool]:
@@ -332,7 +324,7 @@ class _Driver:
         """A study proposal checked as every grid point was before the sweep began (spec and token budget)."""
         if trial.study_trial is None:
             return []
-        return trial.config.problems() or budget_problems([trial.config], [trial.name])
+        return run_problems(trial.config) or budget_problems([trial.config], [trial.name])
 
     def _data(self, trial: PlannedTrial) -> TrialData:
         key = _data_key(trial)

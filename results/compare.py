@@ -60,10 +60,9 @@ def compare(a: list[TrialSummary], b: list[TrialSummary], scores_a: dict[str, di
             raise CompareError(f"{x.name} and {y.name} share no eval example with a {metric} score; "
                                f"given {len(mine)} and {len(theirs)} examples")
         factor = scale(metric)
-        diff = paired_difference({k: theirs[k] for k in shared}, {k: mine[k] for k in shared}, samples)
+        diff = paired_difference(theirs, mine, samples)  # over the examples both scored
         out.append(Pair(x.name, y.name, factor * _mean(mine, shared), factor * _mean(theirs, shared),
-                        Interval(*(factor * v for v in (diff.estimate, diff.low, diff.high)), diff.examples),
-                        len(mine.keys() - theirs.keys()), len(theirs.keys() - mine.keys()),
+                        diff.scaled(factor), len(mine.keys() - theirs.keys()), len(theirs.keys() - mine.keys()),
                         metric in LOWER_IS_BETTER))
     return out
 

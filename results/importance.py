@@ -48,14 +48,14 @@ def grid_study(summary: SweepSummary, metric: str) -> optuna.Study:
     with _optuna_plot():  # quiet: "a new study created in memory"
         study = optuna.create_study(direction=direction, study_name=summary.name)
     for t in done:
-        params = {k: _value(t.params[k]) for k in keys if k in t.params}
+        params = {k: hashable(t.params[k]) for k in keys if k in t.params}
         study.add_trial(optuna.trial.create_trial(
             params=params, distributions={k: distributions[k] for k in params}, value=t.metrics[metric]))
     return study
 
 
 def _distribution(values: list):
-    plain = [_value(v) for v in values]
+    plain = [hashable(v) for v in values]
     if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in plain) and len(set(plain)) > 1:
         low, high = min(plain), max(plain)
         log = low > 0 and high / low >= 10  # learning rates, ranks spanning a decade
@@ -65,8 +65,9 @@ def _distribution(values: list):
     return CategoricalDistribution(sorted(set(plain), key=str))
 
 
-def _value(v):
-    return tuple(v) if isinstance(v, list) else v  # lists (target_modules) are not valid choices; tuples are
+def hashable(value):
+    """A setting as a dict key or Optuna choice: lists (target_modules) become tuples."""
+    return tuple(value) if isinstance(value, list) else value
 
 
 def parallel_coordinates(study: optuna.Study, target_name: str) -> str:

@@ -117,23 +117,19 @@ class _Comparer:
         mine = self.scores.get(t.name)
         if not mine or t.status != "completed":
             return None, None, None
-        return (_scaled(mean_interval(list(mine.values()), self.samples), self.factor),
+        return (mean_interval(list(mine.values()), self.samples).scaled(self.factor),
                 self._difference(mine, top) if top is not None and top is not t else None,
                 self._difference(mine, base) if base is not None and t.kind != "baseline" else None)
 
     def _difference(self, mine: dict[str, float], other: TrialSummary) -> Interval | None:
         theirs = self.scores.get(other.name)
         found = paired_difference(mine, theirs, self.samples) if theirs else None
-        return _scaled(found, self.factor) if found else None
+        return found.scaled(self.factor) if found else None
 
 
 def scale(metric: str) -> float:
     """Shown x 100 (points) for scores in [0, 1]; a loss is shown as it is."""
     return 1.0 if metric == "eval_loss" else 100.0
-
-
-def _scaled(i: Interval, factor: float) -> Interval:
-    return Interval(factor * i.estimate, factor * i.low, factor * i.high, i.examples)
 
 
 def study_objectives(spec: dict) -> list[tuple[str, str]]:

@@ -10,6 +10,7 @@ all) is HTML-escaped; chart text is escaped by matplotlib's SVG writer.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from html import escape
 
 from evaluation.rouge import ROUGE_TYPES
@@ -59,26 +60,35 @@ def _notes(summary: SweepSummary, groups: dict) -> str:
 
 
 _SHORT = {"rouge1": "R1", "rouge2": "R2", "rougeL": "RL", "rougeLsum": "RLsum"}
-_CELL_CLASS = {0: "l", 9: "w", 10: "w", 11: "w"}  # the trial name wraps anywhere; intervals at their spaces
+
+
+def _columns(metric: str) -> list[tuple[str, str, Callable[[Row], str]]]:
+    """(header, cell class, cell text) per leaderboard column: the trial name wraps anywhere (`l`), intervals at
+    their spaces (`w`), numbers never."""
+    def score(key: str, digits: int = 2) -> Callable[[Row], str]:
+        return lambda r: _num(r.scores.get(key), digits)
+
+    return [("trial", "l", lambda r: r.trial + (" (0-shot)" if r.kind == "baseline" else "")
+             + ("" if r.status == "completed" else f" [{r.status}]")),
+            *((_SHORT.get(k, k), "", score(k)) for k in ROUGE_TYPES),
+            ("gen tok", "", score("gen_tokens", 1)), ("eval loss", "", score("eval_loss", 3)),
+            ("trainable", "", lambda r: format_count(r.scores.get("trainable_params"))),
+            ("MiB", "", score("saved_mib", 1)),
+            (f"{_SHORT.get(metric, metric)} 95% CI", "w", lambda r: format_interval(r.interval)),
+            ("vs best", "w", lambda r: format_difference(r.vs_best)),
+            ("vs 0-shot", "w", lambda r: format_difference(r.vs_baseline, r.delta)),
+            ("scoring", "", lambda r: r.scoring)]
 
 
 def _board(rows: list[Row], metric: str) -> str:
     """Fits the page: settings are in the trial names (and in each trial's section), provenance under the table."""
-    head = ["trial", *(_SHORT.get(k, k) for k in ROUGE_TYPES), "gen tok", "eval loss", "trainable", "MiB",
-            f"{_SHORT.get(metric, metric)} 95% CI", "vs best", "vs 0-shot", "scoring"]
-    body = []
-    for r in rows:
-        state = "" if r.status == "completed" else f" [{r.status}]"
-        cells = [r.trial + (" (0-shot)" if r.kind == "baseline" else "") + state,
-                 *(_num(r.scores.get(k)) for k in ROUGE_TYPES), _num(r.scores.get("gen_tokens"), 1),
-                 _num(r.scores.get("eval_loss"), 3), format_count(r.scores.get("trainable_params")),
-                 _num(r.scores.get("saved_mib"), 1), format_interval(r.interval), format_difference(r.vs_best),
-                 format_difference(r.vs_baseline, r.delta), r.scoring]
-        tds = "".join(f"<td class='{_CELL_CLASS.get(i, '')}'>{_e(c)}</td>" for i, c in enumerate(cells))
-        body.append(f"<tr class='{'best' if r.best else ''}'>{tds}</tr>")
-    ths = "".join(f"<th class='l'>{_e(h)}</th>" if i == 0 else f"<th>{_e(h)}</th>" for i, h in enumerate(head))
-    return (f"<table><tr>{ths}</tr>{''.join(body)}</table><p class='note'>R1, R2, RL, RLsum: ROUGE in points (F1 x 100); ! = the "
-            "paired 95% interval excludes 0; the scoring letters are explained above.</p>")
+    columns = _columns(metric)
+    ths = "".join(f"<th class='l'>{_e(head)}</th>" if css == "l" else f"<th>{_e(head)}</th>" for head, css, _ in columns)
+    body = "".join(f"<tr class='{'best' if r.best else ''}'>"
+                   + "".join(f"<td class='{css}'>{_e(cell(r))}</td>" for _, css, cell in columns) + "</tr>"
+                   for r in rows)
+    return (f"<table><tr>{ths}</tr>{body}</table><p class='note'>R1, R2, RL, RLsum: ROUGE in points (F1 x 100); "
+            "! = the paired 95% interval excludes 0; the scoring letters are explained above.</p>")
 
 
 def _curves(curves: dict[str, list[tuple[str, int, float]]], best: str | None) -> str:
@@ -106,7 +116,7 @@ def _grid(summary: SweepSummary, rows: list[Row], metric: str) -> list[str]:
     fine_tunes = [t for t in summary.trials if t.kind == "trial"]
     if summary.spec.get("search", {}).get("type") == "optuna" or not keys or not fine_tunes:
         return []
-    values = {k: sorted({_key(t.params.get(k)) for t in fine_tunes}, key=_order) for k in keys}
+    values = {k: sorted({importance.hashable(t.params.get(k)) for t in fine_tunes}, key=_order) for k in keys}
     swept = [k for k in keys if len(values[k]) > 1] or keys  # a one-value axis is a constant, not a dimension
     axes = sorted(swept, key=lambda k: (k not in ("training.learning_rate", "lora.rank"), -len(values[k])))[:2]
     x_key, y_key = axes[0], (axes[1] if len(axes) > 1 else None)
@@ -127,15 +137,12 @@ def _grid(summary: SweepSummary, rows: list[Row], metric: str) -> list[str]:
 
 
 def _cell(fine_tunes, by_trial: dict[str, Row], metric: str, wanted: dict):
-    match = next((t for t in fine_tunes if all(_key(t.params.get(k)) == v for k, v in wanted.items())), None)
+    match = next((t for t in fine_tunes
+                  if all(importance.hashable(t.params.get(k)) == v for k, v in wanted.items())), None)
     row = by_trial.get(match.name) if match else None
     if row is None or metric not in row.scores:
         return None
     return row.scores[metric], format_interval(row.interval) if row.interval else ""
-
-
-def _key(value):
-    return tuple(value) if isinstance(value, list) else value
 
 
 def _order(value):

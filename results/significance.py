@@ -18,6 +18,10 @@ class Interval:
     high: float
     examples: int
 
+    def scaled(self, factor: float) -> "Interval":
+        """The same interval in other units (ROUGE F1 x 100 = points)."""
+        return Interval(factor * self.estimate, factor * self.low, factor * self.high, self.examples)
+
     @property
     def excludes_zero(self) -> bool:
         """For a difference: the interval says it is unlikely to be noise."""

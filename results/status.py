@@ -13,9 +13,8 @@ _NOTE_CHARS = 90
 
 
 def render(summary: SweepSummary, driver_alive: bool) -> str:
-    max_steps = summary.spec.get("training", {}).get("max_steps")
     header = ["trial", "kind", "state", "step", "tries", "runtime_s", "worker", "note"]
-    rows = [[t.name, t.kind, _state(t.status, driver_alive), _step(t.last_step, t.params.get("training.max_steps", max_steps), t.kind),
+    rows = [[t.name, t.kind, _state(t.status, driver_alive), _step(t.last_step, _max_steps(summary, t), t.kind),
              str(t.attempts), "-" if t.runtime_s is None else f"{t.runtime_s:.0f}", t.worker or "-",
              _note(t)] for t in summary.trials]
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
@@ -29,10 +28,9 @@ def render(summary: SweepSummary, driver_alive: bool) -> str:
 
 def render_json(summary: SweepSummary, driver_alive: bool) -> str:
     """One object per trial: name, kind, state, step, max_steps, tries, resumed_from_step, worker, note."""
-    max_steps = summary.spec.get("training", {}).get("max_steps")
     trials = [{"name": t.name, "kind": t.kind, "state": _state(t.status, driver_alive),
                "step": None if t.kind == "baseline" else t.last_step or 0,
-               "max_steps": None if t.kind == "baseline" else t.params.get("training.max_steps", max_steps), "tries": t.attempts,
+               "max_steps": None if t.kind == "baseline" else _max_steps(summary, t), "tries": t.attempts,
                "resumed_from_step": t.resumed_from_step, "worker": t.worker,
                "note": last_line(t.error) if t.error else None} for t in summary.trials]
     return json.dumps({"sweep": summary.name, "driver": summary.driver, "driver_alive": driver_alive,
@@ -58,6 +56,11 @@ def _step(last: int | None, max_steps: int | None, kind: str) -> str:
     if kind == "baseline":
         return "-"
     return f"{last or 0}/{max_steps}" if max_steps else str(last or 0)
+
+
+def _max_steps(summary: SweepSummary, t) -> int | None:
+    """Its step budget: swept, else the spec's; None under an epoch budget (its trial counts the steps)."""
+    return t.params.get("training.max_steps", summary.spec.get("training", {}).get("max_steps"))
 
 
 def _note(t) -> str:

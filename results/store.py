@@ -108,8 +108,8 @@ class Store:
                     s.add(row)
                     s.flush()
                     return row.id
-                held = SweepRow.driver.is_(None) if replacing is None else SweepRow.driver == replacing
-                if s.execute(update(SweepRow).where(SweepRow.id == sweep_id, held).values(**values)).rowcount != 1:
+                claim = update(SweepRow).where(SweepRow.id == sweep_id, _held_by(replacing)).values(**values)
+                if s.execute(claim).rowcount != 1:
                     return None
                 s.execute(update(TrialRow).where(TrialRow.sweep_id == sweep_id).values(stop_requested=False))
                 return sweep_id
@@ -219,8 +219,8 @@ class Store:
         """Mark the pending and running trials of a sweep whose driver `gone_driver` is gone as interrupted,
         and clear it; None (nothing changed) when another driver has claimed the sweep since it was read."""
         with self.session() as s:
-            held = SweepRow.driver.is_(None) if gone_driver is None else SweepRow.driver == gone_driver
-            if s.execute(update(SweepRow).where(SweepRow.name == sweep_name, held).values(driver=None)).rowcount != 1:
+            release = update(SweepRow).where(SweepRow.name == sweep_name, _held_by(gone_driver)).values(driver=None)
+            if s.execute(release).rowcount != 1:
                 return None
             rows = s.scalars(select(TrialRow).join(SweepRow).where(
                 SweepRow.name == sweep_name, TrialRow.status.in_(("pending", "running")))).all()
@@ -359,3 +359,8 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")  # readers (leaderboard) never block the writing driver
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+def _held_by(driver: str | None):
+    """SQL condition: the sweep is held by `driver` (None: by no driver)."""
+    return SweepRow.driver.is_(None) if driver is None else SweepRow.driver == driver

@@ -353,6 +353,9 @@ def test_paged_optimizers_are_refused_for_trials_without_a_gpu(spec):
     assert list(found) == ["search.grid.training.optimizer[1]"]
     assert "pages its state out of GPU memory, and resources.gpus_per_trial: 0 gives trials no GPU; given " \
            "'paged_adamw_8bit'; allowed: adamw, adamw_8bit" in found["search.grid.training.optimizer[1]"]
+    study = dict(spec, search={"type": "optuna", "space": {"training.optimizer": {"choices": ["adamw", "paged_adamw_32bit"]}},
+                               "optuna": {"n_trials": 2}})  # a study's choices are checked the same way
+    assert "search.space.training.optimizer.choices[1]" in problems_of(study)
 
     class CpuOnlyCluster:  # what RayBackend reports for a cluster of two-CPU nodes
         @staticmethod

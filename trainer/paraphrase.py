@@ -44,8 +44,14 @@ def provenance(cfg: AugmentationConfig, identity: dict) -> dict:
             "seed": cfg.seed, "temperature": TEMPERATURE, "top_p": TOP_P}
 
 
+def describe(cfg: AugmentationConfig, cache: ParaphraseCache) -> str:
+    """How the paraphrases were made, for the sweep's notes; the digest names the generator's files as well."""
+    return (f"{cfg.paraphrase_model} (settings digest {cache.path.stem}), seed {cfg.seed}, temperature "
+            f"{TEMPERATURE}, top_p {TOP_P}, prompt {cfg.paraphrase_prompt!r}")
+
+
 class ParaphraseCache:
-    """One JSON file per generator setting: dialogue digest -> paraphrased dialogue."""
+    """One JSON file per generator setting (its name a digest of them): dialogue digest -> paraphrased dialogue."""
 
     def __init__(self, root: Path, settings: dict):
         digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
