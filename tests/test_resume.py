@@ -21,9 +21,11 @@ class Killed(Exception):
     """Stands in for the worker dying: raised from the report callback at a chosen training step."""
 
 
-@pytest.fixture
-def cfg(tiny_model_dir, local_data, tmp_path):
+@pytest.fixture(params=["float32", "bfloat16"])
+def cfg(request, tiny_model_dir, local_data, tmp_path):
+    """In each dtype a trial can resolve to on a CPU (`auto` is bfloat16 on native-bf16 CPUs and GPUs)."""
     raw = tiny_spec(tiny_model_dir, *local_data, tmp_path)
+    raw["quantization"]["compute_dtype"] = request.param
     raw["training"].update(max_steps=6, checkpoint_interval_steps=2, eval_interval_steps=3)
     raw["lora"]["dropout"] = 0.1  # dropout draws from the RNG: its state must be restored too
     return expand(parse_spec(raw))[0].config
@@ -63,7 +65,7 @@ def test_killed_trial_resumes_from_its_last_checkpoint_with_identical_results(cf
     assert [p["prediction"] for p in resumed.predictions] == [p["prediction"] for p in reference.predictions]
     mine, theirs = load_file(f"{resumed.adapter_dir}/adapter_model.safetensors"), \
         load_file(f"{reference.adapter_dir}/adapter_model.safetensors")
-    assert all(torch.equal(mine[k], theirs[k]) for k in theirs)  # bit for bit, on CPU in float32
+    assert all(torch.equal(mine[k], theirs[k]) for k in theirs)  # bit for bit, on CPU in float32 and bfloat16
     assert not list((out / "trainer").glob("checkpoint-*"))  # a finished trial keeps no checkpoint
 
 

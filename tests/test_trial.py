@@ -110,10 +110,13 @@ def test_encoder_decoder_trial_trains_lora_with_seq2seq_trainer(trial_cfg, tiny_
     assert len(result.predictions) == 4 and 0 < result.metrics["gen_tokens"] <= cfg.generation.max_new_tokens
 
 
-def test_interim_eval_leaves_t5_training_labels_as_they_were(tiny_t5_dir, local_data, tmp_path):
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_interim_eval_leaves_t5_training_labels_as_they_were(tiny_t5_dir, local_data, tmp_path, dtype):
     """Generation pads prompts on the left; T5's collator pads labels on the tokenizer's side. An interim eval
-    must hand the tokenizer back as it found it, so training with interim evals sees the same batches."""
+    must hand the tokenizer back as it found it, so training with interim evals sees the same batches; nor may
+    it change the 4-bit weights training reads (trainer/fourbit.py), in either dtype."""
     raw = tiny_spec(tiny_t5_dir, *local_data, tmp_path)
+    raw["quantization"]["compute_dtype"] = dtype
     raw["training"].update(max_steps=4, micro_batch_size=4)  # 4 summaries of different lengths per batch
     cfg = expand(parse_spec(raw))[0].config
     data = load_trial_data(cfg.dataset)

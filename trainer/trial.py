@@ -21,6 +21,7 @@ from trainer import checkpoints, heldout, prompts
 from trainer.augment import training_examples
 from trainer.config import PAGED_OPTIMIZERS, TrialConfig
 from trainer.data import TrialData
+from trainer.fourbit import dequantized_for_eval
 from trainer.hardware import environment_record, peak_memory_mib, probe_device, resolve_precision
 from trainer.models import load_model, load_tokenizer, resolve_model_path
 from trainer.result import TrialResult
@@ -238,10 +239,11 @@ def make_evaluator(cfg: TrialConfig, tokenizer, data: TrialData, limit: int | No
         was_training = model.training
         model.eval()
         try:
-            result = evaluate(model, tokenizer, texts, references, ids, cfg.generation.max_new_tokens,
-                              cfg.generation.eval_batch_size, add_special, how, cfg.generation.generate_kwargs())
-            losses = heldout.heldout_loss(model, pairs, len(rows), cfg.generation.eval_batch_size,
-                                          tokenizer.pad_token_id)
+            with dequantized_for_eval(model):  # the frozen 4-bit base dequantized once, not at every token
+                result = evaluate(model, tokenizer, texts, references, ids, cfg.generation.max_new_tokens,
+                                  cfg.generation.eval_batch_size, add_special, how, cfg.generation.generate_kwargs())
+                losses = heldout.heldout_loss(model, pairs, len(rows), cfg.generation.eval_batch_size,
+                                              tokenizer.pad_token_id)
             return with_heldout_loss(result, losses)
         finally:
             model.train(was_training)

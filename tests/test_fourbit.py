@@ -1,0 +1,78 @@
+"""The 4-bit base as trials use it, with real bitsandbytes layers on the tiny model, in float32 and bfloat16:
+an eval leaves the weights training reads untouched, and the dequantized eval view is bit-identical."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from trainer.config import QuantizationConfig
+from trainer.fourbit import dequantized_for_eval, four_bit_layers
+from trainer.models import load_model, load_tokenizer
+
+DTYPES = ["float32", "bfloat16"]
+
+
+def _model(tiny_model_dir, dtype: str, double_quant: bool = True):
+    from peft import LoraConfig, get_peft_model
+
+    base = load_model(str(tiny_model_dir), QuantizationConfig(mode="nf4", compute_dtype=dtype,
+                                                              double_quant=double_quant))
+    torch.manual_seed(0)
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
+    return model
+
+
+def _batch(tiny_model_dir):
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    tokenizer.padding_side = "left"
+    return tokenizer(["#Person1#: Can we meet at ten?\n#Person2#: Yes.", "Hello there, how are you today?"],
+                     return_tensors="pt", padding=True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_an_eval_leaves_the_4bit_weights_and_the_next_training_step_as_they_were(tiny_model_dir, dtype):
+    model = _model(tiny_model_dir, dtype)
+    inputs = _batch(tiny_model_dir)
+    layers = four_bit_layers(model)
+    before = [(layer.weight.data.clone(), layer.weight.quant_state.absmax.clone()) for layer in layers]
+
+    def gradients() -> list[torch.Tensor]:
+        model.train()
+        model.zero_grad()
+        model(**inputs, labels=inputs["input_ids"]).loss.backward()
+        return [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+    fresh = gradients()
+    model.eval()
+    with torch.inference_mode():
+        model(**inputs)  # bitsandbytes would repack here on an AVX512-BF16 CPU
+    assert all(not getattr(layer.weight.quant_state, "packing_format_for_cpu", False) for layer in layers)
+    assert all(torch.equal(w, layer.weight.data) and torch.equal(a, layer.weight.quant_state.absmax)
+               for (w, a), layer in zip(before, layers))
+    assert all(torch.equal(a, b) for a, b in zip(fresh, gradients()))
+
+
+@pytest.mark.parametrize("double_quant", [True, False])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_the_dequantized_eval_view_gives_the_4bit_models_logits_and_generations_bit_for_bit(
+        tiny_model_dir, dtype, double_quant):
+    model = _model(tiny_model_dir, dtype, double_quant).eval()
+    inputs = _batch(tiny_model_dir)
+    with torch.inference_mode():
+        logits = model(**inputs).logits
+        tokens = model.generate(**inputs, max_new_tokens=12, do_sample=False, pad_token_id=0)
+        with dequantized_for_eval(model) as used:
+            view_logits = model(**inputs).logits
+            view_tokens = model.generate(**inputs, max_new_tokens=12, do_sample=False, pad_token_id=0)
+        after = model(**inputs).logits
+    assert used and logits.dtype == getattr(torch, dtype)
+    assert torch.equal(logits, view_logits) and torch.equal(tokens, view_tokens)
+    assert torch.equal(logits, after)  # the layers are their own again
+    assert all("forward" not in vars(layer) for layer in four_bit_layers(model))
+
+
+def test_the_dequantized_view_is_skipped_where_it_would_not_fit(tiny_model_dir):
+    model = _model(tiny_model_dir, "float32").eval()
+    with dequantized_for_eval(model, share=0.0) as used:
+        assert not used and all("forward" not in vars(layer) for layer in four_bit_layers(model))

@@ -1,0 +1,123 @@
+"""bitsandbytes' 4-bit layers as a trial needs them: one weight layout for training and evaluation, and a
+dequantized view of the frozen base for evaluation.
+
+Why the layout is pinned. On a CPU with AVX512-BF16, bitsandbytes 0.50's `Linear4bit.forward` repacks its
+weight in place at the first call in eval mode without grad (`_convert_weight_packed_for_cpu`) and keeps it
+packed. Every later call, training included, then takes `gemv_4bit`: absmax rounded to bfloat16, and no
+autograd kernel (torch warns "an autograd kernel was not registered ... silently incorrect behavior"). So one
+interim eval changed every later training step, a resumed trial (fresh, unpacked base) diverged from an
+uninterrupted one at its first step, and without the `kernels` package (hub-only) the packed path was also
+the slow one. With the repacking off, every call runs `gemm_4bit`: dequantize, then a plain linear.
+
+Why evaluation dequantizes once. `gemm_4bit` dequantizes the whole weight on every call: for generation that
+is every new token. The view below dequantizes each frozen 4-bit weight once, with the very kernel
+`gemm_4bit` calls, into the dtype it would produce, and runs the same `linear`: logits are bit-identical
+(tests/test_fourbit.py, float32 and bfloat16), only the repeated work is gone. It is used only where the
+dequantized weights fit in a fraction of the free memory.
+"""
+
+from __future__ import annotations
+
+import os
+import types
+from contextlib import contextmanager
+from collections.abc import Iterator
+
+# The dequantized base may take at most this share of the memory free when the eval starts (the rest: the
+# KV cache, activations, the 4-bit weights that stay loaded).
+DEQUANTIZED_MEMORY_SHARE = 0.5
+
+
+def four_bit_layers(model) -> list:
+    """Every bitsandbytes Linear4bit in `model` (NF4 or FP4), base layers under PEFT's LoRA wrappers included."""
+    try:
+        from bitsandbytes.nn import Linear4bit
+    except ImportError:  # bitsandbytes absent: nothing is quantized
+        return []
+    return [m for m in model.modules() if isinstance(m, Linear4bit)]
+
+
+def keep_training_layout(model) -> int:
+    """Turn off the CPU repacking (module docstring) on every 4-bit layer; returns how many layers."""
+    layers = four_bit_layers(model)
+    for layer in layers:
+        layer.support_avx512bf16_for_cpu = False
+    return len(layers)
+
+
+def dequantized_weight(layer, dtype):
+    """The layer's weight exactly as `gemm_4bit` (bitsandbytes' default kernel) dequantizes it for an input of
+    `dtype`: nested absmax restored as it does, then the same `dequantize_4bit` op."""
+    import torch
+
+    state = layer.weight.quant_state
+    absmax = state.absmax
+    if state.nested:
+        absmax = torch.ops.bitsandbytes.dequantize_blockwise.default(
+            state.absmax, state.state2.absmax, state.state2.code, 256, torch.float32) + state.offset
+    packed = layer.weight.data.view(-1, 1)
+    return torch.ops.bitsandbytes.dequantize_4bit.default(packed, absmax, state.blocksize, state.quant_type,
+                                                          state.shape, dtype)
+
+
+def dequantized_bytes(model) -> int:
+    """Memory the dequantized view takes: every 4-bit weight in its layer's compute dtype."""
+    total = 0
+    for layer in four_bit_layers(model):
+        dtype = layer.compute_dtype or layer.weight.quant_state.dtype
+        total += layer.weight.quant_state.shape.numel() * dtype.itemsize
+    return total
+
+
+def free_memory_bytes(device) -> int:
+    """Free memory where the model lives: CUDA's free bytes, or the host's MemAvailable."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+@contextmanager
+def dequantized_for_eval(model, share: float = DEQUANTIZED_MEMORY_SHARE) -> Iterator[bool]:
+    """Within the block, every 4-bit layer runs `linear` on its weight dequantized once (bit-identical to its
+    own forward); yields whether it did. The layers are restored, and the copies freed, on exit. Skipped when
+    the copies would take more than `share` of the free memory."""
+    layers = four_bit_layers(model)
+    if not layers or dequantized_bytes(model) > share * free_memory_bytes(next(model.parameters()).device):
+        yield False
+        return
+    for layer in layers:
+        layer.forward = types.MethodType(_dequantized_forward, layer)
+        layer._dequantized = {}
+    try:
+        yield True
+    finally:
+        for layer in layers:
+            del layer.forward, layer._dequantized  # back to the class's forward
+
+
+def _dequantized_forward(self, x):
+    """Linear4bit.forward without the per-call dequantization: the same casts, the same `linear`."""
+    import torch
+    from bitsandbytes.nn.modules import fix_4bit_weight_quant_state_from_module
+
+    fix_4bit_weight_quant_state_from_module(self)
+    if not self.compute_type_is_set:  # a first call (a zero-shot eval) picks the compute dtype as the layer does
+        self.set_compute_type(x)
+        self.compute_type_is_set = True
+    inp_dtype = x.dtype
+    if self.compute_dtype is not None:
+        x = x.to(self.compute_dtype)
+    weight = self._dequantized.get(x.dtype)
+    if weight is None:
+        weight = self._dequantized[x.dtype] = dequantized_weight(self, x.dtype)
+    bias = None if self.bias is None else self.bias.to(x.dtype)
+    return torch.nn.functional.linear(x, weight, bias).to(inp_dtype)
