@@ -7,14 +7,8 @@ from functools import lru_cache
 from statistics import fmean
 
 from evaluation.generate import generate
-from evaluation.rouge import ROUGE_SUM, ROUGE_TYPES, mean_scores, provenance, score_examples
-
-# Final metrics of every trial; any of them can be a study objective.
-METRIC_NAMES = (*ROUGE_TYPES, ROUGE_SUM, "eval_loss", "gen_tokens", "gen_words")
-# Smaller is better for these; every other metric is larger-is-better.
-LOWER_IS_BETTER = ("eval_loss", "gen_tokens", "gen_words")
-# Computed only with scoring.bertscore_model; rankable and objectives as well.
-BERTSCORE_METRICS = ("bertscore", "bertscore_precision", "bertscore_recall")
+from evaluation.metrics import BERTSCORE_METRICS
+from evaluation.rouge import mean_scores, provenance, score_examples
 
 
 @dataclass(frozen=True)

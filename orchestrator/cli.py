@@ -164,11 +164,10 @@ def _sweep_dir(summary):
 
 
 def _best_fine_tune(summary, metric: str) -> str | None:
-    from evaluation import LOWER_IS_BETTER
+    from evaluation.metrics import metric as registered
 
     done = [t for t in summary.trials if t.kind == "trial" and t.status == "completed" and metric in t.metrics]
-    sign = -1 if metric in LOWER_IS_BETTER else 1
-    return max(done, key=lambda t: sign * t.metrics[metric]).name if done else None
+    return min(done, key=lambda t: registered(metric).best_first(t.metrics[metric])).name if done else None
 
 
 def _stop(args) -> int:
@@ -310,7 +309,8 @@ def _leaderboard_text(store, summary, metric: str, fmt: str, samples: int = 1000
 
 
 def _parser() -> argparse.ArgumentParser:
-    from results.leaderboard import FORMATS, RANKABLE
+    from evaluation.metrics import RANKABLE
+    from results.leaderboard import FORMATS
 
     parser = argparse.ArgumentParser(prog="sweep", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(required=True, metavar="COMMAND")

@@ -7,6 +7,7 @@ import dataclasses
 
 import yaml
 
+from evaluation.metrics import metric
 from results import environment
 from results.store import TrialSummary
 from trainer.config import TrialConfig
@@ -118,12 +119,7 @@ def _method(cfg: TrialConfig) -> str:
 
 
 def _scores(metrics: dict[str, float]) -> str:
-    def shown(name: str, value: float) -> str:
-        if name.startswith(("rouge", "bertscore")):
-            return f"{100 * value:.2f}"
-        return f"{value:.4f}" if name == "eval_loss" else f"{value:.1f}"
-
-    return "\n".join(f"| {k} | {shown(k, v)} |" for k, v in metrics.items())
+    return "\n".join(f"| {k} | {metric(k).shown(v)} |" for k, v in metrics.items())
 
 
 def _provenance(scoring: dict | None) -> str:

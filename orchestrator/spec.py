@@ -14,7 +14,7 @@ import yaml
 
 from orchestrator import schema
 from trainer import prompts as prompt_rules
-from evaluation import BERTSCORE_METRICS, METRIC_NAMES
+from evaluation.metrics import BERTSCORE_METRICS, OBJECTIVES, metric
 from trainer.config import (EXCLUSIVE_KEYS, PAGED_OPTIMIZERS, PROMPT_PLACEHOLDER, AugmentationConfig, ConfigProblem,
                             DatasetConfig, GenerationConfig, LoraSettings, ModelConfig, QuantizationConfig, ScoringConfig, TrainingConfig, TrialConfig)
 from trainer.data import read_rows, reference_columns, split_source
@@ -415,15 +415,17 @@ def _objective_problems(spec: SweepSpec) -> list[ConfigProblem]:
     if not settings.objectives:
         problems.append(ConfigProblem("search.optuna.objectives", "a study needs an objective", [],
                                       "e.g. [{metric: rougeL, direction: maximize}]"))
-    names = METRIC_NAMES + BERTSCORE_METRICS
     for i, objective in enumerate(settings.objectives):
-        if objective.metric not in names:
+        known = metric(objective.metric)
+        if objective.metric not in OBJECTIVES:
             problems.append(ConfigProblem(f"search.optuna.objectives[{i}].metric", "must be a final trial metric",
-                                          objective.metric, ", ".join(names),
-                                          schema.did_you_mean(objective.metric, names)))
-        elif objective.metric == "eval_loss" and objective.direction != "minimize":
-            problems.append(ConfigProblem(f"search.optuna.objectives[{i}].direction", "a loss is minimized",
-                                          objective.direction, "minimize", "direction: minimize"))
+                                          objective.metric, ", ".join(OBJECTIVES),
+                                          schema.did_you_mean(objective.metric, OBJECTIVES)))
+        elif not known.either_direction and objective.direction != known.direction:
+            better = "lower" if known.lower_is_better else "higher"
+            problems.append(ConfigProblem(f"search.optuna.objectives[{i}].direction",
+                                          f"{objective.metric} is better {better}, so a study must {known.direction} it",
+                                          objective.direction, known.direction, f"direction: {known.direction}"))
         elif objective.metric in BERTSCORE_METRICS and spec.scoring.bertscore_model is None:
             problems.append(ConfigProblem(f"search.optuna.objectives[{i}].metric", "BERTScore is computed only with "
                                           "scoring.bertscore_model set", objective.metric, "a ROUGE metric, or set "

@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 
-from results.leaderboard import LOWER_IS_BETTER, scale
+from evaluation.metrics import metric as registered
+from results.leaderboard import scale
 from results.significance import Interval, paired_difference
 from results.store import TrialSummary
 
@@ -63,7 +64,7 @@ def compare(a: list[TrialSummary], b: list[TrialSummary], scores_a: dict[str, di
         diff = paired_difference(theirs, mine, samples)  # over the examples both scored
         out.append(Pair(x.name, y.name, factor * _mean(mine, shared), factor * _mean(theirs, shared),
                         diff.scaled(factor), len(mine.keys() - theirs.keys()), len(theirs.keys() - mine.keys()),
-                        metric in LOWER_IS_BETTER))
+                        registered(metric).lower_is_better))
     return out
 
 

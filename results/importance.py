@@ -17,7 +17,7 @@ import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from results.charts import to_svg
-from results.leaderboard import LOWER_IS_BETTER
+from evaluation.metrics import metric as registered
 from results.store import SweepSummary
 
 EVALUATOR = "fANOVA (Optuna's FanovaImportanceEvaluator: a random forest of 64 trees, seed 0)"
@@ -44,7 +44,7 @@ def grid_study(summary: SweepSummary, metric: str) -> optuna.Study:
     done = [t for t in summary.trials if t.kind == "trial" and t.status == "completed" and metric in t.metrics]
     keys = sorted({k for t in done for k in t.params})
     distributions = {k: _distribution([t.params[k] for t in done if k in t.params]) for k in keys}
-    direction = "minimize" if metric in LOWER_IS_BETTER else "maximize"
+    direction = registered(metric).direction
     with _optuna_plot():  # quiet: "a new study created in memory"
         study = optuna.create_study(direction=direction, study_name=summary.name)
     for t in done:

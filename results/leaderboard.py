@@ -13,14 +13,13 @@ import io
 import json
 from dataclasses import asdict, dataclass
 
-from evaluation import BERTSCORE_METRICS, LOWER_IS_BETTER
+from evaluation.metrics import BERTSCORE_METRICS, RANKABLE, metric as registered
 from evaluation.rouge import ROUGE_SUM, ROUGE_TYPES
 from results.significance import Interval, mean_interval, paired_difference
 from results.store import SweepSummary, TrialSummary
 
 # What a trial trained and saved (trainer.trial.parameter_counts, the saved folder's size).
 FOOTPRINT = ("trainable_params", "total_params", "saved_mib")
-RANKABLE = (*ROUGE_TYPES, ROUGE_SUM, "eval_loss", "bertscore")  # BERTScore F1 ranks only trials that computed it
 FORMATS = ("table", "markdown", "csv", "json")
 
 
@@ -58,8 +57,8 @@ def build(summary: SweepSummary, metric: str = "rougeL", per_example: dict[str, 
         raise ValueError(f"the ranking metric must be one of {', '.join(RANKABLE)}; got {metric!r}")
     letters = scoring_letters(summary.trials)
     done = [t for t in summary.trials if t.status == "completed" and metric in t.metrics]
-    sign = 1 if metric in LOWER_IS_BETTER else -1
-    ranked = sorted(done, key=lambda t: (letters[t.name], sign * t.metrics[metric]))
+    ranking = registered(metric)
+    ranked = sorted(done, key=lambda t: (letters[t.name], ranking.best_first(t.metrics[metric])))
     ranked += [t for t in summary.trials if t not in done]
     best = {}
     for t in ranked[:len(done)]:
@@ -128,8 +127,8 @@ class _Comparer:
 
 
 def scale(metric: str) -> float:
-    """Shown x 100 (points) for scores in [0, 1]; a loss is shown as it is."""
-    return 1.0 if metric == "eval_loss" else 100.0
+    """Shown x 100 (points) for scores in [0, 1]; a loss is shown as it is (the metric registry says which)."""
+    return registered(metric).scale
 
 
 def study_objectives(spec: dict) -> list[tuple[str, str]]:
@@ -157,9 +156,8 @@ def _row(t: TrialSummary, metric: str, base: TrialSummary | None, best: bool, pa
          intervals: tuple) -> Row:
     value, base_value = t.metrics.get(metric), base.metrics.get(metric) if base is not None else None
     delta = None if t.kind == "baseline" or base_value is None or value is None else scale(metric) * (value - base_value)
-    scores = {k: 100 * t.metrics[k] for k in (*ROUGE_TYPES, ROUGE_SUM) if k in t.metrics}
-    scores.update({k: t.metrics[k] for k in ("gen_tokens", "gen_words", "eval_loss", *FOOTPRINT) if k in t.metrics})
-    scores.update({k: 100 * t.metrics[k] for k in BERTSCORE_METRICS if k in t.metrics})  # scoring.bertscore_model
+    shown = (*ROUGE_TYPES, ROUGE_SUM, "gen_tokens", "gen_words", "eval_loss", *FOOTPRINT, *BERTSCORE_METRICS)
+    scores = {k: scale(k) * t.metrics[k] for k in shown if k in t.metrics}  # BERTScore with scoring.bertscore_model
     return Row(best, t.name, t.kind, str(t.params.get("prompt", "")), t.params.get("lora.rank"),
                t.params.get("training.learning_rate"), scores, delta, t.runtime_s, t.status, pareto, group, *intervals)
 
@@ -209,7 +207,8 @@ def render(rows: list[Row], fmt: str, metric: str, notes: dict, sweep: str,
 
 
 def _title(sweep: str, metric: str, notes: dict, groups: dict, several: bool, multi: bool) -> list[str]:
-    how = "lowest first" if metric in LOWER_IS_BETTER else "F1 x 100"
+    ranking = registered(metric)
+    how = "lowest first" if ranking.lower_is_better else ranking.unit
     title = [f"sweep {sweep}: ranked by {metric} ({how}); * = best"] + [f"{k}: {v}" for k, v in notes.items()]
     for letter, how in sorted(groups.items()):
         title.append(f"{f'scoring {letter}' if several else 'scoring'}: {describe_scoring(how)}")
@@ -277,4 +276,4 @@ def format_count(value: float | None) -> str:
 
 
 def _short(metric: str) -> str:
-    return metric.replace("rouge_sum", "R_sum").replace("rouge", "R").replace("bertscore", "BS")
+    return registered(metric).label

@@ -13,6 +13,7 @@ import itertools
 from collections.abc import Callable
 from html import escape
 
+from evaluation.metrics import metric as registered
 from evaluation.rouge import ROUGE_TYPES
 from results import charts, environment, importance
 from results.leaderboard import Row, describe_scoring, format_count, format_difference, format_interval, scale
@@ -193,6 +194,6 @@ def _samples(predictions: list[dict], metric: str, examples: int) -> str:
             refs = "".join(f"<div class='ref'>reference {i}: {_e(r)}</div>"
                            for i, r in enumerate(p["references"], 1))
             out.append(f"<div class='ex'><div class='note'>{_e(p['example_id'])}: {_e(metric)} "
-                       f"{scale(metric) * p[metric]:.1f}</div><div class='pred'>prediction: {_e(p['prediction'])}</div>"
+                       f"{registered(metric).shown(p[metric])}</div><div class='pred'>prediction: {_e(p['prediction'])}</div>"
                        f"{refs}</div>")
     return "".join(out)

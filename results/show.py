@@ -7,6 +7,7 @@ import textwrap
 
 import yaml
 
+from evaluation.metrics import metric as registered
 from results import environment
 from results.leaderboard import describe_scoring
 from results.status import last_line
@@ -26,8 +27,8 @@ def render(trial: TrialSummary, config: dict, curves: list[tuple[str, int, float
     if trial.environment:
         lines.append("ran on: " + environment.describe(trial.environment))
     if trial.metrics:
-        lines.append("final: " + "  ".join(f"{k} {_value(k, v)}" for k, v in trial.metrics.items()))
-    lines += ["", "curves (first -> last; min of losses, max of the rest; points):"] + [f"  {line}" for line in curve_lines(curves)]
+        lines.append("final: " + "  ".join(f"{k} {registered(k).shown(v)}" for k, v in trial.metrics.items()))
+    lines += ["", "curves (first -> last; best: min where lower is better, else max; points):"] + [f"  {line}" for line in curve_lines(curves)]
     for title, picked in worst_and_best(predictions, metric, examples):
         lines += _examples(f"{title} by {metric}", picked, metric)
     return "\n".join(lines + ["", "config:", textwrap.indent(yaml.safe_dump(config, sort_keys=False), "  ")])
@@ -43,19 +44,20 @@ def curve_series(curves: list[tuple[str, int, float]]) -> dict[str, list[tuple[i
 
 
 def worst_and_best(predictions: list[dict], metric: str, examples: int) -> list[tuple[str, list[dict]]]:
-    """[("worst N", rows), ("best N", rows)] by `metric`; N is at most half the scored rows (rounded up)."""
-    scored = sorted((p for p in predictions if metric in p), key=lambda p: p[metric])
-    if not scored:
+    """[("worst N", rows), ("best N", rows)] by `metric` in its direction (a loss is worst at its highest);
+    N is at most half the scored rows (rounded up)."""
+    best_first = sorted((p for p in predictions if metric in p), key=lambda p: registered(metric).best_first(p[metric]))
+    if not best_first:
         return []
-    count = min(examples, (len(scored) + 1) // 2)
-    return [(f"worst {count}", scored[:count]), (f"best {count}", scored[::-1][:count])]
+    count = min(examples, (len(best_first) + 1) // 2)
+    return [(f"worst {count}", best_first[::-1][:count]), (f"best {count}", best_first[:count])]
 
 
 def curve_lines(curves: list[tuple[str, int, float]]) -> list[str]:
-    """One line per curve: its first and last points, its best point (min for losses, else max)."""
+    """One line per curve: its first and last points, its best point (min where lower is better, else max)."""
     out = []
     for name, points in curve_series(curves).items():
-        pick = min if "loss" in name else max
+        pick = min if registered(name.split("/")[-1]).lower_is_better else max
         step, value = pick(points, key=lambda p: p[1])
         out.append(f"{name}: {points[0][1]:.4g} (step {points[0][0]}) -> {points[-1][1]:.4g} (step {points[-1][0]}); "
                    f"{pick.__name__} {value:.4g} at step {step}; {len(points)} points")
@@ -65,7 +67,7 @@ def curve_lines(curves: list[tuple[str, int, float]]) -> list[str]:
 def _examples(title: str, rows: list[dict], metric: str) -> list[str]:
     out = ["", f"{title}:"]
     for p in rows:
-        out.append(f"  [{p['example_id']}] {metric} {100 * p[metric]:.1f}, {p['new_tokens']} tokens")
+        out.append(f"  [{p['example_id']}] {metric} {registered(metric).shown(p[metric])}, {p['new_tokens']} tokens")
         out.append(_wrapped("prediction", p["prediction"]))
         out += [_wrapped(f"reference {i}", ref) for i, ref in enumerate(p["references"], 1)]
     return out
@@ -82,6 +84,3 @@ def _runtime(t: TrialSummary) -> str:
     shown = ", ".join(p for p in parts if p)
     return f" ({shown})" if shown else ""
 
-
-def _value(name: str, value: float) -> str:
-    return f"{100 * value:.2f}" if name.startswith("rouge") else f"{value:.1f}"

@@ -225,3 +225,42 @@ def test_compare_two_sweeps_on_shared_examples_and_refuse_different_scoring(tmp_
            "'unicode')" in capsys.readouterr().err
     assert main(["compare", "before:v9", "after", "--store", url]) == 2
     assert "the trial must belong to sweep before; given 'v9'" in capsys.readouterr().err
+
+
+def test_a_loss_is_worst_at_its_highest_and_shown_as_it_is_in_show_and_report(filled, capsys, tmp_path):
+    store, url = filled
+    summary = store.summary("g")
+    trial = next(t for t in summary.trials if t.name == "v1-r8-lr5e-4")
+    losses = {"e1": 1.25, "e2": 3.5, "e3": 2.0, "e4": 0.75}
+    predictions = [{"example_id": e, "prediction": f"p{e}", "references": [f"r{e}"], "new_tokens": 5,
+                    "rougeL": 0.1 * i, "eval_loss": loss} for i, (e, loss) in enumerate(losses.items())]
+    store.complete_trial(trial.id, {**trial.metrics, "eval_loss": 1.875}, predictions, 10.0, {}, None)
+    assert main(["show", "g", "v1-r8-lr5e-4", "--store", url, "--metric", "eval_loss", "--examples", "1"]) == 0
+    shown = capsys.readouterr().out
+    worst, best = shown.split("worst 1 by eval_loss:")[1].split("best 1 by eval_loss:")
+    assert "[e2] eval_loss 3.500" in worst and "[e4] eval_loss 0.750" in best  # highest loss worst, as is
+    assert "eval_loss 1.875" in shown.split("final:")[1].splitlines()[0]  # not x 100
+    assert main(["show", "g", "v1-r8-lr5e-4", "--store", url, "--metric", "rougeL", "--examples", "1"]) == 0
+    shown = capsys.readouterr().out
+    assert "[e1] rougeL 0.00" in shown.split("best 1")[0] and "[e4] rougeL 30.00" in shown.split("best 1")[1]
+    report = tmp_path / "r.html"
+    assert main(["report", "g", "--store", url, "--metric", "eval_loss", "--out", str(report)]) == 0
+    html = report.read_text()
+    worst_html, best_html = html.split("worst 2 by eval_loss")[1].split("best 2 by eval_loss")
+    assert "e2: eval_loss 3.500" in worst_html and "e3: eval_loss 2.000" in worst_html
+    assert "e4: eval_loss 0.750" in best_html.split("</div></div>")[0]
+
+
+def test_every_view_reads_direction_scale_and_label_from_the_metric_registry():
+    from evaluation.metrics import LOWER_IS_BETTER, METRICS, OBJECTIVES, RANKABLE, metric
+    from orchestrator.model_card import _scores
+
+    assert set(LOWER_IS_BETTER) >= {"eval_loss", "gen_tokens", "gen_words"} and "rougeL" not in LOWER_IS_BETTER
+    for name in RANKABLE:
+        m = metric(name)
+        assert leaderboard.scale(name) == m.scale and leaderboard._short(name) == m.label
+        assert m.direction == ("minimize" if m.lower_is_better else "maximize")
+    assert leaderboard.scale("eval_loss") == 1.0 and leaderboard.scale("rouge2") == 100.0
+    assert "| eval_loss | 2.346 |" in _scores({"eval_loss": 2.3456}) and "| rougeL | 31.25 |" in _scores({"rougeL": 0.3125})
+    assert metric("bertscore").shown(0.8812) == "88.12"  # an F1 like ROUGE (show printed it unscaled before)
+    assert "trainable_params" in METRICS and "trainable_params" not in OBJECTIVES
