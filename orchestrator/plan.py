@@ -13,9 +13,9 @@ from decimal import Decimal
 from typing import Any
 
 from orchestrator.spec import SweepSpec
-from trainer.config import (DEFAULT_PARAPHRASE_PROMPT, EXCLUSIVE_KEYS, AugmentationConfig, ConfigProblem,
+from trainer.config import (EXCLUSIVE_KEYS, AugmentationConfig, ConfigProblem,
                             LoraSettings, TrainingConfig, TrialConfig)
-from trainer.data import TrialData
+from trainer.identity import content_key  # noqa: F401  (the planner's key of a trial; defined with its resume key)
 from trainer.models import quantization_problems
 
 # Always shown in the leaderboard, swept or not.
@@ -245,31 +245,3 @@ def exact_float(value: float) -> str:
 
 def _digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:6]
-
-
-# Settings added after trials were stored: left at these defaults they are not part of the key, so a stored
-# trial keeps its key (and is reused) after an upgrade; set to anything else they are.
-_ADDED_LATER = {"config": {"training": {"epochs": None, "warmup_ratio": None, "optimizer": "adamw"},
-                           "augmentation": {"paraphrase": 0.0, "paraphrase_model": None,
-                                            "paraphrase_prompt": DEFAULT_PARAPHRASE_PROMPT}},
-                "data": {"paraphrased": [], "paraphrase_source": ""}}
-
-
-def content_key(config: TrialConfig, data: TrialData, model: dict | None = None) -> str:
-    """Hash of the resolved config, the exact rows it trains and evaluates on, and the model's identity
-    (trainer.models.model_identity: its files' hashes, or its hub revision)."""
-    payload = {"config": dataclasses.asdict(config), "data": dataclasses.asdict(data), "model": model}
-    _drop_defaults(payload, _ADDED_LATER)
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _drop_defaults(node: dict, defaults: dict) -> None:
-    for key, default in defaults.items():
-        if isinstance(default, dict):
-            _drop_defaults(node.get(key, {}), default)
-        elif key in node and _same(node[key], default):
-            del node[key]
-
-
-def _same(value: Any, default: Any) -> bool:
-    return list(value) == default if isinstance(default, list) else value == default

@@ -4,6 +4,7 @@ checkpoint continues from it and ends with the same final metrics and adapter as
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import pytest
 import torch
@@ -81,3 +82,39 @@ def test_checkpoint_of_another_config_or_incomplete_is_never_resumed(cfg, tmp_pa
     halved = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, micro_batch_size=1,
                                                                   gradient_accumulation_steps=2))
     assert checkpoints.resume_key(halved, data) == checkpoints.resume_key(cfg, data)  # an OOM retry resumes
+
+
+def test_a_checkpoint_of_a_model_since_rewritten_at_the_same_path_is_never_resumed(tiny_model_dir, local_data,
+                                                                                   tmp_path):
+    """Content key and resume key are one identity (trainer.identity): both follow the model's files."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from orchestrator.plan import content_key
+    from trainer.models import model_identity
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    raw = tiny_spec(model_dir, *local_data, tmp_path)
+    raw["training"].update(max_steps=4, checkpoint_interval_steps=2)
+    cfg = expand(parse_spec(raw))[0].config
+    data = load_trial_data(cfg.dataset)
+    out = tmp_path / "t"
+    with pytest.raises(Killed):
+        run(cfg, data, out, kill_at_step=3)
+    old_resume, old_content = checkpoints.resume_key(cfg, data), content_key(cfg, data, model_identity(str(model_dir)))
+    assert checkpoints.last_checkpoint(out, old_resume)[1] == 2
+
+    weights = load_file(model_dir / "model.safetensors")
+    save_file({k: v * 1.5 for k, v in weights.items()}, model_dir / "model.safetensors", metadata={"format": "pt"})
+    stat = (model_dir / "model.safetensors").stat()  # a later mtime even on a coarse-clock filesystem
+    os.utime(model_dir / "model.safetensors", ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    assert content_key(cfg, data, model_identity(str(model_dir))) != old_content
+    assert checkpoints.resume_key(cfg, data) != old_resume
+    def losses(events: list[dict]) -> list[tuple[int, float]]:
+        return [(e["step"], e["value"]) for e in events if e.get("name") == "train/loss"]
+
+    again, fresh = run(cfg, data, out)[1], run(cfg, data, tmp_path / "fresh")[1]
+    # Trained from step 1 on the new weights: had checkpoint-2 been resumed, steps 1-2 would be the old model's.
+    assert [s for s, _ in losses(again)] == [1, 2, 3, 4] and losses(again) == losses(fresh)

@@ -9,14 +9,13 @@ No torch or transformers here: the Ray task reads the resume step before a trial
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 import os
 import re
 import shutil
 from pathlib import Path
 
+from trainer import identity
 from trainer.config import TrialConfig
 
 TRAINER_DIR = "trainer"
@@ -25,16 +24,11 @@ _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
 def resume_key(cfg: TrialConfig, data) -> str:
-    """What a checkpoint must have been trained on to be resumed: the config and rows, with the micro batch
-    and accumulation as their product (an out-of-memory retry halves one and doubles the other) and the
-    eval batch size left out (it changes how prompts are grouped, not what is learned)."""
-    t = cfg.training
-    training = dataclasses.replace(t, micro_batch_size=t.micro_batch_size * t.gradient_accumulation_steps,
-                                   gradient_accumulation_steps=1)
-    generation = dataclasses.replace(cfg.generation, eval_batch_size=1)
-    plain = dataclasses.asdict(dataclasses.replace(cfg, training=training, generation=generation))
-    payload = json.dumps({"config": plain, "data": dataclasses.asdict(data)}, sort_keys=True, default=str)
-    return hashlib.sha256(payload.encode()).hexdigest()
+    """What a checkpoint must have been trained on to be resumed (trainer.identity): config, rows and the
+    model's files as they are now on this machine."""
+    from trainer.models import model_identity
+
+    return identity.resume_key(cfg, data, model_identity(cfg.model.name))
 
 
 def last_checkpoint(out_dir: Path, key: str) -> tuple[Path | None, int]:
