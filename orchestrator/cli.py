@@ -300,12 +300,12 @@ def _open_sweep(args, command: str):
 
 
 def _leaderboard_text(store, summary, metric: str, fmt: str, samples: int = 1000) -> str:
-    from results import environment, leaderboard
+    from results import environment, leaderboard, repeats
 
     sweep = summary.name
     rows = leaderboard.build(summary, metric, store.example_scores(sweep, metric), samples)
     return leaderboard.render(rows, fmt, metric, summary.notes, sweep, leaderboard.scoring_groups(summary.trials),
-                              environment.sweep_lines(summary.trials))
+                              environment.sweep_lines(summary.trials), repeats.of_sweep(summary, metric))
 
 
 def _parser() -> argparse.ArgumentParser:

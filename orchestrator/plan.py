@@ -131,10 +131,10 @@ def affects_baseline(key: str) -> bool:
 
 def zero_shot_config(config: TrialConfig) -> TrialConfig:
     """The baseline of a trial: the same model, prompt, quantization, sequence length, data, generation and
-    scoring, with no adapter and no training."""
-    t = config.training
+    scoring, with no adapter and no training. Not its seed: decoding is greedy or beam search, never sampled, so
+    a zero-shot run is the same for every seed, and the trials of a seed axis share one baseline."""
     return dataclasses.replace(config, lora=LoraSettings(), augmentation=AugmentationConfig(), zero_shot=True,
-                               training=TrainingConfig(max_seq_length=t.max_seq_length, seed=t.seed))
+                               training=TrainingConfig(max_seq_length=config.training.max_seq_length))
 
 
 def _baseline_key(config: TrialConfig) -> str:

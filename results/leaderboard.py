@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from evaluation.metrics import BERTSCORE_METRICS, RANKABLE, metric as registered
 from evaluation.rouge import ROUGE_SUM, ROUGE_TYPES
 from results.significance import Interval, mean_interval, paired_difference
+from results.repeats import RepeatGroup
 from results.store import SweepSummary, TrialSummary
 
 # What a trial trained and saved (trainer.trial.parameter_counts, the saved folder's size).
@@ -163,12 +164,14 @@ def _row(t: TrialSummary, metric: str, base: TrialSummary | None, best: bool, pa
 
 
 def render(rows: list[Row], fmt: str, metric: str, notes: dict, sweep: str,
-           groups: dict[str, dict | None] | None = None, hardware: list[str] | None = None) -> str:
-    """`hardware`: results.environment.sweep_lines of the sweep's trials, shown under the notes."""
-    groups, hardware = groups or {}, hardware or []
+           groups: dict[str, dict | None] | None = None, hardware: list[str] | None = None,
+           repeats: list[RepeatGroup] | None = None) -> str:
+    """`hardware`: results.environment.sweep_lines of the sweep's trials, shown under the notes; `repeats`:
+    results.repeats.group_repeats of a sweep with a seed axis, shown under the board (not in csv)."""
+    groups, hardware, repeats = groups or {}, hardware or [], repeats or []
     if fmt == "json":
         return json.dumps({"sweep": sweep, "metric": metric, "notes": notes, "scoring": groups, "hardware": hardware,
-                           "rows": [asdict(r) for r in rows]}, indent=2)
+                           "rows": [asdict(r) for r in rows], "repeats": [{**asdict(g), "n": g.n} for g in repeats]}, indent=2)
     m = _short(metric)
     header = ["", "trial", "kind", "prompt", "rank", "lr", "R1", "R2", "RL", "RLsum", "gen_tok", "gen_words",
               f"{m}_95ci", f"d{m}_vs_best", f"d{m}_vs_0shot", "runtime_s", "status"]
@@ -196,14 +199,36 @@ def render(rows: list[Row], fmt: str, metric: str, notes: dict, sweep: str,
                                                                                for c, r in zip(cells, rows)])
         return out.getvalue().rstrip("\n")  # the caller prints: no blank last line
     title = _title(sweep, metric, notes, groups, several, multi) + hardware
-    if fmt == "markdown":
-        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        return "\n".join([f"_{t}_  " for t in title] + [""] + lines + ["| " + " | ".join(c) + " |" for c in cells])
-    if fmt != "table":
+    if fmt not in ("markdown", "table"):
         raise ValueError(f"format must be one of {', '.join(FORMATS)}; got {fmt!r}")
+    text = "\n".join(title + [""] + _grid_text(header, cells, fmt))
+    if not repeats:
+        return text
+    head, body = repeat_cells(repeats, metric)
+    caption = (f"repeats over training.seed: configs ranked by the mean {metric}; sd = standard deviation across "
+               f"seeds (n - 1), n = completed repeats; * = best mean")
+    return "\n".join([text, "", f"_{caption}_" if fmt == "markdown" else caption, ""] + _grid_text(head, body, fmt))
+
+
+def _grid_text(header: list[str], cells: list[list[str]], fmt: str) -> list[str]:
+    if fmt == "markdown":
+        return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(c) + " |"
+                                                                                for c in cells]
     widths = [max(len(row[i]) for row in [header] + cells) for i in range(len(header))]
-    body = ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in [header] + cells]
-    return "\n".join(title + [""] + body)
+    return ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in [header] + cells]
+
+
+def repeat_cells(repeats: list[RepeatGroup], metric: str) -> tuple[list[str], list[list[str]]]:
+    """Header and cells of the repeats table: per config the mean of each metric and the sd of the ranking one."""
+    shown = [k for k in ("rouge1", "rouge2", "rougeL", "rougeLsum", metric, "gen_tokens")
+             if any(k in g.mean for g in repeats)]
+    shown = list(dict.fromkeys(shown))  # the ranking metric once
+    m = registered(metric)
+    header = ["", "config", "kind", "n", "seeds", *(registered(k).label for k in shown), f"{m.label}_sd"]
+    cells = [["*" if g.best else "", g.config, g.kind, str(g.n), ",".join(map(str, g.seeds)),
+              *(_fmt(g.mean.get(k), registered(k).digits) for k in shown), _fmt(g.std.get(metric), m.digits)]
+             for g in repeats]
+    return header, cells
 
 
 def _title(sweep: str, metric: str, notes: dict, groups: dict, several: bool, multi: bool) -> list[str]:

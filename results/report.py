@@ -15,8 +15,9 @@ from html import escape
 
 from evaluation.metrics import metric as registered
 from evaluation.rouge import ROUGE_TYPES
-from results import charts, environment, importance
-from results.leaderboard import Row, describe_scoring, format_count, format_difference, format_interval, scale
+from results import charts, environment, importance, repeats
+from results.leaderboard import (Row, describe_scoring, format_count, format_difference, format_interval,
+                                 repeat_cells, scale)
 from results.show import curve_lines, curve_series, worst_and_best
 from results.store import SweepSummary
 
@@ -36,7 +37,7 @@ def render(summary: SweepSummary, rows: list[Row], metric: str, curves: dict[str
            storage_url: str | None = None) -> str:
     best = next((r.trial for r in rows if r.best), None)
     parts = [f"<h1>sweep {_e(summary.name)}</h1>", _notes(summary, groups), "<h2>Leaderboard</h2>",
-             _board(rows, metric), "<h2>Curves</h2>", _curves(curves, best),
+             _board(rows, metric), *_repeats(summary, metric), "<h2>Curves</h2>", _curves(curves, best),
              *_grid(summary, rows, metric), *_mattered(summary, metric, storage_url),
              f"<h2>{_e(metric)} against generated length</h2>", _scatter(rows, metric), "<h2>Trials</h2>"]
     ran_on = {t.name: t.environment for t in summary.trials}
@@ -60,9 +61,6 @@ def _notes(summary: SweepSummary, groups: dict) -> str:
     return f"<ul class='note'>{''.join(items)}</ul>"
 
 
-_SHORT = {"rouge1": "R1", "rouge2": "R2", "rougeL": "RL", "rougeLsum": "RLsum"}
-
-
 def _columns(metric: str) -> list[tuple[str, str, Callable[[Row], str]]]:
     """(header, cell class, cell text) per leaderboard column: the trial name wraps anywhere (`l`), intervals at
     their spaces (`w`), numbers never."""
@@ -71,11 +69,11 @@ def _columns(metric: str) -> list[tuple[str, str, Callable[[Row], str]]]:
 
     return [("trial", "l", lambda r: r.trial + (" (0-shot)" if r.kind == "baseline" else "")
              + ("" if r.status == "completed" else f" [{r.status}]")),
-            *((_SHORT.get(k, k), "", score(k)) for k in ROUGE_TYPES),
+            *((registered(k).label, "", score(k)) for k in ROUGE_TYPES),
             ("gen tok", "", score("gen_tokens", 1)), ("eval loss", "", score("eval_loss", 3)),
             ("trainable", "", lambda r: format_count(r.scores.get("trainable_params"))),
             ("MiB", "", score("saved_mib", 1)),
-            (f"{_SHORT.get(metric, metric)} 95% CI", "w", lambda r: format_interval(r.interval)),
+            (f"{registered(metric).label} 95% CI", "w", lambda r: format_interval(r.interval)),
             ("vs best", "w", lambda r: format_difference(r.vs_best)),
             ("vs 0-shot", "w", lambda r: format_difference(r.vs_baseline, r.delta)),
             ("scoring", "", lambda r: r.scoring)]
@@ -90,6 +88,22 @@ def _board(rows: list[Row], metric: str) -> str:
                    for r in rows)
     return (f"<table><tr>{ths}</tr>{body}</table><p class='note'>R1, R2, RL, RLsum: ROUGE in points (F1 x 100); "
             "! = the paired 95% interval excludes 0; the scoring letters are explained above.</p>")
+
+
+def _repeats(summary: SweepSummary, metric: str) -> list[str]:
+    """Configs repeated over a seed axis: mean, sd across seeds and n (results.repeats), best mean first."""
+    groups = repeats.of_sweep(summary, metric)
+    if not groups:
+        return []
+    head, cells = repeat_cells(groups, metric)
+    ths = "".join(f"<th class='l'>{_e(h)}</th>" if h == "config" else f"<th>{_e(h)}</th>" for h in head)
+    body = "".join(f"<tr class='{'best' if g.best else ''}'>" + "".join(
+        f"<td class='l'>{_e(c)}</td>" if h == "config" else f"<td>{_e(c)}</td>" for h, c in zip(head, row)) + "</tr>"
+        for g, row in zip(groups, cells))
+    return [f"<h2>Repeats over training.seed: configs by the mean {_e(metric)}</h2>",
+            f"<table><tr>{ths}</tr>{body}</table><p class='note'>means over the seeds; {_e(head[-1])}: the standard "
+            "deviation across seeds (n - 1); n: completed repeats. A gap between configs smaller than their sds is "
+            "seed noise.</p>"]
 
 
 def _curves(curves: dict[str, list[tuple[str, int, float]]], best: str | None) -> str:
