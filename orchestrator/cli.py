@@ -142,7 +142,7 @@ def _export(args) -> int:
     out = Path(args.out or _sweep_dir(summary) / "export" / name)
     try:
         written = export(trial, config, trial.adapter_dir, sweep, out, merged=args.merged,
-                         predictions=store.predictions(sweep, name))
+                         predictions=store.predictions(sweep, name), metric=args.metric)
     except ExportError as exc:
         print(f"sweep export: {exc}", file=sys.stderr)
         return 2

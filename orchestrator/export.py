@@ -14,7 +14,7 @@ import json
 import shutil
 from pathlib import Path
 
-from orchestrator import schema
+from orchestrator import schema, verification
 from orchestrator.model_card import model_card
 from results.store import TrialSummary
 from trainer.config import EMBEDDED_MODEL_ALIAS, TrialConfig
@@ -27,9 +27,10 @@ class ExportError(Exception):
 
 
 def export(trial: TrialSummary, config: dict, adapter_dir: str | None, sweep: str, out: Path,
-           merged: bool = False, predictions: list[dict] | None = None) -> list[Path]:
+           merged: bool = False, predictions: list[dict] | None = None, metric: str = "rougeL") -> list[Path]:
     """Write `out/adapter/` (or `out/model/` after a full fine-tune), `out/eval_examples.jsonl`, `out/README.md`
-    and, when asked, `out/merged/`; an existing `out` is replaced, never mixed. Returns what was written."""
+    and, when asked, `out/merged/` with `out/verification.json` (how many stored predictions it reproduces, and
+    `metric` re-scored); an existing `out` is replaced, never mixed. Returns what was written."""
     cfg = trial_config(config)
     full = cfg.training.method == "full"
     _check_exportable(trial, adapter_dir, full)
@@ -37,7 +38,7 @@ def export(trial: TrialSummary, config: dict, adapter_dir: str | None, sweep: st
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        names = _write(trial, cfg, adapter_dir, sweep, staging, merged and not full, predictions or [])
+        names = _write(trial, cfg, adapter_dir, sweep, staging, merged and not full, predictions or [], metric)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -65,7 +66,7 @@ def _check_exportable(trial: TrialSummary, adapter_dir: str | None, full: bool) 
 
 
 def _write(trial: TrialSummary, cfg: TrialConfig, adapter_dir: str, sweep: str, out: Path, merged: bool,
-           predictions: list[dict]) -> list[str]:
+           predictions: list[dict], metric: str) -> list[str]:
     from trainer.models import is_encoder_decoder, load_tokenizer, resolve_model_path
 
     base_path = resolve_model_path(cfg.model.name)
@@ -83,8 +84,15 @@ def _write(trial: TrialSummary, cfg: TrialConfig, adapter_dir: str, sweep: str, 
     examples = eval_examples(cfg, tokenizer, predictions)
     (out / EVAL_EXAMPLES).write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in examples),
                                      encoding="utf-8")
-    (out / "README.md").write_text(model_card(trial, cfg, sweep, names[-1], base_source(cfg.model.name, base_path),
-                                              is_encoder_decoder(base_path), dtype), encoding="utf-8")
+    seq2seq, folder, checked = is_encoder_decoder(base_path), names[-1], None  # folder: what the snippet loads
+    if merged:  # regenerated as the card's snippet does it, so the card can say how faithful the merge is
+        family = "AutoModelForSeq2SeqLM" if seq2seq else "AutoModelForCausalLM"
+        checked = verification.verify(out / "merged", cfg, examples, dtype, trial.metrics, metric, family)
+        verification.write(out, checked)
+        names.append(verification.VERIFICATION)
+    (out / "README.md").write_text(model_card(trial, cfg, sweep, folder,
+                                              base_source(cfg.model.name, base_path), seq2seq, dtype,
+                                              checked and verification.summary_line(checked)), encoding="utf-8")
     return names + [EVAL_EXAMPLES, "README.md"]
 
 

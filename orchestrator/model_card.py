@@ -19,8 +19,9 @@ _HELD = {"adapter": "`adapter/`: the LoRA adapter; `merged/` is absent",
 
 
 def model_card(trial: TrialSummary, cfg: TrialConfig, sweep: str, folder: str, base: dict, seq2seq: bool,
-               dtype: str) -> str:
-    """`folder` is what the snippet loads: adapter, merged or model."""
+               dtype: str, verified: str | None = None) -> str:
+    """`folder` is what the snippet loads: adapter, merged or model; `verified`: how faithful `merged/` is
+    (orchestrator.verification.summary_line)."""
     library = "peft" if folder == "adapter" else "transformers"
     loaded = f" (loaded from `{base['loaded_from']}`" + (f"; {base['note']})" if base["note"] else ")")
     return f"""---
@@ -45,7 +46,7 @@ How they were computed:
 {_provenance(trial.scoring)}
 
 Trained on: {environment.describe(trial.environment)}
-
+{_verified(verified)}
 ## Use
 
 ```python
@@ -110,6 +111,10 @@ def _adapter_loading(cfg: TrialConfig, family: str, base_id: str, dtype: str) ->
     return lines + [f"tokenizer = AutoTokenizer.from_pretrained({base_id!r})",
                     f"base = {family}.from_pretrained({base_id!r}, dtype={dtype!r}{quantized})",
                     "model = PeftModel.from_pretrained(base, 'adapter')"]
+
+
+def _verified(line: str | None) -> str:
+    return f"\nReproduction: {line}\n" if line else ""
 
 
 def _method(cfg: TrialConfig) -> str:

@@ -142,7 +142,11 @@ def test_decoder_only_and_encoder_decoder_in_one_sweep_then_export(backend, tiny
                                  num_beams=e["num_beams"], pad_token_id=tokenizer.pad_token_id)
         text = tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
         assert text == e["prediction"] == stored[e["example_id"]]
-    assert "AutoModelForCausalLM.from_pretrained('merged'" in card
+    verified = json.loads((out / "verification.json").read_text())
+    assert (verified["identical"], verified["total"], verified["differ"]) == (4, 4, [])
+    assert verified["regenerated"] == pytest.approx(100 * trials["tiny-llama0"].metrics["rougeL"])
+    assert "Reproduction: 4 of 4 stored predictions reproduced exactly" in card
+    assert "AutoModelForCausalLM.from_pretrained('merged', dtype='float32')" in card
     run_card_snippet(out, card, monkeypatch, capsys)
     # The encoder-decoder's adapter: its card loads the 4-bit base with the seq2seq class, then the adapter.
     t5_out = tmp_path / "export-t5"
@@ -232,3 +236,36 @@ def test_llama_bertscore_spec_runs_with_a_tiny_llama_and_encoder(backend, tiny_m
     assert stored["search"]["grid"] == {"lora.rank": [4]}  # ...and is stored with the sweep
     for t in trials.values():
         assert {"bertscore", "bertscore_precision", "bertscore_recall", "eval_loss"} <= set(t.metrics)
+
+
+def test_a_bfloat16_export_states_how_many_predictions_it_reproduces(backend, tiny_model_dir, local_data, tmp_path):
+    """In bfloat16 the merged sum is rounded where the trial added two rounded outputs, so a merged model may
+    decode another token: `verification.json` must count exactly what plain transformers reproduces."""
+    import json
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    raw = tiny_spec(tiny_model_dir, *local_data, tmp_path)
+    raw["quantization"]["compute_dtype"] = "bfloat16"
+    raw["search"] = {"grid": {"prompt": ["v1"]}, "baselines": False}
+    spec = parse_spec(raw)
+    store = Store(spec.output.store_url())
+    assert run_sweep(spec, store, backend, show_progress=False).completed == ["v1"]
+    out = tmp_path / "export"
+    assert main(["export", "tiny", "v1", "--merged", "--out", str(out), "--store", store.url]) == 0
+    card = (out / "README.md").read_text()
+    assert "AutoModelForCausalLM.from_pretrained('merged', dtype='bfloat16')" in card
+    merged = AutoModelForCausalLM.from_pretrained(out / "merged", dtype="bfloat16")
+    assert merged.dtype == torch.bfloat16
+    tokenizer = AutoTokenizer.from_pretrained(out / "merged")
+    same = 0
+    for e in (json.loads(line) for line in (out / "eval_examples.jsonl").read_text().splitlines()):
+        inputs = tokenizer(e["prompt"], return_tensors="pt", add_special_tokens=e["add_special_tokens"])
+        output = merged.generate(**inputs, max_new_tokens=e["max_new_tokens"], do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id)
+        same += tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip() == \
+            e["prediction"]
+    verified = json.loads((out / "verification.json").read_text())
+    assert (verified["identical"], verified["total"]) == (same, 4)
+    assert f"Reproduction: {same} of 4 stored predictions reproduced exactly" in card
