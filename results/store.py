@@ -51,6 +51,8 @@ class TrialSummary:
     """Name of its own zero-shot baseline; None for baselines and results stored before this was recorded."""
     resumed_from_step: int | None = None
     """Checkpoint step its last attempt continued from; None when it started from step 0."""
+    timings_s: dict = field(default_factory=dict)
+    """Seconds per trial step (load, adapt, train, evaluate, save) of a completed trial."""
 
 
 @dataclass(frozen=True)
@@ -306,7 +308,7 @@ def _trial_summary(t: TrialRow, last_step: int | None) -> TrialSummary:
     return TrialSummary(t.name, t.kind, dict(t.params), t.status, t.runtime_s, _finals(t), t.error,
                         _aware(t.started_at), t.worker, t.attempts or 0, t.study_trial, last_step,
                         _aware(t.finished_at), t.scoring, t.adapter_dir, t.id, t.environment, t.baseline,
-                        t.resumed_from_step)
+                        t.resumed_from_step, dict(t.timings or {}))
 
 
 def _finals(t: TrialRow) -> dict[str, float]:

@@ -18,11 +18,15 @@ dequantized weights fit in a fraction of the free memory.
 
 from __future__ import annotations
 
+import logging
 import os
 import types
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 
+# At import on an AVX512-BF16 CPU bitsandbytes warns, on every load, that the hub-only `kernels` package is
+# missing: its kernel serves only the repacked inference path that keep_training_layout turns off.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 # The dequantized base may take at most this share of the memory free when the eval starts (the rest: the
 # KV cache, activations, the 4-bit weights that stay loaded).
 DEQUANTIZED_MEMORY_SHARE = 0.5
