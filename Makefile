@@ -38,7 +38,7 @@ browser:
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium; }
 
 test: setup browser
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=15
 
 bench: setup
 	$(BIN)/python bench/run.py

@@ -98,25 +98,3 @@ def test_the_report_shows_the_repeats_and_compare_pairs_seed_with_seed(seeded, c
         seed = int(p["trial_a"].rsplit("seed", 1)[1])
         assert p["mean_b"] - p["mean_a"] == pytest.approx(5.0 * seed)
 
-
-def test_a_seed_repeat_grid_runs_on_ray_and_shows_grouped_mean_and_sd(backend, tiny_model_dir, local_data, tmp_path,
-                                                                       capsys):
-    from orchestrator.spec import parse_spec
-    from orchestrator.sweep import run_sweep
-    from tests.conftest import tiny_spec
-
-    raw = tiny_spec(tiny_model_dir, *local_data, tmp_path)
-    raw["search"]["grid"] = {"prompt": ["v1"], "training.seed": [1, 2]}
-    spec = parse_spec(raw)
-    store = Store(spec.output.store_url())
-    outcome = run_sweep(spec, store, backend, show_progress=False)
-    assert sorted(outcome.completed) == ["v1-seed1", "v1-seed2", "v1-zero-shot"]
-    trials = {t.name: t for t in store.summary("tiny").trials}
-    assert [c[2] for c in store.curves(trials["v1-seed1"].id) if c[0] == "train/loss"] != \
-        [c[2] for c in store.curves(trials["v1-seed2"].id) if c[0] == "train/loss"]  # the seed changed training
-    assert main(["leaderboard", "tiny", "--store", spec.output.store_url(), "--format", "json"]) == 0
-    groups = {g["config"]: g for g in json.loads(capsys.readouterr().out)["repeats"]}
-    assert set(groups) == {"v1", "v1-zero-shot"} and groups["v1"]["n"] == 2
-    losses = [trials[f"v1-seed{s}"].metrics["eval_loss"] for s in (1, 2)]
-    assert groups["v1"]["mean"]["eval_loss"] == pytest.approx(statistics.fmean(losses))
-    assert groups["v1"]["std"]["eval_loss"] == pytest.approx(statistics.stdev(losses))

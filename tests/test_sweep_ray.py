@@ -269,3 +269,25 @@ def test_a_bfloat16_export_states_how_many_predictions_it_reproduces(backend, ti
     verified = json.loads((out / "verification.json").read_text())
     assert (verified["identical"], verified["total"]) == (same, 4)
     assert f"Reproduction: {same} of 4 stored predictions reproduced exactly" in card
+
+
+def test_a_seed_repeat_grid_runs_on_ray_and_shows_grouped_mean_and_sd(backend, tiny_model_dir, local_data, tmp_path,
+                                                                       capsys):
+    import json
+    import statistics
+
+    raw = tiny_spec(tiny_model_dir, *local_data, tmp_path)
+    raw["search"]["grid"] = {"prompt": ["v1"], "training.seed": [1, 2]}
+    spec = parse_spec(raw)
+    store = Store(spec.output.store_url())
+    outcome = run_sweep(spec, store, backend, show_progress=False)
+    assert sorted(outcome.completed) == ["v1-seed1", "v1-seed2", "v1-zero-shot"]
+    trials = {t.name: t for t in store.summary("tiny").trials}
+    assert [c[2] for c in store.curves(trials["v1-seed1"].id) if c[0] == "train/loss"] != \
+        [c[2] for c in store.curves(trials["v1-seed2"].id) if c[0] == "train/loss"]  # the seed changed training
+    assert main(["leaderboard", "tiny", "--store", spec.output.store_url(), "--format", "json"]) == 0
+    groups = {g["config"]: g for g in json.loads(capsys.readouterr().out)["repeats"]}
+    assert set(groups) == {"v1", "v1-zero-shot"} and groups["v1"]["n"] == 2
+    losses = [trials[f"v1-seed{s}"].metrics["eval_loss"] for s in (1, 2)]
+    assert groups["v1"]["mean"]["eval_loss"] == pytest.approx(statistics.fmean(losses))
+    assert groups["v1"]["std"]["eval_loss"] == pytest.approx(statistics.stdev(losses))
