@@ -203,7 +203,8 @@ def step_seconds(kind: str, mode: str, dtype: str, steps: int, micro_batches: in
                             1 if micro_batches else accumulation, cfg.training.learning_rate)
     timed = times[1:] or times
     flop = sum(_train_flop(model.config, *b["input_ids"].shape) for b in batches[:accumulation])
-    return {"s": sum(timed) / len(timed), "median_s": statistics.median(timed), "dtype": dtype, "native_bf16": device.bf16_native, "flop": flop,
+    return {"s": sum(timed) / len(timed), "median_s": statistics.median(timed), "dtype": dtype,
+            "native_bf16": device.bf16_native, "flop": flop,
             "rss_mib": peak_memory_mib()["host_rss_mib"], "weights_mib": _weights_mib(model)}
 
 
@@ -330,7 +331,8 @@ def bench_sweep(rows: list, run) -> None:
         budget_min = 20 if _native_bf16() else 35  # the issues' budgets: native-bf16 CPU / one that emulates it
         rows.append(("grid_2x2x2 wall time, this machine", f"{wall / 60:.1f} min", wall / (60 * budget_min),
                      f"<= 1.0 ({budget_min} min)", wall <= 60 * budget_min))
-    tuned = [t for t in run[2].summary(spec.name).trials if t.kind == "trial" and {"train", "evaluate"} <= set(t.timings_s or {})]
+    trials = run[2].summary(spec.name).trials
+    tuned = [t for t in trials if t.kind == "trial" and {"train", "evaluate"} <= set(t.timings_s)]
     if tuned:
         ratios = [t.timings_s["evaluate"] / t.timings_s["train"] for t in tuned]
         worst = max(tuned, key=lambda t: t.timings_s["evaluate"] / t.timings_s["train"])

@@ -19,6 +19,7 @@ from typing import Any
 import ray
 
 from orchestrator.environment import QUIET_ENV
+from trainer import events as ev
 from trainer.checkpoints import last_checkpoint, resume_key
 
 _FORWARDED_ENV = ("QLORA_SWEEP_CACHE", "QLORA_SWEEP_DATA_DIR", "HF_HOME", "HF_HUB_OFFLINE")
@@ -35,6 +36,8 @@ class Outcome:
     """Seconds inside the trial function, measured in the worker."""
     error: str | None = None
     """Last lines of the error when it raised or its worker died."""
+    failure: ev.FailureKind | None = None
+    """Why, by the error's type, when there is an error."""
 
 
 @ray.remote(num_cpus=0)
@@ -60,8 +63,8 @@ class _Reporter:
     def __init__(self, key: Any, events):
         self.key, self.events, self.last = key, events, None
 
-    def __call__(self, event: dict) -> None:
-        self.last = self.events.put.remote((self.key, event))
+    def __call__(self, event: ev.Event) -> None:
+        self.last = self.events.put.remote((self.key, ev.encode(event)))
 
     def flush(self) -> None:
         if self.last is not None:
@@ -75,10 +78,9 @@ def _trial_task(key, config, data, out_dir: str, num_threads: int, events, trial
     out.mkdir(parents=True, exist_ok=True)
     _redirect_output(out / "trial.log")
     report = _Reporter(key, events)
-    report({"event": "started", "worker": f"{socket.gethostname()}:{os.getpid()}",
-            "node": ray.get_runtime_context().get_node_id()})
+    report(ev.Started(f"{socket.gethostname()}:{os.getpid()}", ray.get_runtime_context().get_node_id()))
     # Before the trial reports a point: the driver drops the old attempt's, which this one reports again.
-    report({"event": "attempt", "resume_step": last_checkpoint(out, resume_key(config, data))[1]})
+    report(ev.Attempt(last_checkpoint(out, resume_key(config, data))[1]))
     module, _, name = trial_fn.partition(":")
     run_trial = getattr(importlib.import_module(module), name)  # imported in the worker, never the driver
     start = time.perf_counter()
@@ -149,8 +151,8 @@ class RayBackend:
         done, _ = ray.wait(list(self._pending), num_returns=len(self._pending), timeout=timeout_s)
         return [self._outcome(ref, self._pending.pop(ref)) for ref in done]
 
-    def drain_events(self) -> list[tuple[Any, dict]]:
-        return ray.get(self.events.drain.remote())
+    def drain_events(self) -> list[tuple[Any, ev.Event]]:
+        return [(key, ev.decode(raw)) for key, raw in ray.get(self.events.drain.remote())]
 
     def shutdown(self) -> None:
         if self._owns_ray:
@@ -161,5 +163,6 @@ class RayBackend:
         try:
             result, runtime_s = ray.get(ref)
         except Exception as exc:  # RayTaskError (trial raised), WorkerCrashedError (process died), OOM
-            return Outcome(key, error="\n".join(str(exc).strip().splitlines()[-_ERROR_LINES:]))
+            return Outcome(key, error="\n".join(str(exc).strip().splitlines()[-_ERROR_LINES:]),
+                           failure=ev.failure_kind(exc))
         return Outcome(key, result=result, runtime_s=runtime_s)

@@ -424,7 +424,7 @@ def _objective_problems(spec: SweepSpec) -> list[ConfigProblem]:
         elif not known.either_direction and objective.direction != known.direction:
             better = "lower" if known.lower_is_better else "higher"
             problems.append(ConfigProblem(f"search.optuna.objectives[{i}].direction",
-                                          f"{objective.metric} is better {better}, so a study must {known.direction} it",
+                                          f"{objective.metric} is better {better}: a study must {known.direction} it",
                                           objective.direction, known.direction, f"direction: {known.direction}"))
         elif objective.metric in BERTSCORE_METRICS and spec.scoring.bertscore_model is None:
             problems.append(ConfigProblem(f"search.optuna.objectives[{i}].metric", "BERTScore is computed only with "

@@ -27,6 +27,7 @@ from orchestrator.spec import ResourcesConfig, SpecError, SweepSpec, to_plain
 from orchestrator.study import Study
 from results.store import Store
 from results.tensorboard import TensorBoardSink
+from trainer import events as ev
 from trainer import paraphrase
 from trainer.augment import training_examples
 from trainer.config import PAGED_OPTIMIZERS, AugmentationConfig, ConfigProblem, TrialConfig
@@ -230,11 +231,6 @@ def placement(resources: ResourcesConfig, backend) -> tuple[int, float, int]:
     return resources.cpus_per_trial, gpus, max(slots, 1)
 
 
-def is_out_of_memory(error: str) -> bool:
-    """torch's CUDA OutOfMemoryError, or Ray's memory monitor killing the worker (host memory)."""
-    return "OutOfMemoryError" in error or "CUDA out of memory" in error or "running low on memory" in error
-
-
 def halved_batch(config: TrialConfig) -> TrialConfig | None:
     """Half the micro batch, twice the accumulation (same effective batch); None at micro batch 1."""
     t = config.training
@@ -333,31 +329,31 @@ class _Driver:
             self.shared[key] = self.backend.share(self.data[key])
         return self.data[key]
 
-    def _record_events(self, events: list[tuple[int, dict]]) -> None:
+    def _record_events(self, events: list[tuple[int, ev.Event]]) -> None:
         points: dict[int, list[tuple[str, int, float]]] = {}
         now = time.monotonic()
         for trial_id, event in events:
             trial = self.trials[trial_id]
             trial.last_event_at = now
-            if event["event"] == "started" and not trial.started and not trial.done:
-                trial.started, trial.started_at = True, now
-                trial.where = {"node": event["node"]} if event.get("node") else {}
-                self.store.mark_running(trial_id, event["worker"])
-                self.progress.update(running=1)
-            elif event["event"] == "attempt":  # before any point of this attempt, which reports them all again
-                self._flush(points)
-                self.store.resume_from(trial_id, event["resume_step"])
-            elif event["event"] == "step":
-                trial.phase = event["name"]
-            elif event["event"] == "environment":
-                self.store.set_environment(trial_id, {**event["environment"], **trial.where})
-            elif event["event"] == "metric" and not math.isfinite(event["value"]):
-                self._kill(trial, "failed", f"diverged at step {event['step']} "
-                                            f"({event['name'].split('/')[-1]} {event['value']})")
-            elif event["event"] == "metric":
-                points.setdefault(trial_id, []).append((event["name"], event["step"], event["value"]))
-                self.tensorboard.scalar(trial.planned.name, event["name"], event["step"], event["value"])
-                self._maybe_prune(trial, event)
+            match event:
+                case ev.Started(worker=worker, node=node) if not trial.started and not trial.done:
+                    trial.started, trial.started_at = True, now
+                    trial.where = {"node": node} if node else {}
+                    self.store.mark_running(trial_id, worker)
+                    self.progress.update(running=1)
+                case ev.Attempt(resume_step=step):  # before any point of this attempt, which reports them all again
+                    self._flush(points)
+                    self.store.resume_from(trial_id, step)
+                case ev.Phase(name=name):
+                    trial.phase = name
+                case ev.Environment(environment=environment):
+                    self.store.set_environment(trial_id, {**environment, **trial.where})
+                case ev.Metric(name=name, step=step, value=value) if not math.isfinite(value):
+                    self._kill(trial, "failed", f"diverged at step {step} ({name.split('/')[-1]} {value})")
+                case ev.Metric(name=name, step=step, value=value):
+                    points.setdefault(trial_id, []).append((name, step, value))
+                    self.tensorboard.scalar(trial.planned.name, name, step, value)
+                    self._maybe_prune(trial, event)
         self._flush(points)
 
     def _flush(self, points: dict[int, list[tuple[str, int, float]]]) -> None:
@@ -371,18 +367,18 @@ class _Driver:
             trial.ending = (status, reason)
             self.backend.cancel(trial.trial_id)
 
-    def _maybe_prune(self, trial: _Running, event: dict) -> None:
+    def _maybe_prune(self, trial: _Running, event: ev.Metric) -> None:
         number = trial.planned.study_trial
         if self.study is None or number is None or trial.ending or trial.done or not self.study.pruning:
             return
         metric = self.study.settings.objectives[0].metric
         budget = trial.planned.config.training.max_steps  # None for an epoch budget: its trial alone knows it
-        final = trial.phase == "evaluate" or (budget is not None and event["step"] >= budget)
-        if event["name"] != f"eval/{metric}" or final:
+        final = trial.phase == "evaluate" or (budget is not None and event.step >= budget)
+        if event.name != f"eval/{metric}" or final:
             return  # only interim evaluations; the final one is the trial's result
-        if self.study.report(number, event["step"], event["value"]):
-            self._kill(trial, "pruned", f"pruned by the {self.study.settings.pruner} pruner at step {event['step']}: "
-                                        f"eval/{metric}={event['value']:.4f}")
+        if self.study.report(number, event.step, event.value):
+            self._kill(trial, "pruned", f"pruned by the {self.study.settings.pruner} pruner at step {event.step}: "
+                                        f"eval/{metric}={event.value:.4f}")
 
     def _record_outcome(self, trial: _Running, result) -> None:
         name, running = trial.planned.name, -1 if trial.started else 0
@@ -394,7 +390,7 @@ class _Driver:
         if trial.ending is not None and (result.error is not None or trial.ending[0] == "failed"):
             self._end(trial, *trial.ending, result.runtime_s, running)
         elif result.error is not None:
-            if self._retry(trial, result.error):
+            if self._retry(trial, result):
                 trial.done = False
                 self.progress.update(running=running)
                 return
@@ -409,12 +405,14 @@ class _Driver:
             self.progress.update(done=1, running=running, runtime_s=result.runtime_s)
             self._tell(trial, "completed", r.metrics)
 
-    def _retry(self, trial: _Running, error: str) -> bool:
-        """Out of memory, allowed by the spec, not yet retried: run again with half the micro batch."""
+    def _retry(self, trial: _Running, result) -> bool:
+        """Out of memory (torch's, or Ray's memory monitor killing the worker), allowed by the spec, not yet
+        retried: run again with half the micro batch."""
         smaller = halved_batch(trial.planned.config)
         if trial.retried or smaller is None or not self.spec.resources.retry_out_of_memory \
-                or not is_out_of_memory(error):
+                or result.failure is not ev.FailureKind.OUT_OF_MEMORY:
             return False
+        error = result.error
         t = smaller.training
         reason = (f"out of memory; retried with micro_batch_size={t.micro_batch_size}, "
                   f"gradient_accumulation_steps={t.gradient_accumulation_steps}. First error: {error[-500:]}")

@@ -171,7 +171,8 @@ def render(rows: list[Row], fmt: str, metric: str, notes: dict, sweep: str,
     groups, hardware, repeats = groups or {}, hardware or [], repeats or []
     if fmt == "json":
         return json.dumps({"sweep": sweep, "metric": metric, "notes": notes, "scoring": groups, "hardware": hardware,
-                           "rows": [asdict(r) for r in rows], "repeats": [{**asdict(g), "n": g.n} for g in repeats]}, indent=2)
+                           "rows": [asdict(r) for r in rows],
+                           "repeats": [{**asdict(g), "n": g.n} for g in repeats]}, indent=2)
     m = _short(metric)
     header = ["", "trial", "kind", "prompt", "rank", "lr", "R1", "R2", "RL", "RLsum", "gen_tok", "gen_words",
               f"{m}_95ci", f"d{m}_vs_best", f"d{m}_vs_0shot", "runtime_s", "status"]
@@ -201,7 +202,8 @@ def render(rows: list[Row], fmt: str, metric: str, notes: dict, sweep: str,
     title = _title(sweep, metric, notes, groups, several, multi) + hardware
     if fmt not in ("markdown", "table"):
         raise ValueError(f"format must be one of {', '.join(FORMATS)}; got {fmt!r}")
-    text = "\n".join(title + [""] + _grid_text(header, cells, fmt))
+    shown_title = [f"_{t}_  " for t in title] if fmt == "markdown" else title
+    text = "\n".join(shown_title + [""] + _grid_text(header, cells, fmt))
     if not repeats:
         return text
     head, body = repeat_cells(repeats, metric)

@@ -208,6 +208,7 @@ def _samples(predictions: list[dict], metric: str, examples: int) -> str:
             refs = "".join(f"<div class='ref'>reference {i}: {_e(r)}</div>"
                            for i, r in enumerate(p["references"], 1))
             out.append(f"<div class='ex'><div class='note'>{_e(p['example_id'])}: {_e(metric)} "
-                       f"{registered(metric).shown(p[metric])}</div><div class='pred'>prediction: {_e(p['prediction'])}</div>"
+                       f"{registered(metric).shown(p[metric])}</div>"
+                       f"<div class='pred'>prediction: {_e(p['prediction'])}</div>"
                        f"{refs}</div>")
     return "".join(out)

@@ -18,6 +18,7 @@ from orchestrator.plan import expand
 from orchestrator.spec import parse_spec
 from tests.conftest import REPO, tiny_spec
 from trainer.data import load_trial_data
+from trainer.events import Environment, Event, Phase
 from trainer.hardware import EMULATED_SLOWDOWN, Device, probe_device, resolve_precision
 from trainer.trial import run_trial
 
@@ -87,7 +88,7 @@ def auto_cfg(tiny_model_dir, local_data, tmp_path):
 
 def test_a_real_trial_records_its_device_dtype_versions_and_peak_memory(auto_cfg, tmp_path):
     assert auto_cfg.quantization.compute_dtype == "auto"
-    events: list[dict] = []
+    events: list[Event] = []
     result = run_trial(auto_cfg, load_trial_data(auto_cfg.dataset), tmp_path / "t", events.append, num_threads=1)
     env = result.environment
     expected = resolve_precision("auto", probe_device()).dtype
@@ -95,8 +96,8 @@ def test_a_real_trial_records_its_device_dtype_versions_and_peak_memory(auto_cfg
     assert env["device"].startswith("cpu: ") and env["device_kind"] == "cpu"
     assert env["versions"] == {p: metadata.version(p) for p in ("torch", "transformers", "peft", "trl", "bitsandbytes")}
     assert 50 < env["host_rss_mib"] < 24 * 1024
-    first = [e for e in events if e["event"] in ("environment", "step")][:2]
-    assert first[0]["event"] == "environment" and first[1] == {"event": "step", "name": "load"}  # reported up front
+    first = [e for e in events if isinstance(e, (Environment, Phase))][:2]
+    assert isinstance(first[0], Environment) and first[1] == Phase("load")  # reported up front
     # TRL would have cast the adapters of a 4-bit model to bfloat16; they stay float32 and still train.
     adapter = load_file(f"{result.adapter_dir}/adapter_model.safetensors")
     assert {v.dtype for v in adapter.values()} == {torch.float32}

@@ -15,6 +15,7 @@ from orchestrator.spec import parse_spec
 from tests.conftest import tiny_spec
 from trainer import checkpoints
 from trainer.data import load_trial_data
+from trainer.events import Event, Metric
 from trainer.trial import run_trial
 
 
@@ -33,11 +34,11 @@ def cfg(request, tiny_model_dir, local_data, tmp_path):
 
 
 def run(cfg, data, out_dir, kill_at_step: int | None = None):
-    events: list[dict] = []
+    events: list[Event] = []
 
-    def report(event: dict) -> None:
+    def report(event: Event) -> None:
         events.append(event)
-        if event.get("name") == "train/loss" and event["step"] == kill_at_step:
+        if isinstance(event, Metric) and event.name == "train/loss" and event.step == kill_at_step:
             raise Killed(f"killed at step {kill_at_step}")
 
     return run_trial(cfg, data, out_dir, report, num_threads=1), events
@@ -57,8 +58,8 @@ def test_killed_trial_resumes_from_its_last_checkpoint_with_identical_results(cf
     resumed, events = run(cfg, data, out)
     # It reports the checkpoint's points again (the driver may have missed them), then steps 5 and 6: every
     # point once, each equal to the uninterrupted run's.
-    def points(reported: list[dict]) -> list[tuple]:
-        return [(e["name"], e["step"], e["value"]) for e in reported if e["event"] == "metric"]
+    def points(reported: list[Event]) -> list[tuple]:
+        return [(e.name, e.step, e.value) for e in reported if isinstance(e, Metric)]
 
     assert points(events) == points(straight_events)
     assert [step for name, step, _ in points(events) if name == "train/loss"] == [1, 2, 3, 4, 5, 6]
@@ -112,8 +113,8 @@ def test_a_checkpoint_of_a_model_since_rewritten_at_the_same_path_is_never_resum
     os.utime(model_dir / "model.safetensors", ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
     assert content_key(cfg, data, model_identity(str(model_dir))) != old_content
     assert checkpoints.resume_key(cfg, data) != old_resume
-    def losses(events: list[dict]) -> list[tuple[int, float]]:
-        return [(e["step"], e["value"]) for e in events if e.get("name") == "train/loss"]
+    def losses(events: list[Event]) -> list[tuple[int, float]]:
+        return [(e.step, e.value) for e in events if isinstance(e, Metric) and e.name == "train/loss"]
 
     again, fresh = run(cfg, data, out)[1], run(cfg, data, tmp_path / "fresh")[1]
     # Trained from step 1 on the new weights: had checkpoint-2 been resumed, steps 1-2 would be the old model's.

@@ -12,6 +12,7 @@ from orchestrator.plan import expand
 from orchestrator.spec import parse_spec
 from tests.conftest import tiny_spec
 from trainer.data import load_trial_data
+from trainer.events import Event, Metric, Phase
 from trainer.models import load_model, load_tokenizer
 from trainer.trial import run_trial, training_rows
 
@@ -33,7 +34,7 @@ def test_nf4_base_is_real_4bit(tiny_model_dir, trial_cfg):
 def test_trial_trains_lora_weights_and_reports(trial_cfg, tmp_path):
     cfg = dataclasses.replace(trial_cfg, training=dataclasses.replace(trial_cfg.training, eval_interval_steps=1))
     data = load_trial_data(cfg.dataset)
-    events: list[dict] = []
+    events: list[Event] = []
     result = run_trial(cfg, data, tmp_path / "trial", events.append, num_threads=1)
 
     adapter = load_file(f"{result.adapter_dir}/adapter_model.safetensors")
@@ -42,9 +43,9 @@ def test_trial_trains_lora_weights_and_reports(trial_cfg, tmp_path):
     # PEFT initialises every B at exactly zero; training must have moved each of them.
     assert all(v.abs().sum() > 0 for v in lora_b.values())
 
-    steps = [e["name"] for e in events if e["event"] == "step"]
+    steps = [e.name for e in events if isinstance(e, Phase)]
     assert steps == ["load", "adapt", "train", "evaluate", "save"]
-    metrics = [(e["name"], e["step"]) for e in events if e["event"] == "metric"]
+    metrics = [(e.name, e.step) for e in events if isinstance(e, Metric)]
     assert ("train/loss", 1) in metrics and ("train/loss", 2) in metrics
     assert ("eval/rougeL", 1) in metrics and ("eval/rougeL", 2) in metrics  # interim and final
     assert set(result.metrics) == {"rouge1", "rouge2", "rougeL", "rougeLsum", "rouge_sum", "eval_loss", "gen_tokens",
@@ -100,13 +101,13 @@ def test_encoder_decoder_trial_trains_lora_with_seq2seq_trainer(trial_cfg, tiny_
     assert model.config.is_encoder_decoder and isinstance(model.encoder.block[0].layer[0].SelfAttention.q,
                                                           bnb.nn.Linear4bit)
     assert load_tokenizer(str(tiny_t5_dir)).chat_template is None  # plain prompt into the encoder
-    events: list[dict] = []
+    events: list[Event] = []
     result = run_trial(cfg, load_trial_data(cfg.dataset), tmp_path / "t5", events.append, num_threads=1)
     adapter = load_file(f"{result.adapter_dir}/adapter_model.safetensors")
     lora_b = {k: v for k, v in adapter.items() if "lora_B" in k}
     assert any("encoder" in k for k in lora_b) and any("decoder" in k for k in lora_b)
     assert all(v.abs().sum() > 0 for v in lora_b.values())  # every adapter moved
-    assert ("train/loss", 2) in [(e["name"], e["step"]) for e in events if e["event"] == "metric"]
+    assert ("train/loss", 2) in [(e.name, e.step) for e in events if isinstance(e, Metric)]
     assert len(result.predictions) == 4 and 0 < result.metrics["gen_tokens"] <= cfg.generation.max_new_tokens
 
 
@@ -122,10 +123,10 @@ def test_interim_eval_leaves_t5_training_labels_as_they_were(tiny_t5_dir, local_
     data = load_trial_data(cfg.dataset)
 
     def losses(eval_interval_steps: int) -> list[float]:
-        events: list[dict] = []
+        events: list[Event] = []
         run = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, eval_interval_steps=eval_interval_steps))
         run_trial(run, data, tmp_path / f"every{eval_interval_steps}", events.append, num_threads=1)
-        return [e["value"] for e in events if e.get("name") == "train/loss"]
+        return [e.value for e in events if isinstance(e, Metric) and e.name == "train/loss"]
 
     assert losses(1) == losses(0)
 
@@ -187,10 +188,10 @@ def test_a_trial_whose_gradients_blow_up_ends_as_diverged(trial_cfg, tmp_path):
     from trainer.trial import TrialDiverged
 
     cfg = dataclasses.replace(trial_cfg, lora=dataclasses.replace(trial_cfg.lora, alpha=10**30))  # scale 2.5e29
-    events: list[dict] = []
+    events: list[Event] = []
     with pytest.raises(TrialDiverged, match=r"^diverged at step 1 \((loss|grad_norm) (nan|inf)\)$"):
         run_trial(cfg, load_trial_data(cfg.dataset), tmp_path / "t", events.append, num_threads=1)
-    losses = [e["step"] for e in events if e.get("name") == "train/loss"]
+    losses = [e.step for e in events if isinstance(e, Metric) and e.name == "train/loss"]
     assert losses == [1]  # it stopped at the first non-finite value, not after max_steps
 
 
@@ -274,14 +275,14 @@ def test_an_epoch_budget_counts_steps_as_the_trainer_does_with_warmup_ratio_8bit
                                    optimizer="adamw_8bit")
     cfg = dataclasses.replace(trial_cfg, training=training,
                               quantization=dataclasses.replace(trial_cfg.quantization, mode="fp4"))
-    events: list[dict] = []
+    events: list[Event] = []
     result = run_trial(cfg, load_trial_data(cfg.dataset), tmp_path / "epochs", events.append, num_threads=1)
 
-    losses = [e["step"] for e in events if e.get("name") == "train/loss"]
-    rates = [e["value"] for e in events if e.get("name") == "train/learning_rate"]
+    losses = [e.step for e in events if isinstance(e, Metric) and e.name == "train/loss"]
+    rates = [e.value for e in events if isinstance(e, Metric) and e.name == "train/learning_rate"]
     assert losses == [1, 2, 3, 4, 5, 6] and len(calls) == 6  # bitsandbytes' optimizer made every update
     assert rates[0] < rates[1] and rates[1] > rates[-1] > 0  # 2 warm-up steps, then the linear decay
-    assert ("eval/rougeL", 6) in [(e.get("name"), e.get("step")) for e in events]  # the final eval, at the last step
+    assert ("eval/rougeL", 6) in [(e.name, e.step) for e in events if isinstance(e, Metric)]  # the final eval, at the last step
     adapter = load_file(f"{result.adapter_dir}/adapter_model.safetensors")
     assert all(v.abs().sum() > 0 for k, v in adapter.items() if "lora_B" in k)  # trained on the fp4 base
 

@@ -15,7 +15,7 @@ import re
 import shutil
 from pathlib import Path
 
-from trainer import identity
+from trainer import events, identity
 from trainer.config import TrialConfig
 
 TRAINER_DIR = "trainer"
@@ -58,18 +58,18 @@ def _checkpoints(out_dir: Path) -> list[Path]:
     return [p for p in folder.iterdir() if _CHECKPOINT.match(p.name) and p.is_dir()] if folder.is_dir() else []
 
 
-def mark_complete(folder: Path, key: str, points: list[dict]) -> None:
+def mark_complete(folder: Path, key: str, points: list[events.Event]) -> None:
     """Called once the Trainer has saved `folder`: record that it is complete, trained as `key`, with the curve
     points reported up to it (a resumed attempt reports them again, so no point is lost while no driver
     listened), atomically; then delete every other checkpoint."""
     partial = folder / f".{_COMPLETE}.partial"
-    partial.write_text(json.dumps({"resume_key": key, "points": points}))
+    partial.write_text(json.dumps({"resume_key": key, "points": [events.encode(p) for p in points]}))
     os.replace(partial, folder / _COMPLETE)  # atomic: the checkpoint is complete or it is not
     for other in _checkpoints(folder.parent.parent):
         if other != folder:
             shutil.rmtree(other, ignore_errors=True)
 
 
-def reported_points(folder: Path) -> list[dict]:
+def reported_points(folder: Path) -> list[events.Event]:
     """The metric events a complete checkpoint's attempt had reported up to it."""
-    return json.loads((folder / _COMPLETE).read_text())["points"]
+    return [events.decode(p) for p in json.loads((folder / _COMPLETE).read_text())["points"]]

@@ -12,21 +12,17 @@ the slow one. With the repacking off, every call runs `gemm_4bit`: dequantize, t
 Why evaluation dequantizes once. `gemm_4bit` dequantizes the whole weight on every call: for generation that
 is every new token. The view below dequantizes each frozen 4-bit weight once, with the very kernel
 `gemm_4bit` calls, into the dtype it would produce, and runs the same `linear`: logits are bit-identical
-(tests/test_fourbit.py, float32 and bfloat16), only the repeated work is gone. It is used only where the
-dequantized weights fit in a fraction of the free memory.
+(tests/test_fourbit.py, float32 and bfloat16), only the repeated work is gone. It is used only on CPU, the
+device that identity was shown on (on CUDA bitsandbytes has kernels of its own, not tried here: no GPU), and
+only where the dequantized weights fit in a fraction of the free memory.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import types
 from collections.abc import Iterator
 from contextlib import contextmanager
-
-# At import on an AVX512-BF16 CPU bitsandbytes warns, on every load, that the hub-only `kernels` package is
-# missing: its kernel serves only the repacked inference path that keep_training_layout turns off.
-logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 # The dequantized base may take at most this share of the memory free when the eval starts (the rest: the
 # KV cache, activations, the 4-bit weights that stay loaded).
 DEQUANTIZED_MEMORY_SHARE = 0.5
@@ -73,12 +69,8 @@ def dequantized_bytes(model) -> int:
     return total
 
 
-def free_memory_bytes(device) -> int:
-    """Free memory where the model lives: CUDA's free bytes, or the host's MemAvailable."""
-    import torch
-
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
+def free_memory_bytes() -> int:
+    """The host's MemAvailable (the dequantized view runs on CPU only)."""
     try:
         with open("/proc/meminfo") as handle:
             for line in handle:
@@ -92,10 +84,11 @@ def free_memory_bytes(device) -> int:
 @contextmanager
 def dequantized_for_eval(model, share: float = DEQUANTIZED_MEMORY_SHARE) -> Iterator[bool]:
     """Within the block, every 4-bit layer runs `linear` on its weight dequantized once (bit-identical to its
-    own forward); yields whether it did. The layers are restored, and the copies freed, on exit. Skipped when
-    the copies would take more than `share` of the free memory."""
+    own forward); yields whether it did. The layers are restored, and the copies freed, on exit. Skipped off
+    the CPU, and when the copies would take more than `share` of the free memory."""
     layers = four_bit_layers(model)
-    if not layers or dequantized_bytes(model) > share * free_memory_bytes(next(model.parameters()).device):
+    on_cpu = bool(layers) and all(layer.weight.device.type == "cpu" for layer in layers)
+    if not on_cpu or dequantized_bytes(model) > share * free_memory_bytes():
         yield False
         return
     for layer in layers:

@@ -21,16 +21,13 @@ from trainer import checkpoints, heldout, prompts
 from trainer.augment import training_examples
 from trainer.config import PAGED_OPTIMIZERS, TrialConfig
 from trainer.data import TrialData
+from trainer.events import Environment, Event, Metric, Phase, TrialDiverged
 from trainer.fourbit import dequantized_for_eval
 from trainer.hardware import environment_record, peak_memory_mib, probe_device, resolve_precision
 from trainer.models import load_model, load_tokenizer, resolve_model_path
 from trainer.result import TrialResult
 
-Report = Callable[[dict], None]
-
-
-class TrialDiverged(RuntimeError):
-    """A non-finite training loss, gradient norm or evaluation metric: the trial cannot recover."""
+Report = Callable[[Event], None]
 
 
 def run_trial(cfg: TrialConfig, data: TrialData, out_dir: Path, report: Report,
@@ -53,7 +50,7 @@ def run_trial(cfg: TrialConfig, data: TrialData, out_dir: Path, report: Report,
         with _step("train", timings, report):
             skipped, total_steps = train(model, tokenizer, cfg, data, out_dir, report, interim, key)
         # Rows whose summary alone does not fit max_seq_length: dropped, never truncated.
-        report({"event": "metric", "name": "train/skipped_examples", "step": 0, "value": float(skipped)})
+        report(Metric("train/skipped_examples", 0, float(skipped)))
     footprint = parameter_counts(model, trained=not cfg.zero_shot)
     with _step("evaluate", timings, report):
         result = evaluator(model)
@@ -75,7 +72,7 @@ def resolve_device(cfg: TrialConfig, report: Report) -> tuple[TrialConfig, dict]
     environment = environment_record(device, precision)
     if precision.note:
         print(f"WARNING: {precision.note}", flush=True)  # the trial log; `sweep status` shows it too
-    report({"event": "environment", "environment": environment})
+    report(Environment(environment))
     quantization = dataclasses.replace(cfg.quantization, compute_dtype=precision.dtype)
     return dataclasses.replace(cfg, quantization=quantization), environment
 
@@ -305,13 +302,13 @@ class ReportCallback(TrainerCallback):
     def __init__(self, report: Report, evaluator: Callable[[object], EvalResult], eval_interval_steps: int):
         self.evaluator, self.interval, self.points = evaluator, eval_interval_steps, []
 
-        def report_and_keep(event: dict) -> None:
+        def report_and_keep(event: Event) -> None:
             self.points.append(event)
             report(event)
 
         self.report = report_and_keep
 
-    def replay(self, points: list[dict]) -> None:
+    def replay(self, points: list[Event]) -> None:
         """Report again what a checkpoint's attempt had reported up to it."""
         for event in points:
             self.report(event)
@@ -320,7 +317,7 @@ class ReportCallback(TrainerCallback):
         for key in ("loss", "learning_rate", "grad_norm"):
             if logs and key in logs:
                 value = float(logs[key])
-                self.report({"event": "metric", "name": f"train/{key}", "step": state.global_step, "value": value})
+                self.report(Metric(f"train/{key}", state.global_step, value))
                 if not math.isfinite(value):  # every later step would be wasted: end the trial here
                     raise TrialDiverged(f"diverged at step {state.global_step} ({key} {value})")
 
@@ -333,7 +330,7 @@ class ReportCallback(TrainerCallback):
 class CheckpointCallback(TrainerCallback):
     """After the Trainer saved a checkpoint: mark it complete, with the points reported so far."""
 
-    def __init__(self, resume_key: str, points: list[dict]):
+    def __init__(self, resume_key: str, points: list[Event]):
         self.resume_key, self.points = resume_key, points
 
     def on_save(self, args, state, control, **kwargs):
@@ -343,7 +340,7 @@ class CheckpointCallback(TrainerCallback):
 
 def _report_eval(report: Report, result: EvalResult, step: int) -> None:
     for name, value in result.metrics.items():
-        report({"event": "metric", "name": f"eval/{name}", "step": step, "value": float(value)})
+        report(Metric(f"eval/{name}", step, float(value)))
     broken = {name: value for name, value in result.metrics.items() if not math.isfinite(value)}
     if broken:
         name, value = next(iter(broken.items()))
@@ -352,7 +349,7 @@ def _report_eval(report: Report, result: EvalResult, step: int) -> None:
 
 @contextmanager
 def _step(name: str, timings: dict[str, float], report: Report) -> Iterator[None]:
-    report({"event": "step", "name": name})
+    report(Phase(name))
     start = time.perf_counter()
     try:
         yield

@@ -1,0 +1,101 @@
+"""What a trial reports while it runs, as typed events, and the one encoding they cross processes in.
+
+The trial (trainer.trial), its worker (orchestrator.ray_backend) and the driver (orchestrator.sweep) share
+these classes; only `encode`/`decode` know the wire form (a plain dict with an `event` tag), which is also how
+a checkpoint keeps the points reported before it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from enum import Enum
+
+
+@dataclass(frozen=True)
+class Started:
+    """The worker took the trial."""
+
+    worker: str
+    """`host:pid` of the worker process."""
+    node: str | None = None
+    """The cluster node it runs on."""
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """A new attempt begins; it reports again every point up to `resume_step` (its checkpoint's)."""
+
+    resume_step: int = 0
+
+
+@dataclass(frozen=True)
+class Environment:
+    """Where the trial runs: trainer.hardware.environment_record."""
+
+    environment: dict
+
+
+@dataclass(frozen=True)
+class Phase:
+    """The trial entered one of its named steps."""
+
+    name: str
+    """load, adapt, train, evaluate or save."""
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One curve point: `train/loss`, `eval/rougeL`, ... at an optimizer step."""
+
+    name: str
+    step: int
+    value: float
+
+
+Event = Started | Attempt | Environment | Phase | Metric
+_KINDS: dict[str, type] = {"started": Started, "attempt": Attempt, "environment": Environment, "step": Phase,
+                           "metric": Metric}
+_TAGS = {kind: tag for tag, kind in _KINDS.items()}
+
+
+class FailureKind(str, Enum):
+    """Why a trial failed, as a typed field (never read off an error message by the driver)."""
+
+    OUT_OF_MEMORY = "out of memory"
+    DIVERGED = "diverged"
+    TIMED_OUT = "timed out"
+    STALLED = "stalled"
+    WORKER_DIED = "worker died"
+    RAISED = "raised"
+
+
+class TrialDiverged(RuntimeError):
+    """A non-finite training loss, gradient norm or evaluation metric: the trial cannot recover."""
+
+
+def failure_kind(error: BaseException) -> FailureKind:
+    """What an exception a trial raised (or its worker's death) says about why it failed; by type, not text.
+    torch's OutOfMemoryError is recognised by its class name, so that the driver need not import torch."""
+    causes = [error, getattr(error, "cause", None), error.__cause__]
+    names = {k.__name__ for e in causes if e is not None for k in type(e).__mro__}
+    if any(isinstance(e, TrialDiverged) for e in causes):
+        return FailureKind.DIVERGED
+    if "OutOfMemoryError" in names:  # torch.OutOfMemoryError, or Ray's memory monitor (ray.exceptions)
+        return FailureKind.OUT_OF_MEMORY
+    if names & {"WorkerCrashedError", "NodeDiedError", "LocalRayletDiedError"}:
+        return FailureKind.WORKER_DIED
+    return FailureKind.RAISED
+
+
+def encode(event: Event) -> dict:
+    """The wire form: `{"event": tag, **fields}`."""
+    return {"event": _TAGS[type(event)], **dataclasses.asdict(event)}
+
+
+def decode(raw: dict) -> Event:
+    fields = dict(raw)
+    tag = fields.pop("event")
+    if tag not in _KINDS:
+        raise ValueError(f"an event's tag must be one of {', '.join(_KINDS)}; given {tag!r}")
+    return _KINDS[tag](**fields)
