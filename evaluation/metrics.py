@@ -42,10 +42,6 @@ class Metric:
         """A sort key that puts the best value first."""
         return value if self.lower_is_better else -value
 
-    def better(self, a: float, b: float) -> bool:
-        """Is `a` strictly better than `b`?"""
-        return a < b if self.lower_is_better else a > b
-
 
 _F1 = dict(scale=100.0, digits=2, unit="F1 x 100")
 METRICS: dict[str, Metric] = {m.name: m for m in (

@@ -26,7 +26,7 @@ def verify(folder: Path, cfg: TrialConfig, examples: list[dict], dtype: str, sto
     """Generate every example of `eval_examples.jsonl` with the model in `folder` as the card's snippet does; the
     counts and scores as written to `verification.json`."""
     regenerated = _generate(folder, examples, dtype, family)
-    identical = [e["example_id"] for e, text in zip(examples, regenerated) if text == e["prediction"]]
+    differ = [e["example_id"] for e, text in zip(examples, regenerated) if text != e["prediction"]]
     scored = metric if metric in _RESCORED else "rougeL"
     references = [e["references"] for e in examples]
     tokenizer = resolve_tokenizer(cfg.scoring.tokenizer, [r for refs in references for r in refs])
@@ -35,13 +35,13 @@ def verify(folder: Path, cfg: TrialConfig, examples: list[dict], dtype: str, sto
         rows = score_examples(texts, references, tokenizer, cfg.scoring.references, cfg.scoring.stemming)
         return [row[scored] for row in rows]
 
-    stored_interval = mean_interval(scores([e["prediction"] for e in examples])).scaled(100.0)
-    return {"identical": len(identical), "total": len(examples),
-            "differ": [e["example_id"] for e in examples if e["example_id"] not in identical],
+    stored_scores = scores([e["prediction"] for e in examples])
+    stored_interval = mean_interval(stored_scores).scaled(100.0)
+    return {"identical": len(examples) - len(differ), "total": len(examples), "differ": differ,
             "loaded_as": f"{family}.from_pretrained('merged', dtype={dtype!r}); one prompt at a time, as the card's "
                          "snippet",
             "metric": scored, "regenerated": 100.0 * _mean(scores(regenerated)),
-            "stored": 100.0 * stored_metrics.get(scored, _mean(scores([e["prediction"] for e in examples]))),
+            "stored": 100.0 * stored_metrics.get(scored, _mean(stored_scores)),
             "stored_interval_95": [stored_interval.low, stored_interval.high],
             "regenerated_predictions": {e["example_id"]: text for e, text in zip(examples, regenerated)}}
 

@@ -12,12 +12,15 @@ import csv
 import io
 import json
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 from evaluation.metrics import BERTSCORE_METRICS, RANKABLE, metric as registered
 from evaluation.rouge import ROUGE_SUM, ROUGE_TYPES
 from results.significance import Interval, mean_interval, paired_difference
-from results.repeats import RepeatGroup
 from results.store import SweepSummary, TrialSummary
+
+if TYPE_CHECKING:  # results.repeats reads the scoring letters from here
+    from results.repeats import RepeatGroup
 
 # What a trial trained and saved (trainer.trial.parameter_counts, the saved folder's size).
 FOOTPRINT = ("trainable_params", "total_params", "saved_mib")

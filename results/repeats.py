@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 from statistics import fmean, stdev
 
 from evaluation.metrics import metric as registered
+from results.leaderboard import scoring_letters
 from results.store import TrialSummary
 
 REPEAT_KEY = "training.seed"
@@ -46,8 +47,6 @@ def has_repeats(trials: list[TrialSummary]) -> bool:
 
 def of_sweep(summary, metric: str) -> list[RepeatGroup]:
     """The sweep's repeat groups when it swept the seed, else []; rows scored differently never share one."""
-    from results.leaderboard import scoring_letters
-
     return group_repeats(summary.trials, metric, scoring_letters(summary.trials)) if has_repeats(summary.trials) else []
 
 

@@ -60,10 +60,10 @@ def dequantized_weight(layer, dtype):
                                                           state.shape, dtype)
 
 
-def dequantized_bytes(model) -> int:
-    """Memory the dequantized view takes: every 4-bit weight in its layer's compute dtype."""
+def dequantized_bytes(layers: list) -> int:
+    """Memory the dequantized view of `layers` takes: every 4-bit weight in its layer's compute dtype."""
     total = 0
-    for layer in four_bit_layers(model):
+    for layer in layers:
         dtype = layer.compute_dtype or layer.weight.quant_state.dtype
         total += layer.weight.quant_state.shape.numel() * dtype.itemsize
     return total
@@ -88,7 +88,7 @@ def dequantized_for_eval(model, share: float = DEQUANTIZED_MEMORY_SHARE) -> Iter
     the CPU, and when the copies would take more than `share` of the free memory."""
     layers = four_bit_layers(model)
     on_cpu = bool(layers) and all(layer.weight.device.type == "cpu" for layer in layers)
-    if not on_cpu or dequantized_bytes(model) > share * free_memory_bytes():
+    if not on_cpu or dequantized_bytes(layers) > share * free_memory_bytes():
         yield False
         return
     for layer in layers:
