@@ -57,8 +57,8 @@ def _grid_trial(adapted: bool = False):
     """(cfg, tokenizer, model, data) of grid_2x2x2's first fine-tune, `auto` resolved here, one thread."""
     import torch
 
-    from orchestrator.plan import expand
-    from orchestrator.spec import load_spec
+    from orchestrator.search import expand
+    from orchestrator.loading import load_spec
     from trainer.data import load_trial_data
     from trainer.trial import adapt, load, resolve_device
 
@@ -178,8 +178,8 @@ def step_seconds(kind: str, mode: str, dtype: str, steps: int, micro_batches: in
 
     import torch
 
-    from orchestrator.plan import expand
-    from orchestrator.spec import load_spec
+    from orchestrator.search import expand
+    from orchestrator.loading import load_spec
     from trainer.data import load_trial_data
     from trainer.hardware import peak_memory_mib, probe_device, resolve_precision
     from trainer.trial import adapt, load, set_seed
@@ -303,7 +303,7 @@ def run_spec(spec_name: str, num_cpus: int | None, baselines: bool = True):
     import dataclasses
 
     from orchestrator.ray_backend import RayBackend
-    from orchestrator.spec import load_spec
+    from orchestrator.loading import load_spec
     from orchestrator.sweep import run_sweep
     from results.store import Store
 

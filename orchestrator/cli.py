@@ -11,10 +11,10 @@ import os
 import sys
 
 from orchestrator.environment import quiet_third_party
-from orchestrator.spec import SpecError, load_spec
+from orchestrator.loading import load_spec
+from orchestrator.spec import STORE_ENV, OutputConfig, SpecError, store_url
 
-STORE_ENV = "QLORA_SWEEP_STORE"
-DEFAULT_STORE = "sqlite:///runs/results.db"
+DEFAULT_STORE = OutputConfig().store_url()
 SET_HELP = ("override one dotted key of the spec, e.g. model.name=./tiny or search.grid.lora.rank=[4,8] "
             "(repeatable; the value is YAML; validated with the file and stored with the sweep's spec)")
 WHERE_HELP = ("show only trials whose swept setting (or kind, status, name) has this value, e.g. prompt=v2 or "
@@ -35,21 +35,22 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args) -> int:
     spec = load_spec(args.spec, args.set)
     from orchestrator.control import SweepBusy, graceful_stop
-    from orchestrator.study import StudyMismatch, check_stored_study
-    from orchestrator.sweep import PrepareError, live_driver_check, prepare, run_sweep
+    from orchestrator.prepare import PrepareError, prepare
+    from orchestrator.search import search_for
+    from orchestrator.study import StudyMismatch
+    from orchestrator.sweep import live_driver_check, run_sweep
     from results.store import Store
 
     try:
         prepared = prepare(spec)  # before Ray starts
-        store = Store(args.store or os.environ.get(STORE_ENV) or spec.output.store_url())
+        store = Store(store_url(args.store, spec.output))
         live_driver_check(store, spec.name)
-        if spec.search.type == "optuna":
-            check_stored_study(spec, store.url)
+        search_for(spec).check_stored(store.url)
     except (PrepareError, SweepBusy, StudyMismatch) as exc:
         print(f"{args.spec}: {exc}; nothing was run or written", file=sys.stderr)
         return 2
+    from orchestrator.placement import Unschedulable
     from orchestrator.ray_backend import RayBackend
-    from orchestrator.sweep import Unschedulable
 
     with graceful_stop() as stop:
         backend = RayBackend(address=args.address or os.environ.get("RAY_ADDRESS"), num_cpus=args.num_cpus)
@@ -199,36 +200,29 @@ def _stop(args) -> int:
 
 def _validate(args) -> int:
     spec = load_spec(args.spec, args.set)
-    from orchestrator.plan import expand
+    from orchestrator.search import search_for
 
-    study = spec.search.optuna
-    extra = f" + a study of {study.n_trials} trials" if spec.search.type == "optuna" else ""
-    print(f"{args.spec}: valid; {len(expand(spec))} runs{extra}")
+    search = search_for(spec)
+    extra = f" + a study of {search.proposals} trials" if search.proposals else ""
+    print(f"{args.spec}: valid; {len(search.planned())} runs{extra}")
     return 0
 
 
 def _plan(args) -> int:
     spec = load_spec(args.spec, args.set)
-    from orchestrator.plan import expand
+    from orchestrator.search import search_for
 
-    plan = expand(spec)
+    search = search_for(spec)
+    plan = search.planned()
     width = max((len(t.name) for t in plan), default=0)
     for t in plan:
         shown = ", ".join(f"{k}={v}" for k, v in t.params.items())
         print(f"{t.name.ljust(width)}  {t.kind:<8}  {shown}")
     print(f"{len(plan)} runs ({sum(t.kind == 'trial' for t in plan)} fine-tunes, "
           f"{sum(t.kind == 'baseline' for t in plan)} zero-shot baselines)")
-    if spec.search.type == "optuna":
-        s = spec.search.optuna
-        print(f"+ {s.n_trials} study trials ({s.sampler} sampler, pruner {s.pruner}) over: "
-              + "; ".join(f"{k} {_dimension(d)}" for k, d in spec.search.space.items()))
+    if search.describe():
+        print(search.describe())
     return 0
-
-
-def _dimension(d) -> str:
-    if d.choices is not None:
-        return "in " + ", ".join(map(str, d.choices))
-    return f"from {d.low:g} to {d.high:g}" + (" (log)" if d.log else "") + (f" step {d.step:g}" if d.step else "")
 
 
 def _leaderboard(args) -> int:
@@ -282,13 +276,13 @@ def _compare(args) -> int:
 def _open_sweep(args, command: str):
     """(store, sweep name) for a read command; sweep None after printing why it is not there. A spec path
     (`sweeps/x.yaml`, `x.yaml`) stands for its sweep, in the store its `output` names."""
-    from orchestrator.spec import spec_target
+    from orchestrator.loading import spec_target
     from results.store import Store
 
-    sweep, spec_store = args.sweep, None
+    sweep, output = args.sweep, None
     if sweep and sweep.endswith((".yaml", ".yml")):
-        sweep, spec_store = spec_target(sweep)
-    store = Store(args.store or os.environ.get(STORE_ENV) or spec_store or DEFAULT_STORE)
+        sweep, output = spec_target(sweep)
+    store = Store(store_url(args.store, output))
     names = store.sweep_names()
     sweep = sweep or (names[-1] if names else None)
     if sweep not in names:

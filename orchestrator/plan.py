@@ -1,4 +1,6 @@
-"""Grid expansion: a validated spec becomes named trials (and zero-shot baselines), nothing runs."""
+"""Planning: dotted-key values over a spec become named trials (and zero-shot baselines); nothing runs.
+
+Which values a sweep plans is its Search's business (orchestrator.search); this module names and builds them."""
 
 from __future__ import annotations
 
@@ -13,15 +15,12 @@ from decimal import Decimal
 from typing import Any
 
 from orchestrator.spec import SweepSpec
-from trainer.config import (EXCLUSIVE_KEYS, AugmentationConfig, ConfigProblem,
-                            LoraSettings, TrainingConfig, TrialConfig)
-from trainer.identity import content_key  # noqa: F401  (the planner's key of a trial; defined with its resume key)
+from trainer.config import ConfigProblem, TrialConfig, cleared_by
+from trainer.identity import affects_baseline, baseline_key, zero_shot_config
 from trainer.models import quantization_problems
 
 # Always shown in the leaderboard, swept or not.
 DISPLAY_KEYS = ("prompt", "lora.rank", "training.learning_rate")
-# Training-only dataset keys: they change what a fine-tune learns from, not what a zero-shot run scores.
-_TRAIN_ONLY = ("dataset.train_examples", "dataset.train_split", "dataset.train_file")
 # Characters a trial name (a folder, a TensorBoard run) may hold; anything else in a value becomes `_`.
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.~+-]")
 _MAX_LABEL_CHARS = 48
@@ -47,32 +46,23 @@ class PlannedTrial:
     data, generation and scoring; None when the sweep has no such baseline."""
 
 
-def expand(spec: SweepSpec) -> list[PlannedTrial]:
-    """Every grid combination as a trial, in grid order, then one baseline per distinct zero-shot setting.
-
-    An optuna search plans only its baselines: one per categorical value of the keys that change what
-    a zero-shot run computes (prompt, model, ...); the study proposes the trials as it runs.
-    """
-    if spec.search.type == "optuna":
-        raw = {k: d.choices for k, d in spec.search.space.items() if d.choices is not None and affects_baseline(k)}
-    else:
-        raw = spec.search.grid
+def grid_plan(spec: SweepSpec, raw: dict[str, list[Any]]) -> list[PlannedTrial]:
+    """Every combination of the `raw` axes as a fine-tune, in grid order (values typed, labels made distinct
+    along each axis)."""
     axes = {key: [typed_value(key, v) for v in values] for key, values in raw.items()}
     labels = {key: axis_labels(key, values) for key, values in axes.items()}
-    trials = [planned_trial(spec, dict(zip(axes, combo)), labels=dict(zip(axes, names)))
-              for combo, names in zip(itertools.product(*axes.values()), itertools.product(*labels.values()))]
-    baselines = _baselines(trials) if spec.search.baselines else []
-    if spec.search.type == "optuna":
-        return baselines
-    return [with_baseline(t, baselines) for t in trials] + baselines
+    return [planned_trial(spec, dict(zip(axes, combo)), labels=dict(zip(axes, names)))
+            for combo, names in zip(itertools.product(*axes.values()), itertools.product(*labels.values()))]
 
 
-def point_problems(spec: SweepSpec) -> list[ConfigProblem]:
-    """Every invariant of every planned run, and distinct names. A problem that every grid point has is
-    reported once, at its own key path; one that only some have names those points."""
-    plan = expand(spec)
-    if spec.search.type == "optuna":  # its trials are checked as the study proposes them
-        plan.append(planned_trial(spec, {}))
+def baselines_of(spec: SweepSpec, trials: list[PlannedTrial]) -> list[PlannedTrial]:
+    """One zero-shot baseline per distinct zero-shot setting of `trials` (none when the spec turns them off)."""
+    return _baselines(trials) if spec.search.baselines else []
+
+
+def plan_problems(plan: list[PlannedTrial]) -> list[ConfigProblem]:
+    """Every invariant of every planned run, and distinct names. A problem that every fine-tune has is
+    reported once, at its own key path; one that only some have names those runs."""
     fine_tunes = {t.name for t in plan if t.kind == "trial"}
     found: dict[str, tuple[ConfigProblem, list[str]]] = {}
     for trial in plan:
@@ -123,33 +113,11 @@ def base_config(spec: SweepSpec) -> TrialConfig:
     return with_value(base, "prompt", spec.prompt or next(iter(spec.prompts)), spec)
 
 
-def affects_baseline(key: str) -> bool:
-    """Does this swept key change what a zero-shot run computes (model, prompt, quantization, ...)?"""
-    return key in ("prompt", "training.max_seq_length") or (
-        key.startswith(("model.", "dataset.", "generation.", "quantization.", "scoring.")) and key not in _TRAIN_ONLY)
-
-
-def zero_shot_config(config: TrialConfig) -> TrialConfig:
-    """The baseline of a trial: the same model, prompt, quantization, sequence length, data, generation and
-    scoring, with no adapter and no training. Not its seed: decoding is greedy or beam search, never sampled, so
-    a zero-shot run is the same for every seed, and the trials of a seed axis share one baseline."""
-    return dataclasses.replace(config, lora=LoraSettings(), augmentation=AugmentationConfig(), zero_shot=True,
-                               training=TrainingConfig(max_seq_length=config.training.max_seq_length))
-
-
-def _baseline_key(config: TrialConfig) -> str:
-    """Equal for every trial that one zero-shot run stands for: the training rows do not count."""
-    train_only = {key.split(".")[1]: None for key in _TRAIN_ONLY}
-    view = zero_shot_config(config)
-    view = dataclasses.replace(view, dataset=dataclasses.replace(view.dataset, **train_only))
-    return json.dumps(dataclasses.asdict(view), sort_keys=True, default=str)
-
-
 def _baselines(trials: list[PlannedTrial]) -> list[PlannedTrial]:
     seen: dict[str, PlannedTrial] = {}
     for t in trials:
         config = zero_shot_config(t.config)
-        key = _baseline_key(t.config)
+        key = baseline_key(t.config)
         if key not in seen:
             keys = ["prompt"] + [k for k in t.swept if k != "prompt" and affects_baseline(k)]
             name = "-".join(_part(t, k) for k in keys) + "-zero-shot"
@@ -164,8 +132,8 @@ def _part(trial: PlannedTrial, key: str) -> str:
 
 def with_baseline(trial: PlannedTrial, baselines: list[PlannedTrial]) -> PlannedTrial:
     """The trial with the name of its own baseline (None when the plan has none that matches)."""
-    key = _baseline_key(trial.config)
-    found = next((b.name for b in baselines if _baseline_key(b.config) == key), None)
+    key = baseline_key(trial.config)
+    found = next((b.name for b in baselines if baseline_key(b.config) == key), None)
     return dataclasses.replace(trial, baseline=found)
 
 
@@ -174,9 +142,9 @@ def with_value(config: TrialConfig, dotted: str, value: Any, spec: SweepSpec) ->
     if dotted == "prompt":
         return dataclasses.replace(config, prompt=value, prompt_template=spec.prompts[value])
     config = _replace_path(config, dotted.split("."), _typed(config, dotted, value))
-    if dotted in EXCLUSIVE_KEYS and value is not None:  # epochs: [1, 3] replaces the spec's max_steps
-        other, cleared = EXCLUSIVE_KEYS[dotted]
-        config = _replace_path(config, other.split("."), cleared)
+    cleared = cleared_by(dotted, value)  # epochs: [1, 3] replaces the spec's max_steps
+    if cleared is not None:
+        config = _replace_path(config, cleared[0].split("."), cleared[1])
     return config
 
 

@@ -4,44 +4,46 @@ from __future__ import annotations
 
 import sys
 import time
+from collections import Counter
 from typing import TextIO
+
+from results.states import TrialState
+
+S = TrialState
 
 
 class Progress:
-    """On a terminal one line redrawn in place; in a log, one line per change of state."""
+    """On a terminal one line redrawn in place; in a log, one line per change of state. A lifecycle sink: its
+    counts are the trials' states, moved by each transition."""
 
     def __init__(self, total: int, slots: int, stream: TextIO = sys.stderr, enabled: bool = True):
         self.total, self.slots, self.stream, self.enabled = total, max(slots, 1), stream, enabled
         self.start = time.monotonic()
-        self.done = self.failed = self.running = self.skipped = self.pruned = self.interrupted = 0
+        self.states: Counter[TrialState] = Counter()
+        """Trials in each state; a trial counts from its first transition (PENDING trials are not shown)."""
         self.runtimes: list[float] = []
         self._last = ""
 
-    def update(self, *, done: int = 0, failed: int = 0, running: int = 0, skipped: int = 0, pruned: int = 0,
-               interrupted: int = 0, runtime_s: float | None = None) -> None:
-        self.done += done
-        self.failed += failed
-        self.running += running
-        self.skipped += skipped
-        self.pruned += pruned
-        self.interrupted += interrupted
-        if runtime_s is not None:
-            self.runtimes.append(runtime_s)
+    def on_transition(self, change) -> None:
+        self.states[change.old] -= 1
+        self.states[change.new] += 1
+        if change.new is S.COMPLETED and change.runtime_s is not None:
+            self.runtimes.append(change.runtime_s)
         self.show()
 
     def eta_s(self) -> float | None:
         """Remaining trials x mean trial time / parallel slots (None until a trial has finished)."""
         if not self.runtimes:
             return None
-        remaining = self.total - self.done - self.failed - self.skipped - self.pruned - self.interrupted
-        return max(remaining - self.running / 2, 0) * (sum(self.runtimes) / len(self.runtimes)) / self.slots
+        remaining = self.total - sum(n for state, n in self.states.items() if state.final)
+        running = self.states[S.RUNNING]
+        return max(remaining - running / 2, 0) * (sum(self.runtimes) / len(self.runtimes)) / self.slots
 
     def line(self) -> str:
-        eta = self.eta_s()
-        ended = "".join(f", {n} {label}" for n, label in ((self.pruned, "pruned"), (self.interrupted, "interrupted"))
-                        if n)
-        return (f"[sweep] {self.done + self.skipped}/{self.total} done ({self.skipped} reused), "
-                f"{self.running} running, {self.failed} failed{ended} | elapsed {_clock(time.monotonic() - self.start)}"
+        eta, n = self.eta_s(), self.states
+        ended = "".join(f", {n[state]} {state.value}" for state in (S.PRUNED, S.INTERRUPTED) if n[state])
+        return (f"[sweep] {n[S.COMPLETED] + n[S.REUSED]}/{self.total} done ({n[S.REUSED]} reused), "
+                f"{n[S.RUNNING]} running, {n[S.FAILED]} failed{ended} | elapsed {_clock(time.monotonic() - self.start)}"
                 f" | ETA {_clock(eta) if eta is not None else '?'}")
 
     def show(self, force: bool = False) -> None:

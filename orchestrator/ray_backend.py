@@ -12,12 +12,12 @@ import os
 import socket
 import time
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import ray
 
+from orchestrator.backend import Outcome
 from orchestrator.environment import QUIET_ENV
 from trainer import events as ev
 from trainer.checkpoints import last_checkpoint, resume_key
@@ -25,19 +25,6 @@ from trainer.checkpoints import last_checkpoint, resume_key
 _FORWARDED_ENV = ("QLORA_SWEEP_CACHE", "QLORA_SWEEP_DATA_DIR", "HF_HOME", "HF_HUB_OFFLINE")
 _ERROR_LINES = 25
 DEFAULT_TRIAL_FN = "trainer.trial:run_trial"
-
-
-@dataclass(frozen=True)
-class Outcome:
-    key: Any
-    result: Any = None
-    """The trial's TrialResult when it succeeded."""
-    runtime_s: float | None = None
-    """Seconds inside the trial function, measured in the worker."""
-    error: str | None = None
-    """Last lines of the error when it raised or its worker died."""
-    failure: ev.FailureKind | None = None
-    """Why, by the error's type, when there is an error."""
 
 
 @ray.remote(num_cpus=0)
@@ -102,7 +89,7 @@ def _redirect_output(path: Path) -> None:
 
 
 class RayBackend:
-    """`trial_fn` is `module:function` with run_trial's signature, imported in each worker."""
+    """The `orchestrator.backend.Backend` on Ray. `trial_fn` is `module:function` with run_trial's signature, imported in each worker."""
 
     def __init__(self, address: str | None = None, num_cpus: int | None = None, trial_fn: str = DEFAULT_TRIAL_FN):
         self.trial_fn = trial_fn

@@ -1,29 +1,20 @@
-"""Sweep spec: the YAML file a user writes, validated as a whole before anything runs."""
+"""The sweep spec as typed objects: one dataclass per YAML section, a docstring per field.
+
+Loading a file (orchestrator.loading) builds these through orchestrator.schema and runs the cross-field
+checks (orchestrator.checks); the result views rebuild a stored spec the same way (results.stored_spec).
+"""
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import math
-import re
+import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
+from trainer.config import (AugmentationConfig, ConfigProblem, DatasetConfig, GenerationConfig, LoraSettings,
+                            ModelConfig, QuantizationConfig, ScoringConfig, TrainingConfig)
 
-from orchestrator import schema
-from trainer import prompts as prompt_rules
-from evaluation.metrics import BERTSCORE_METRICS, OBJECTIVES, metric
-from trainer.config import (EXCLUSIVE_KEYS, PAGED_OPTIMIZERS, PROMPT_PLACEHOLDER, AugmentationConfig, ConfigProblem,
-                            DatasetConfig, GenerationConfig, LoraSettings, ModelConfig, QuantizationConfig, ScoringConfig, TrainingConfig, TrialConfig)
-from trainer.data import read_rows, reference_columns, split_source
-from trainer.models import is_local, model_problem
-
-SPEC_DIR = Path("sweeps")
-# TrialConfig paths a grid may not set: they are derived per trial.
-_DERIVED = {"prompt_template", "zero_shot"}
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+STORE_ENV = "QLORA_SWEEP_STORE"
 
 
 @dataclass(frozen=True)
@@ -73,6 +64,10 @@ class OptunaSettings:
     storage: str | None = None
     """Optuna RDB storage URL; null = the results store, so one file holds both and optuna-dashboard opens it."""
 
+    def target(self, sweep_name: str, store_url: str) -> tuple[str, str]:
+        """(study name, storage URL) of the sweep's study: the nulls above resolved."""
+        return self.study_name or sweep_name, self.storage or store_url
+
 
 @dataclass(frozen=True)
 class SearchConfig:
@@ -86,6 +81,11 @@ class SearchConfig:
     """Sampler, budget, objectives and pruner of an `optuna` search."""
     baselines: bool = True
     """Also score each prompt zero-shot (no adapter), the reference every fine-tune is compared with."""
+
+    @property
+    def study(self) -> OptunaSettings | None:
+        """The study's settings when this search is a study (`optuna`), None for a grid."""
+        return self.optuna if self.type == "optuna" else None
 
 
 @dataclass(frozen=True)
@@ -114,6 +114,12 @@ class OutputConfig:
 
     def store_url(self) -> str:
         return self.store or f"sqlite:///{self.run_dir}/results.db"
+
+
+def store_url(given: str | None, output: OutputConfig | None = None) -> str:
+    """The results store a command uses: `--store`, else $QLORA_SWEEP_STORE, else the spec's `output`, else
+    sqlite:///runs/results.db (the default `output`'s)."""
+    return given or os.environ.get(STORE_ENV) or (output or OutputConfig()).store_url()
 
 
 @dataclass(frozen=True)
@@ -146,358 +152,6 @@ class SpecError(Exception):
         self.source, self.problems = source, problems
         lines = [f"{source}: {len(problems)} problem(s); nothing was run or written:"]
         super().__init__("\n".join(lines + [f"  - {p.render()}" for p in problems]))
-
-
-def find_spec(name: str) -> Path:
-    """The spec file `name`, else `sweeps/<name>` (with or without .yaml), as a user would type it."""
-    for candidate in (Path(name), SPEC_DIR / name, SPEC_DIR / f"{name}.yaml"):
-        if candidate.is_file():
-            return candidate
-    raise SpecError(name, [ConfigProblem("<spec file>", "the spec file must exist", name,
-                                         ", ".join(sorted(p.name for p in SPEC_DIR.glob("*.yaml"))) or "a YAML file",
-                                         "give a path, or a file name inside sweeps/")])
-
-
-def load_spec(name: str, overrides: list[str] = ()) -> SweepSpec:
-    """The spec file `name`, with `--set key=value` overrides applied before it is validated as a whole."""
-    path = find_spec(name)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise SpecError(str(path), [ConfigProblem("<yaml>", "the file must be valid YAML", str(exc).splitlines()[0],
-                                                  "YAML 1.1", str(exc).replace("\n", " "))]) from None
-    problems: list[ConfigProblem] = []
-    raw = apply_overrides(raw if isinstance(raw, dict) else {}, overrides, problems)
-    if problems:
-        raise SpecError(str(path), problems)
-    return parse_spec(raw, str(path) + "".join(f" --set {o}" for o in overrides))
-
-
-# Mappings whose keys are themselves dotted trial keys (`search.grid.lora.rank`).
-_DOTTED_KEY_MAPS = (("search", "grid"), ("search", "space"))
-
-
-def apply_overrides(raw: dict, overrides: list[str], problems: list[ConfigProblem]) -> dict:
-    """A copy of `raw` with each `dotted.key=value` set; the value is read as YAML (`8`, `2e-4`, `[4, 8]`,
-    `null`). Unknown keys are reported by the validation that follows, as for the file."""
-    out = copy.deepcopy(raw)
-    for override in overrides:
-        key, sep, text = override.partition("=")
-        if not sep or not key.strip():
-            problems.append(ConfigProblem("--set", "an override is dotted.key=value", override,
-                                          "e.g. --set model.name=./tiny-llama or --set lora.rank=16"))
-            continue
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            problems.append(ConfigProblem(f"--set {key}", "the value must be valid YAML", text, "YAML 1.1", str(exc)))
-            continue
-        _set_path(out, key.strip().split("."), value, key, problems)
-        if key.strip() in EXCLUSIVE_KEYS and value is not None:  # --set training.epochs=3 replaces max_steps
-            section, name = EXCLUSIVE_KEYS[key.strip()][0].split(".")
-            if isinstance(out.get(section), dict):
-                out[section].pop(name, None)
-    return out
-
-
-def _set_path(node: dict, parts: list[str], value: Any, key: str, problems: list[ConfigProblem]) -> None:
-    walked: tuple[str, ...] = ()
-    while len(parts) > 1 and walked not in _DOTTED_KEY_MAPS:
-        head = parts.pop(0)
-        walked += (head,)
-        child = node.setdefault(head, {})
-        if child is None:
-            child = node[head] = {}
-        if not isinstance(child, dict):
-            problems.append(ConfigProblem(f"--set {key}", f"{'.'.join(walked)} is a value, not a section", child,
-                                          "a key path that ends at a setting", f"--set {'.'.join(walked)}=<value>"))
-            return
-        node = child
-    node[".".join(parts)] = value
-
-
-def spec_target(name: str) -> tuple[str, str]:
-    """(sweep name, store URL) a spec file names, for the read commands: only `name` and `output` are read
-    (and must be valid), so results stay readable when, say, the spec's data has moved since it ran."""
-    path = find_spec(name)
-    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    problems: list[ConfigProblem] = []
-    raw = raw if isinstance(raw, dict) else {}
-    output = schema.build(OutputConfig, raw.get("output"), "output", problems)
-    sweep = schema.convert(str, raw.get("name", ""), "name", problems)
-    if problems:
-        raise SpecError(str(path), problems)
-    return sweep, output.store_url()
-
-
-def parse_spec(raw: Any, source: str = "<spec>") -> SweepSpec:
-    problems: list[ConfigProblem] = []
-    spec = schema.build(SweepSpec, raw, "", problems)
-    # Badly typed fields were replaced by their defaults, so the deeper checks still run; a path
-    # already reported is not reported twice.
-    reported = {p.path for p in problems}
-    problems += [p for p in semantic_problems(spec) if p.path not in reported]
-    if not any(p.path.startswith(("search", "prompt")) for p in problems):  # the runs can be planned
-        from orchestrator.plan import point_problems
-
-        problems += [p for p in point_problems(spec) if p.path not in reported]
-    if problems:
-        raise SpecError(source, problems)
-    return spec
-
-
-def semantic_problems(spec: SweepSpec) -> list[ConfigProblem]:
-    problems = _name_problems(spec) + _prompt_problems(spec) + _grid_problems(spec) + _study_problems(spec)
-    problems += _model_problems(spec) + _data_problems(spec.dataset) + _output_problems(spec.output)
-    problems += _optimizer_problems(spec)
-    bert = spec.scoring.bertscore_model
-    if bert is not None and is_local(bert) and not (Path(bert).expanduser() / "config.json").exists():
-        problems.append(ConfigProblem("scoring.bertscore_model", "a local BERTScore encoder must be a model folder",
-                                      bert, "a folder with config.json and tokenizer files, a hub id such as "
-                                      "roberta-large (downloaded by the first trial), or null (off)",
-                                      "fix the path, or give a hub id"))
-    return problems
-
-
-def _optimizer_problems(spec: SweepSpec) -> list[ConfigProblem]:
-    """Paged optimizers page GPU memory: refused for trials that get no GPU (a GPU-less cluster: at `sweep run`)."""
-    if spec.resources.gpus_per_trial > 0:
-        return []
-    return [ConfigProblem(path, "a paged optimizer pages its state out of GPU memory, and resources.gpus_per_trial: "
-                          "0 gives trials no GPU", value, "adamw, adamw_8bit", "use adamw_8bit, or give trials a GPU")
-            for path, value in _given(spec, "training.optimizer", spec.training.optimizer) if value in PAGED_OPTIMIZERS]
-
-
-def _given(spec: SweepSpec, key: str, base: Any) -> list[tuple[str, Any]]:
-    """(key path, value) of every value a run can get for `key`: the spec's own, each grid item, each study choice."""
-    out = [(key, base)] + [(f"search.grid.{key}[{i}]", v) for i, v in enumerate(spec.search.grid.get(key, []))]
-    if key in spec.search.space:
-        out += [(f"search.space.{key}.choices[{i}]", v) for i, v in enumerate(spec.search.space[key].choices or [])]
-    return out
-
-
-def _name_problems(spec: SweepSpec) -> list[ConfigProblem]:
-    if _SAFE_NAME.match(spec.name):
-        return []
-    return [ConfigProblem("name", "a sweep needs a name usable as a folder name", spec.name,
-                          "letters, digits, '_', '-', '.'", "e.g. name: grid_2x2x2")]
-
-
-def _prompt_problems(spec: SweepSpec) -> list[ConfigProblem]:
-    problems = []
-    if not spec.prompts:
-        problems.append(ConfigProblem("prompts", "at least one prompt template is needed", {},
-                                      "name: template pairs", 'prompts: {v1: "Summarize:\\n{dialogue}"}'))
-    for key, template in spec.prompts.items():
-        if not _SAFE_NAME.match(key):
-            problems.append(ConfigProblem(f"prompts.{key}", "a prompt name becomes part of trial folder names",
-                                          key, "letters, digits, '_', '-', '.', starting with a letter or digit",
-                                          f"rename it, e.g. {re.sub(r'[^A-Za-z0-9_.-]', '_', key).lstrip('._-') or 'v1'}"))
-        try:
-            found = prompt_rules.placeholders(template)
-        except ValueError as exc:
-            problems.append(ConfigProblem(f"prompts.{key}", f"a template must parse ({exc})", template,
-                                          "{dialogue} and doubled braces {{ }} for literal ones"))
-            continue
-        if found != {PROMPT_PLACEHOLDER}:
-            problems.append(ConfigProblem(
-                f"prompts.{key}", "a template must contain {dialogue} and no other placeholder", template,
-                "exactly one placeholder, {dialogue}",
-                f"unknown: {sorted(found - {PROMPT_PLACEHOLDER})}" if found - {PROMPT_PLACEHOLDER}
-                else "add {dialogue} where the dialogue goes"))
-    swept = "prompt" in spec.search.grid or "prompt" in spec.search.space
-    if spec.prompt is not None and spec.prompt not in spec.prompts:
-        problems.append(ConfigProblem("prompt", "must name one of the templates", spec.prompt,
-                                      ", ".join(spec.prompts), schema.did_you_mean(spec.prompt, spec.prompts)))
-    elif spec.prompt is None and not swept and len(spec.prompts) > 1:
-        problems.append(ConfigProblem("prompt", "with several templates, pick one or sweep them", None,
-                                      ", ".join(spec.prompts),
-                                      "set prompt: <name>, or sweep prompt in search.grid (search.space for optuna)"))
-    return problems
-
-
-def _grid_problems(spec: SweepSpec) -> list[ConfigProblem]:
-    problems: list[ConfigProblem] = []
-    for key, values in spec.search.grid.items():
-        path = f"search.grid.{key}"
-        if _key_problem(key, path, problems):
-            continue
-        if not values:
-            problems.append(ConfigProblem(path, "a grid axis needs at least one value", values, "a non-empty list"))
-        _value_problems(spec, key, values, path, problems)
-    return problems
-
-
-def _key_problem(key: str, path: str, problems: list[ConfigProblem]) -> bool:
-    allowed = [p for p in schema.leaf_paths(TrialConfig) if p not in _DERIVED]
-    if key in allowed:
-        return False
-    problems.append(ConfigProblem(path, "a swept key must be a trial setting", key,
-                                  "prompt, lora.rank, training.learning_rate, ... (dotted paths)",
-                                  schema.did_you_mean(key, allowed)))
-    return True
-
-
-def _value_problems(spec: SweepSpec, key: str, values: list, path: str, problems: list[ConfigProblem]) -> None:
-    seen: list[tuple[int, Any]] = []
-    for i, value in enumerate(values):
-        converted = schema.check_value(TrialConfig, key, value, f"{path}[{i}]", problems)
-        if key == "prompt" and value not in spec.prompts:
-            problems.append(ConfigProblem(f"{path}[{i}]", "must name one of the templates", value,
-                                          ", ".join(spec.prompts), schema.did_you_mean(str(value), spec.prompts)))
-        same = next((j for j, other in seen if other == converted), None)
-        if same is not None and not schema.is_missing(converted):
-            problems.append(ConfigProblem(f"{path}[{i}]", "values of one axis must differ (equal ones would be the "
-                                          "same run twice)", value, f"anything but {values[same]!r} (item {same})",
-                                          f"remove item {i}"))
-        seen.append((i, converted))
-
-
-def _study_problems(spec: SweepSpec) -> list[ConfigProblem]:
-    search, problems = spec.search, []
-    used, unused = ("space", "grid") if search.type == "optuna" else ("grid", "space")
-    if getattr(search, unused):
-        problems.append(ConfigProblem(f"search.{unused}", f"a {search.type} search reads search.{used} only",
-                                      sorted(getattr(search, unused)), f"search.{used}",
-                                      f"move the keys to search.{used}, or set search.type"))
-    if search.type != "optuna":
-        return problems
-    if not search.space:
-        problems.append(ConfigProblem("search.space", "an optuna search needs at least one dimension", {},
-                                      "dotted trial keys with choices or low/high",
-                                      "e.g. training.learning_rate: {low: 1e-4, high: 1e-3, log: true}"))
-    for key, dim in search.space.items():
-        path = f"search.space.{key}"
-        if not _key_problem(key, path, problems):
-            problems += _dimension_problems(spec, key, dim, path)
-    return problems + _objective_problems(spec)
-
-
-def _dimension_problems(spec: SweepSpec, key: str, dim: Dimension, path: str) -> list[ConfigProblem]:
-    problems: list[ConfigProblem] = []
-    ranged = dim.low is not None or dim.high is not None
-    if (dim.choices is not None) == ranged or (ranged and (dim.low is None or dim.high is None)):
-        return [ConfigProblem(path, "a dimension is either `choices` or a range with both `low` and `high`",
-                              dataclasses.asdict(dim), "{choices: [...]} or {low: L, high: H, log: bool}")]
-    if dim.choices is not None:
-        if not dim.choices:
-            problems.append(ConfigProblem(f"{path}.choices", "needs at least one value", [], "a non-empty list"))
-        _value_problems(spec, key, dim.choices, f"{path}.choices", problems)
-        if dim.log or dim.step is not None:
-            problems.append(ConfigProblem(path, "log and step apply to ranges only", dataclasses.asdict(dim),
-                                          "choices alone", "remove log/step"))
-        return problems
-    for end in ("low", "high"):
-        schema.check_value(TrialConfig, key, _integral(getattr(dim, end)), f"{path}.{end}", problems)
-    if dim.step is not None and schema.is_integer_setting(TrialConfig, key) and not float(dim.step).is_integer():
-        problems.append(ConfigProblem(f"{path}.step", f"{key} is an integer setting, so its step must be whole",
-                                      dim.step, "a whole number such as 1 or 4", f"step: {max(round(dim.step), 1)}"))
-    if dim.low >= dim.high:
-        problems.append(ConfigProblem(path, "low must be below high", [dim.low, dim.high], "low < high"))
-    if dim.log and dim.low <= 0:
-        problems.append(ConfigProblem(f"{path}.low", "a log range must be positive", dim.low, "> 0"))
-    if dim.log and dim.step is not None:
-        problems.append(ConfigProblem(f"{path}.step", "Optuna cannot step a log range", dim.step,
-                                      "step: null with log: true"))
-    if spec.search.optuna.sampler == "grid":
-        problems.append(ConfigProblem(path, "the grid sampler needs `choices` on every dimension",
-                                      dataclasses.asdict(dim), "{choices: [...]}", "list the values, or use tpe"))
-    return problems
-
-
-def _integral(value: float) -> Any:
-    """Range ends arrive as floats; an integer setting (lora.rank) is checked with their integer value."""
-    return int(value) if isinstance(value, float) and value.is_integer() else value
-
-
-def _objective_problems(spec: SweepSpec) -> list[ConfigProblem]:
-    settings, problems = spec.search.optuna, []
-    if not settings.objectives:
-        problems.append(ConfigProblem("search.optuna.objectives", "a study needs an objective", [],
-                                      "e.g. [{metric: rougeL, direction: maximize}]"))
-    for i, objective in enumerate(settings.objectives):
-        known = metric(objective.metric)
-        if objective.metric not in OBJECTIVES:
-            problems.append(ConfigProblem(f"search.optuna.objectives[{i}].metric", "must be a final trial metric",
-                                          objective.metric, ", ".join(OBJECTIVES),
-                                          schema.did_you_mean(objective.metric, OBJECTIVES)))
-        elif not known.either_direction and objective.direction != known.direction:
-            better = "lower" if known.lower_is_better else "higher"
-            problems.append(ConfigProblem(f"search.optuna.objectives[{i}].direction",
-                                          f"{objective.metric} is better {better}: a study must {known.direction} it",
-                                          objective.direction, known.direction, f"direction: {known.direction}"))
-        elif objective.metric in BERTSCORE_METRICS and spec.scoring.bertscore_model is None:
-            problems.append(ConfigProblem(f"search.optuna.objectives[{i}].metric", "BERTScore is computed only with "
-                                          "scoring.bertscore_model set", objective.metric, "a ROUGE metric, or set "
-                                          "scoring.bertscore_model", "set scoring.bertscore_model: <local encoder>"))
-    if settings.pruner == "none":
-        return problems
-    if len(settings.objectives) > 1:
-        problems.append(ConfigProblem("search.optuna.pruner", "Optuna prunes single-objective studies only",
-                                      settings.pruner, "none with several objectives",
-                                      "set pruner: none, or keep one objective"))
-    t = spec.training
-    if not 0 < t.eval_interval_steps < (t.max_steps or math.inf):  # an epoch budget's steps: at the trial
-        problems.append(ConfigProblem("training.eval_interval_steps", "a pruner decides on interim evaluations, "
-                                      "so they must happen before the last step", t.eval_interval_steps,
-                                      f"1 to {t.max_steps - 1}" if t.max_steps else ">= 1, below the trial's steps",
-                                      f"e.g. eval_interval_steps: {max((t.max_steps or 32) // 4, 1)}"))
-    return problems
-
-
-def _model_problems(spec: SweepSpec) -> list[ConfigProblem]:
-    names = _given(spec, "model.name", spec.model.name)
-    if spec.augmentation.paraphrase_model:
-        names.append(("augmentation.paraphrase_model", spec.augmentation.paraphrase_model))
-    problems = []
-    for path, name in names:
-        reason = model_problem(str(name))
-        if reason:
-            problems.append(ConfigProblem(path, "the model must be loadable", name,
-                                          "smollm2-135m-instruct, a local model directory, or a hub id", reason))
-    return problems
-
-
-def _data_problems(cfg: DatasetConfig) -> list[ConfigProblem]:
-    if cfg.name is None and not (cfg.train_file and cfg.eval_file):
-        return []  # reported by DatasetConfig.problems
-    problems = []
-    for which in ("train", "eval"):
-        source = split_source(cfg, which)
-        if source.path is None:  # a hub split: only checkable online, at load time
-            if cfg.mirror_dir:  # ...unless the user named a mirror, which must then hold it
-                split = cfg.train_split if which == "train" else cfg.eval_split
-                problems.append(ConfigProblem("dataset.mirror_dir", "an explicit mirror must hold the split",
-                                              cfg.mirror_dir, f"a folder with {cfg.name}/{split}.jsonl",
-                                              "fix the path, or set mirror_dir: null to use "
-                                              "$QLORA_SWEEP_DATA_DIR or the hub"))
-            continue
-        key = f"dataset.{which}_file" if (cfg.train_file if which == "train" else cfg.eval_file) else "dataset.name"
-        if not source.path.is_file() or source.path.suffix not in (".jsonl", ".csv"):
-            problems.append(ConfigProblem(key, "the data file must exist and be .jsonl or .csv", str(source.path),
-                                          "an existing .jsonl or .csv file", "check the path (relative to cwd)"))
-            continue
-        rows = read_rows(source, limit=1)
-        columns = list(rows[0]) if rows else []
-        wanted = [cfg.dialogue_column] + ([cfg.summary_column] if which == "train"
-                                          else reference_columns(cfg, columns)[:1] or [cfg.summary_column])
-        for column in wanted:
-            if column not in columns:
-                problems.append(ConfigProblem(f"dataset ({which}: {source.path.name})", "the column must exist",
-                                              column, ", ".join(columns) or "no rows",
-                                              "set dataset.dialogue_column / summary_column / reference_columns"))
-    return problems
-
-
-def _output_problems(output: OutputConfig) -> list[ConfigProblem]:
-    from sqlalchemy.engine import make_url
-
-    try:
-        make_url(output.store_url())
-    except Exception as exc:  # sqlalchemy raises ArgumentError and others for malformed URLs
-        return [ConfigProblem("output.store", "must be a SQLAlchemy URL", output.store,
-                              "e.g. sqlite:///runs/results.db or postgresql://user@host/db", str(exc))]
-    return []
 
 
 def to_plain(spec: SweepSpec) -> dict:

@@ -13,16 +13,18 @@ from typing import Any
 
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
-from optuna.trial import TrialState
+from optuna.trial import TrialState as StudyState
 
 from orchestrator.plan import PlannedTrial, planned_trial, typed_value
 from orchestrator.schema import is_integer_setting
 from orchestrator.spec import Dimension, OptunaSettings, SweepSpec
+from results.states import TrialState
 from trainer.config import TrialConfig
 
-# Store state -> study state when a trial ends; `interrupted` leaves the study trial RUNNING, so the
-# next `sweep run` re-runs it under the same number.
-_STATES = {"completed": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "failed": TrialState.FAIL}
+# A trial's end -> its study trial's state; `interrupted` leaves the study trial RUNNING, so the next
+# `sweep run` re-runs it under the same number.
+_STATES = {TrialState.COMPLETED: StudyState.COMPLETE, TrialState.PRUNED: StudyState.PRUNED,
+           TrialState.FAILED: StudyState.FAIL}
 SWEEP_TRIAL_ATTR = "sweep_trial"
 
 
@@ -33,7 +35,7 @@ class StudyMismatch(Exception):
 def check_stored_study(spec: SweepSpec, storage_url: str) -> None:
     """Raise StudyMismatch when a study of this name exists with other objective directions."""
     settings = spec.search.optuna
-    name, url = settings.study_name or spec.name, settings.storage or storage_url
+    name, url = settings.target(spec.name, storage_url)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the driver prints its own progress
     if name not in optuna.get_all_study_names(url):
         return
@@ -51,12 +53,13 @@ class Study:
         check_stored_study(spec, storage_url)
         self.spec, self.settings = spec, settings
         self.distributions = distributions(spec.search.space)
+        name, url = settings.target(spec.name, storage_url)
         self.study = optuna.create_study(
-            study_name=settings.study_name or spec.name, storage=settings.storage or storage_url,
+            study_name=name, storage=url,
             load_if_exists=True, directions=[o.direction for o in settings.objectives],
             sampler=_sampler(settings, self.distributions), pruner=_pruner(settings, spec.training.eval_interval_steps))
         # RUNNING trials here belong to a driver that was killed or interrupted: run them again first.
-        self._orphans = [t._trial_id for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+        self._orphans = [t.number for t in self.study.get_trials(deepcopy=False, states=(StudyState.RUNNING,))]
         self._live: dict[int, optuna.trial.Trial] = {}
 
     @property
@@ -66,7 +69,7 @@ class Study:
     def ask(self) -> PlannedTrial | None:
         """The next trial to run, or None once the study holds `n_trials` trials."""
         if self._orphans:
-            trial = optuna.trial.Trial(self.study, self._orphans.pop(0))
+            trial = self._reopen(self._orphans.pop(0))
         elif len(self.study.get_trials(deepcopy=False)) >= self._budget():
             return None
         else:
@@ -84,13 +87,15 @@ class Study:
         trial.report(value, step)
         return trial.should_prune()
 
-    def tell(self, number: int, status: str, metrics: dict[str, float]) -> None:
+    def tell(self, number: int, status: TrialState, metrics: dict[str, float]) -> None:
         """End the study trial as its store row ended (`interrupted` leaves it RUNNING for the next run)."""
-        self._live.pop(number, None)
-        if status == "interrupted":
-            self.study.set_trial_user_attr(self._trial_id(number), "interrupted", True)
+        live = self._live.pop(number, None)
+        status = TrialState(status)
+        if status is TrialState.INTERRUPTED:
+            if live is not None:  # this driver asked for it (or reopened it): a user attribute says why it runs on
+                live.set_user_attr("interrupted", True)
             return
-        if status == "completed":
+        if status is TrialState.COMPLETED:
             values = [metrics[o.metric] for o in self.settings.objectives]
             self.study.tell(number, values, skip_if_finished=True)
         else:
@@ -101,8 +106,15 @@ class Study:
             return min(self.settings.n_trials, math.prod(len(d.choices) for d in self.distributions.values()))
         return self.settings.n_trials
 
+    def _reopen(self, number: int) -> optuna.trial.Trial:
+        """The live handle of a RUNNING study trial a dead driver left, to report to and tell under its own number.
+        Optuna has no public call for this: `study.ask()` only makes new trials, and `enqueue_trial` would give
+        the rerun a new number (and so a new store row and name). A `Trial` is built from its storage id, as
+        Optuna's own `ask` does; `tell` takes the number, which is public."""
+        return optuna.trial.Trial(self.study, self._trial_id(number))
+
     def _trial_id(self, number: int) -> int:
-        return self.study.trials[number]._trial_id
+        return self.study.trials[number]._trial_id  # the storage id behind a number; see _reopen
 
 
 def distributions(space: dict[str, Dimension]) -> dict[str, BaseDistribution]:
@@ -122,9 +134,17 @@ def _in_space_order(params: dict[str, Any], space: dict[str, BaseDistribution]) 
     return {key: params[key] for key in space if key in params}
 
 
+class _AskTellGridSampler(optuna.samplers.GridSampler):
+    """Optuna's grid sampler for ask-and-tell: its `after_trial` calls `study.stop()` once the grid is used up,
+    which raises outside `study.optimize`. The driver stops asking at the grid's size instead (Study._budget)."""
+
+    def after_trial(self, study, trial, state, values) -> None:
+        pass
+
+
 def _sampler(settings: OptunaSettings, space: dict[str, BaseDistribution]) -> optuna.samplers.BaseSampler:
     if settings.sampler == "grid":
-        return optuna.samplers.GridSampler({k: d.choices for k, d in space.items()}, seed=settings.seed)
+        return _AskTellGridSampler({k: d.choices for k, d in space.items()}, seed=settings.seed)
     if settings.sampler == "random":
         return optuna.samplers.RandomSampler(seed=settings.seed)
     return optuna.samplers.TPESampler(seed=settings.seed)

@@ -19,6 +19,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from results.charts import to_svg
 from evaluation.metrics import metric as registered
 from results.store import SweepSummary
+from results.stored_spec import stored_spec
 
 EVALUATOR = "fANOVA (Optuna's FanovaImportanceEvaluator: a random forest of 64 trees, seed 0)"
 
@@ -26,14 +27,12 @@ EVALUATOR = "fANOVA (Optuna's FanovaImportanceEvaluator: a random forest of 64 t
 def study_for(summary: SweepSummary, metric: str, storage_url: str | None) -> tuple[optuna.Study, str]:
     """(the study, what its values are): the stored study of an Optuna sweep (values: its first objective), else
     one built from the grid's completed fine-tunes (values: `metric`)."""
-    search = summary.spec.get("search", {})
-    if search.get("type") == "optuna" and storage_url:
-        settings = search.get("optuna") or {}
+    settings = stored_spec(summary).search.study
+    if settings is not None and storage_url:
+        name, url = settings.target(summary.name, storage_url)
         try:
-            study = optuna.load_study(study_name=settings.get("study_name") or summary.name,
-                                      storage=settings.get("storage") or storage_url)
-            objectives = settings.get("objectives") or [{"metric": "rougeL"}]
-            return study, objectives[0]["metric"]
+            study = optuna.load_study(study_name=name, storage=url)
+            return study, settings.objectives[0].metric
         except KeyError:  # no study stored (yet): read the store like a grid
             pass
     return grid_study(summary, metric), metric

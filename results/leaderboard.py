@@ -18,8 +18,10 @@ from evaluation.metrics import BERTSCORE_METRICS, RANKABLE, metric as registered
 from evaluation.rouge import ROUGE_SUM, ROUGE_TYPES
 from results.significance import Interval, mean_interval, paired_difference
 from results.store import SweepSummary, TrialSummary
+from results.stored_spec import stored_spec
 
 if TYPE_CHECKING:  # results.repeats reads the scoring letters from here
+    from orchestrator.spec import SweepSpec
     from results.repeats import RepeatGroup
 
 # What a trial trained and saved (trainer.trial.parameter_counts, the saved folder's size).
@@ -68,7 +70,7 @@ def build(summary: SweepSummary, metric: str = "rougeL", per_example: dict[str, 
     for t in ranked[:len(done)]:
         best.setdefault(letters[t.name], t)
     baselines = {t.name: t for t in done if t.kind == "baseline"}
-    objectives = study_objectives(summary.spec)
+    objectives = study_objectives(stored_spec(summary))
     front = pareto_front(summary.trials, objectives) if len(objectives) > 1 else None
     compare = _Comparer(metric, per_example, samples, scale(metric))
     rows = []
@@ -135,12 +137,10 @@ def scale(metric: str) -> float:
     return registered(metric).scale
 
 
-def study_objectives(spec: dict) -> list[tuple[str, str]]:
+def study_objectives(spec: SweepSpec) -> list[tuple[str, str]]:
     """(metric, direction) pairs of an optuna sweep, from the spec stored with it; [] for a grid."""
-    search = spec.get("search", {})
-    if search.get("type") != "optuna":
-        return []
-    return [(o["metric"], o["direction"]) for o in search.get("optuna", {}).get("objectives", [])]
+    study = spec.search.study
+    return [] if study is None else [(o.metric, o.direction) for o in study.objectives]
 
 
 def pareto_front(trials: list[TrialSummary], objectives: list[tuple[str, str]]) -> set[str]:
@@ -162,8 +162,11 @@ def _row(t: TrialSummary, metric: str, base: TrialSummary | None, best: bool, pa
     delta = None if t.kind == "baseline" or base_value is None or value is None else scale(metric) * (value - base_value)
     shown = (*ROUGE_TYPES, ROUGE_SUM, "gen_tokens", "gen_words", "eval_loss", *FOOTPRINT, *BERTSCORE_METRICS)
     scores = {k: scale(k) * t.metrics[k] for k in shown if k in t.metrics}  # BERTScore with scoring.bertscore_model
-    return Row(best, t.name, t.kind, str(t.params.get("prompt", "")), t.params.get("lora.rank"),
-               t.params.get("training.learning_rate"), scores, delta, t.runtime_s, t.status, pareto, group, *intervals)
+    interval, vs_best, vs_baseline = intervals
+    return Row(best=best, trial=t.name, kind=t.kind, prompt=str(t.params.get("prompt", "")),
+               rank=t.params.get("lora.rank"), lr=t.params.get("training.learning_rate"), scores=scores, delta=delta,
+               runtime_s=t.runtime_s, status=t.status, pareto=pareto, scoring=group, interval=interval,
+               vs_best=vs_best, vs_baseline=vs_baseline)
 
 
 def render(rows: list[Row], fmt: str, metric: str, notes: dict, sweep: str,

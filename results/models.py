@@ -7,9 +7,7 @@ from datetime import datetime, timezone
 from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-TRIAL_STATES = ("pending", "running", "completed", "failed", "pruned", "interrupted")
-# Finished for good: a re-run of the same spec keeps these rows. Every other state is re-run.
-FINAL_STATES = ("completed", "pruned")
+from results.states import TrialState
 
 
 def utcnow() -> datetime:
@@ -54,7 +52,8 @@ class TrialRow(Base):
     config: Mapped[dict] = mapped_column(JSON)
     content_key: Mapped[str] = mapped_column(String(64), index=True)
     """Hash of the resolved config and data: equal keys mean the same computation."""
-    status: Mapped[str] = mapped_column(String(20), default="pending")
+    status: Mapped[str] = mapped_column(String(20), default=TrialState.PENDING.value)
+    """A `results.states.TrialState` value (one of STORED_STATES)."""
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     runtime_s: Mapped[float | None] = mapped_column(Float)

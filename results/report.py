@@ -20,6 +20,7 @@ from results.leaderboard import (Row, describe_scoring, format_count, format_dif
                                  repeat_cells, scale)
 from results.show import curve_lines, curve_series, worst_and_best
 from results.store import SweepSummary
+from results.stored_spec import stored_spec
 
 _CSS = """body{font:14px/1.45 system-ui,sans-serif;margin:1.5em;max-width:1250px;color:#222}
 table{border-collapse:collapse;margin:1em 0;width:100%}td,th{border:1px solid #ccc;padding:2px 4px;text-align:right}
@@ -127,9 +128,9 @@ def _curves(curves: dict[str, list[tuple[str, int, float]]], best: str | None) -
 
 def _grid(summary: SweepSummary, rows: list[Row], metric: str) -> list[str]:
     """A heatmap of the ranking metric over two swept keys, one panel per value of the others."""
-    keys = list((summary.spec.get("search") or {}).get("grid") or {})
+    keys = list(stored_spec(summary).search.grid)  # a study's is empty: the spec check refuses grid keys there
     fine_tunes = [t for t in summary.trials if t.kind == "trial"]
-    if summary.spec.get("search", {}).get("type") == "optuna" or not keys or not fine_tunes:
+    if not keys or not fine_tunes:
         return []
     values = {k: sorted({importance.hashable(t.params.get(k)) for t in fine_tunes}, key=_order) for k in keys}
     swept = [k for k in keys if len(values[k]) > 1] or keys  # a one-value axis is a constant, not a dimension

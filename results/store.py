@@ -12,13 +12,18 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from sqlalchemy import create_engine, delete, event, func, inspect, select, update
+from sqlalchemy import create_engine, delete, event, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from results.models import FINAL_STATES, Base, MetricRow, PredictionRow, SweepRow, TrialRow, utcnow
+from results import migrate
+from results.models import MetricRow, PredictionRow, SweepRow, TrialRow, utcnow
+from results.states import KEPT_STATES, UNFINISHED_STATES, TrialState
+from trainer.result import TrialResult
 
 FINAL_PREFIX = "final/"
+_PENDING = TrialState.PENDING.value
+_ENDED_WITHOUT_RESULT = (TrialState.FAILED, TrialState.PRUNED, TrialState.INTERRUPTED)
 
 
 @dataclass(frozen=True)
@@ -76,8 +81,7 @@ class Store:
         self.engine = create_engine(url)
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        _upgrade_layout(self.engine)
-        Base.metadata.create_all(self.engine)
+        migrate.upgrade(self.engine)  # a new store is created at the newest revision; an older one upgraded
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
@@ -127,15 +131,15 @@ class Store:
         (`resume_from`); a changed one starts over at once."""
         with self.session() as s:
             row = s.scalar(select(TrialRow).where(TrialRow.sweep_id == sweep_id, TrialRow.name == name))
-            if row is not None and row.status in FINAL_STATES and row.content_key == content_key:
+            if row is not None and row.status in KEPT_STATES and row.content_key == content_key:
                 return row.id, True
             if row is None:
                 row = TrialRow(sweep_id=sweep_id, name=name)
                 s.add(row)
-            elif row.content_key != content_key or row.status in FINAL_STATES:
+            elif row.content_key != content_key or row.status in KEPT_STATES:
                 _clear_results(s, row.id)
             row.kind, row.params, row.config, row.content_key = kind, params, config, content_key
-            row.status, row.error, row.runtime_s, row.started_at, row.finished_at = "pending", None, None, None, None
+            row.status, row.error, row.runtime_s, row.started_at, row.finished_at = _PENDING, None, None, None, None
             row.worker, row.attempts, row.study_trial, row.stop_requested = None, 0, study_trial, False
             row.environment, row.baseline, row.resumed_from_step = None, baseline, None
             s.flush()
@@ -152,42 +156,47 @@ class Store:
     def mark_running(self, trial_id: int, worker: str | None = None) -> None:
         with self.session() as s:
             row = s.get(TrialRow, trial_id)
-            row.status, row.started_at, row.worker = "running", utcnow(), worker
+            row.status, row.started_at, row.worker = TrialState.RUNNING.value, utcnow(), worker
             row.attempts = (row.attempts or 0) + 1
 
     def retry_trial(self, trial_id: int, config: dict, reason: str) -> None:
         """Back to pending with a changed config (e.g. half the micro batch after an out-of-memory error)."""
         with self.session() as s:
             row = s.get(TrialRow, trial_id)
-            row.status, row.config, row.error, row.worker = "pending", config, reason, None
+            row.status, row.config, row.error, row.worker = _PENDING, config, reason, None
 
     def add_metrics(self, trial_id: int, points: list[tuple[str, int, float]]) -> None:
         with self.session() as s:
             s.add_all(MetricRow(trial_id=trial_id, name=n, step=step, value=v) for n, step, v in points)
 
-    def complete_trial(self, trial_id: int, metrics: dict[str, float], predictions: list[dict],
-                       runtime_s: float, timings: dict, adapter_dir: str | None, scoring: dict | None = None,
+    def complete_trial(self, trial_id: int, result: TrialResult, runtime_s: float,
                        environment: dict | None = None) -> None:
+        """Its result of record: final metrics (at its last step), predictions, timings, adapter and scoring.
+        `environment` (where it ran) replaces the one it reported at start when given."""
         with self.session() as s:
             row = s.get(TrialRow, trial_id)
-            row.status, row.finished_at, row.runtime_s = "completed", utcnow(), runtime_s
-            row.timings, row.adapter_dir, row.scoring = timings, adapter_dir, scoring
-            row.environment = environment or row.environment
+            row.status, row.finished_at, row.runtime_s = TrialState.COMPLETED.value, utcnow(), runtime_s
+            row.timings, row.adapter_dir, row.scoring = result.timings_s, result.adapter_dir, result.scoring
+            row.environment = environment or result.environment or row.environment
             step = max((m.step for m in row.metrics), default=0)
             s.add_all(MetricRow(trial_id=trial_id, name=FINAL_PREFIX + k, step=step, value=v)
-                      for k, v in metrics.items())
-            s.add_all(_prediction(trial_id, p) for p in predictions)
+                      for k, v in result.metrics.items())
+            s.add_all(_prediction(trial_id, p) for p in result.predictions)
 
     def set_environment(self, trial_id: int, environment: dict) -> None:
         """What the trial reported of its device when it started (before any result)."""
         with self.session() as s:
             s.get(TrialRow, trial_id).environment = environment
 
-    def end_trial(self, trial_id: int, status: str, reason: str, runtime_s: float | None = None) -> None:
+    def end_trial(self, trial_id: int, state: TrialState, reason: str, runtime_s: float | None = None) -> None:
         """Ended without a result (failed, pruned, interrupted): the reason is kept, and so are its curves."""
+        state = TrialState(state)
+        if state not in _ENDED_WITHOUT_RESULT:
+            raise ValueError(f"a trial ends without a result as one of {', '.join(s.value for s in _ENDED_WITHOUT_RESULT)}"
+                             f"; given {state!r}")
         with self.session() as s:
             row = s.get(TrialRow, trial_id)
-            row.status, row.finished_at, row.runtime_s, row.error = status, utcnow(), runtime_s, reason
+            row.status, row.finished_at, row.runtime_s, row.error = state.value, utcnow(), runtime_s, reason
 
     def heartbeat(self, sweep_id: int) -> None:
         with self.session() as s:
@@ -225,9 +234,9 @@ class Store:
             if s.execute(release).rowcount != 1:
                 return None
             rows = s.scalars(select(TrialRow).join(SweepRow).where(
-                SweepRow.name == sweep_name, TrialRow.status.in_(("pending", "running")))).all()
+                SweepRow.name == sweep_name, TrialRow.status.in_(UNFINISHED_STATES))).all()
             for row in rows:
-                row.status, row.finished_at, row.error = "interrupted", utcnow(), reason
+                row.status, row.finished_at, row.error = TrialState.INTERRUPTED.value, utcnow(), reason
             return [r.name for r in rows]
 
     def trial_result(self, trial_id: int) -> tuple[str, dict[str, float]]:
@@ -275,7 +284,7 @@ class Store:
         with self.session() as s:
             rows = s.execute(select(TrialRow.name, PredictionRow.example_id, PredictionRow.scores)
                              .join(TrialRow, PredictionRow.trial_id == TrialRow.id)
-                             .join(SweepRow).where(SweepRow.name == sweep_name, TrialRow.status == "completed"))
+                             .join(SweepRow).where(SweepRow.name == sweep_name, TrialRow.status == TrialState.COMPLETED.value))
             out: dict[str, dict[str, float]] = {}
             for name, example_id, scores in rows:
                 if metric in scores:
@@ -305,10 +314,12 @@ def _prediction(trial_id: int, p: dict) -> PredictionRow:
 
 
 def _trial_summary(t: TrialRow, last_step: int | None) -> TrialSummary:
-    return TrialSummary(t.name, t.kind, dict(t.params), t.status, t.runtime_s, _finals(t), t.error,
-                        _aware(t.started_at), t.worker, t.attempts or 0, t.study_trial, last_step,
-                        _aware(t.finished_at), t.scoring, t.adapter_dir, t.id, t.environment, t.baseline,
-                        t.resumed_from_step, dict(t.timings or {}))
+    return TrialSummary(
+        name=t.name, kind=t.kind, params=dict(t.params), status=t.status, runtime_s=t.runtime_s, metrics=_finals(t),
+        error=t.error, started_at=_aware(t.started_at), worker=t.worker, attempts=t.attempts or 0,
+        study_trial=t.study_trial, last_step=last_step, finished_at=_aware(t.finished_at), scoring=t.scoring,
+        adapter_dir=t.adapter_dir, id=t.id, environment=t.environment, baseline=t.baseline,
+        resumed_from_step=t.resumed_from_step, timings_s=dict(t.timings or {}))
 
 
 def _finals(t: TrialRow) -> dict[str, float]:
@@ -325,35 +336,6 @@ def _last_train_steps(s: Session, *where) -> dict[int, int]:
 def _aware(moment: datetime | None) -> datetime | None:
     """SQLite hands datetimes back without their zone; every time stored here is UTC."""
     return moment.replace(tzinfo=timezone.utc) if moment is not None and moment.tzinfo is None else moment
-
-
-# 0.1 -> 0.2: Optuna's storage (sharing this database) owns a table named `trials`.
-_RENAMED = {"trials": "sweep_trials", "metrics": "sweep_metrics", "predictions": "sweep_predictions"}
-# Columns added since 0.1, added in place to older stores.
-_ADDED = {"sweeps": ["driver VARCHAR(200)", "heartbeat_at DATETIME", "stop_requested BOOLEAN DEFAULT 0"],
-          "sweep_trials": ["worker VARCHAR(200)", "attempts INTEGER DEFAULT 0", "study_trial INTEGER",
-                           "stop_requested BOOLEAN DEFAULT 0", "scoring JSON",
-                           "environment JSON", "baseline VARCHAR(200)", "resumed_from_step INTEGER"],
-          "sweep_predictions": ["\"references\" JSON"]}
-
-
-def _upgrade_layout(engine) -> None:
-    """Bring a store written by an older version up to date in place (renames, new columns); nothing is lost."""
-    tables = inspect(engine)
-    names = set(tables.get_table_names())
-    legacy = "trials" in names and "content_key" in {c["name"] for c in tables.get_columns("trials")}
-    if not legacy and "sweep_trials" not in names:
-        return  # a new store: create_all makes every table as it is now
-    with engine.begin() as connection:
-        if legacy:
-            for old, new in _RENAMED.items():
-                connection.exec_driver_sql(f"ALTER TABLE {old} RENAME TO {new}")  # SQLite rewrites the foreign keys
-        have = inspect(connection)
-        for table, columns in _ADDED.items():
-            present = {c["name"] for c in have.get_columns(table)}
-            for column in columns:
-                if column.split()[0].strip('"') not in present:
-                    connection.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {column}")
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:

@@ -37,8 +37,8 @@ def test_ratio_and_seed_choose_which_training_rows_get_a_copy():
 
 def test_paraphrases_are_made_once_per_sweep_keep_speaker_tags_and_a_rerun_reads_the_cache(
         tiny_model_dir, local_data, tmp_path, monkeypatch):
-    from orchestrator.spec import parse_spec
-    from orchestrator.sweep import _notes, prepare
+    from orchestrator.loading import parse_spec
+    from orchestrator.prepare import prepare, sweep_notes
     from tests.conftest import tiny_spec
     from trainer import paraphrase
     from trainer.augment import training_examples
@@ -70,7 +70,7 @@ def test_paraphrases_are_made_once_per_sweep_keep_speaker_tags_and_a_rerun_reads
     assert data[_data_key(baseline)].paraphrased == () and half.eval == data[_data_key(baseline)].eval
     trial = next(t for t in plan if t.config.augmentation.paraphrase == 0.5)
     assert len(training_examples(half, trial.config.augmentation)) == 8 + 4
-    notes = _notes(data)["paraphrase"]
+    notes = sweep_notes(data)["paraphrase"]
     assert str(tiny_model_dir) in notes and "seed 3" in notes and repr(trial.config.augmentation.paraphrase_prompt) in notes
 
     def no_generator(*args):
@@ -82,6 +82,6 @@ def test_paraphrases_are_made_once_per_sweep_keep_speaker_tags_and_a_rerun_reads
 
 
 def _data_key(trial):
-    from orchestrator.sweep import _data_key as key
+    from orchestrator.prepare import data_key as key
 
     return key(trial)

@@ -7,7 +7,7 @@ import pytest
 from trainer import events as ev
 
 EVERY_KIND = [ev.Started("host:1", "node-a"), ev.Attempt(4), ev.Environment({"device": "cpu", "dtype": "bf16"}),
-              ev.Phase("evaluate"), ev.Metric("eval/rougeL", 3, 0.25)]
+              ev.Phase("evaluate"), ev.Metric("eval/rougeL", 3, 0.25), ev.Checkpoint(8)]
 
 
 @pytest.mark.parametrize("event", EVERY_KIND, ids=lambda e: type(e).__name__)
@@ -19,8 +19,15 @@ def test_every_event_survives_its_encoding_and_a_json_round_trip(event):
 
 
 def test_an_unknown_event_tag_is_a_clear_error():
-    with pytest.raises(ValueError, match=r"one of started, attempt, environment, step, metric; given 'nope'"):
+    with pytest.raises(ValueError, match=r"one of started, attempt, environment, step, metric, checkpoint; given 'nope'"):
         ev.decode({"event": "nope"})
+
+
+def test_a_phase_is_one_of_the_named_steps():
+    assert ev.Phase("evaluate").name is ev.Step.EVALUATE
+    assert ev.encode(ev.Phase(ev.Step.TRAIN)) == {"event": "step", "name": "train"}
+    with pytest.raises(ValueError, match="'tune' is not a valid Step"):
+        ev.Phase("tune")
 
 
 def test_failure_kinds_come_from_exception_types_not_messages():

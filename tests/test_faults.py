@@ -17,9 +17,9 @@ import pytest
 import yaml
 
 from orchestrator.cli import main
-from orchestrator.plan import expand
+from orchestrator.search import expand
 from orchestrator.ray_backend import DEFAULT_TRIAL_FN
-from orchestrator.spec import parse_spec
+from orchestrator.loading import parse_spec
 from orchestrator.sweep import run_sweep
 from results.store import Store
 from tests.conftest import tiny_spec

@@ -12,6 +12,7 @@ import pytest
 from orchestrator.cli import main
 from results import leaderboard
 from results.store import Store
+from trainer.result import TrialResult
 
 
 @pytest.fixture
@@ -29,9 +30,9 @@ def filled(tmp_path) -> tuple[Store, str]:
                                                                  "training.learning_rate": lr}
         trial_id, _ = store.register_trial(sweep_id, name, kind, params, {}, name)
         if status == "completed":
-            store.complete_trial(trial_id, {"rouge1": rouge_l + 0.05, "rouge2": 0.1, "rougeL": rouge_l,
-                                            "rougeLsum": rouge_l, "gen_tokens": 20.0, "gen_words": 15.0},
-                                 [], 10.0, {}, None)
+            store.complete_trial(trial_id, TrialResult({"rouge1": rouge_l + 0.05, "rouge2": 0.1, "rougeL": rouge_l,
+                                                        "rougeLsum": rouge_l, "gen_tokens": 20.0, "gen_words": 15.0},
+                                                       [], None, {}), 10.0)
         else:
             store.end_trial(trial_id, "failed", "boom", 1.0)
     return store, url
@@ -75,7 +76,7 @@ def _scored(store, sweep_id, name, kind, prompt, per_example: list[float], scori
     predictions = [{"example_id": f"e{i}", "prediction": "p", "references": ["r1", "r2"], "new_tokens": 3,
                     "rougeL": v} for i, v in enumerate(per_example)]
     mean = sum(per_example) / len(per_example)
-    store.complete_trial(trial_id, {"rougeL": mean}, predictions, 1.0, {}, None, scoring)
+    store.complete_trial(trial_id, TrialResult({"rougeL": mean}, predictions, None, {}, scoring), 1.0)
 
 
 def test_rows_scored_differently_are_never_ranked_together_silently(tmp_path):
@@ -234,7 +235,7 @@ def test_a_loss_is_worst_at_its_highest_and_shown_as_it_is_in_show_and_report(fi
     losses = {"e1": 1.25, "e2": 3.5, "e3": 2.0, "e4": 0.75}
     predictions = [{"example_id": e, "prediction": f"p{e}", "references": [f"r{e}"], "new_tokens": 5,
                     "rougeL": 0.1 * i, "eval_loss": loss} for i, (e, loss) in enumerate(losses.items())]
-    store.complete_trial(trial.id, {**trial.metrics, "eval_loss": 1.875}, predictions, 10.0, {}, None)
+    store.complete_trial(trial.id, TrialResult({**trial.metrics, "eval_loss": 1.875}, predictions, None, {}), 10.0)
     assert main(["show", "g", "v1-r8-lr5e-4", "--store", url, "--metric", "eval_loss", "--examples", "1"]) == 0
     shown = capsys.readouterr().out
     worst, best = shown.split("worst 1 by eval_loss:")[1].split("best 1 by eval_loss:")

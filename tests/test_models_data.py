@@ -78,7 +78,7 @@ def test_mapped_csv_columns_and_empty_rows_skipped_with_a_count(tmp_path):
 
 
 def test_model_identity_follows_the_weight_files(tmp_path, monkeypatch):
-    from orchestrator.plan import content_key
+    from trainer.identity import content_key
     from trainer.config import TrialConfig
     from trainer.data import Example, TrialData
     from trainer.models import model_identity

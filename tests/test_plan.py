@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.plan import content_key, expand, format_float, label
-from orchestrator.spec import load_spec
+from orchestrator.plan import format_float, label
+from orchestrator.search import expand
+from trainer.identity import content_key
+from orchestrator.loading import load_spec
 from trainer.data import Example, TrialData
 
 REPO = Path(__file__).resolve().parents[1]

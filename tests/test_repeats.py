@@ -9,10 +9,11 @@ import statistics
 import pytest
 
 from orchestrator.cli import main
-from orchestrator.plan import expand
-from orchestrator.spec import load_spec
+from orchestrator.search import expand
+from orchestrator.loading import load_spec
 from results.store import Store
 from tests.test_plan import REPO
+from trainer.result import TrialResult
 
 # rougeL of each (config, seed), chosen so that the better single run (seed 2 of r8) is not the better config.
 SCORES = {("v1-r8", 1): 0.20, ("v1-r8", 2): 0.40, ("v1-r8", 3): 0.21,
@@ -42,11 +43,12 @@ def seeded(tmp_path) -> tuple[Store, str]:
         params = {"prompt": "v1", "lora.rank": rank, "training.learning_rate": 5e-4, "training.seed": seed}
         trial_id, _ = store.register_trial(sweep_id, f"{config}-seed{seed}", "trial", params, {}, f"{config}{seed}",
                                            baseline="v1-zero-shot")
-        store.complete_trial(trial_id, {"rougeL": score, "rouge1": score + 0.1, "gen_tokens": 20.0 + seed},
-                             [{"example_id": f"e{i}", "prediction": "p", "references": ["r"], "new_tokens": 3,
-                               "rougeL": score + 0.01 * i} for i in range(4)], 10.0, {}, None)
+        store.complete_trial(trial_id, TrialResult(
+            {"rougeL": score, "rouge1": score + 0.1, "gen_tokens": 20.0 + seed},
+            [{"example_id": f"e{i}", "prediction": "p", "references": ["r"], "new_tokens": 3,
+              "rougeL": score + 0.01 * i} for i in range(4)], None, {}), 10.0)
     base_id, _ = store.register_trial(sweep_id, "v1-zero-shot", "baseline", {"prompt": "v1"}, {}, "base")
-    store.complete_trial(base_id, {"rougeL": 0.1, "rouge1": 0.2, "gen_tokens": 30.0}, [], 5.0, {}, None)
+    store.complete_trial(base_id, TrialResult({"rougeL": 0.1, "rouge1": 0.2, "gen_tokens": 30.0}, [], None, {}), 5.0)
     return store, url
 
 
@@ -87,9 +89,9 @@ def test_the_report_shows_the_repeats_and_compare_pairs_seed_with_seed(seeded, c
     for (config, seed), score in SCORES.items():
         trial_id, _ = store.register_trial(sweep_id, f"{config}-seed{seed}", "trial", {"training.seed": seed}, {},
                                            f"2{config}{seed}")
-        store.complete_trial(trial_id, {"rougeL": score + 0.05 * seed}, [
+        store.complete_trial(trial_id, TrialResult({"rougeL": score + 0.05 * seed}, [
             {"example_id": f"e{i}", "prediction": "p", "references": ["r"], "new_tokens": 3,
-             "rougeL": score + 0.05 * seed + 0.01 * i} for i in range(4)], 10.0, {}, None)
+             "rougeL": score + 0.05 * seed + 0.01 * i} for i in range(4)], None, {}), 10.0)
     capsys.readouterr()
     assert main(["compare", "seeds", "seeds2", "--store", url, "--format", "json"]) == 0
     pairs = json.loads(capsys.readouterr().out)["pairs"]

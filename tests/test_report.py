@@ -10,6 +10,7 @@ import pytest
 
 from orchestrator.cli import main
 from results.store import Store
+from trainer.result import TrialResult
 
 HOSTILE = "<script>document.title='pwned'</script><img src=x onerror=\"document.title='pwned too'\"> & done"
 
@@ -27,9 +28,10 @@ def report_store(tmp_path) -> str:
         store.add_metrics(trial_id, [("train/loss", 1, 2.0), ("train/loss", 2, 1.5), ("eval/rougeL", 2, score)])
         predictions = [{"example_id": f"e{i}", "prediction": text, "references": ["ref one", "ref <b>two</b>"],
                         "new_tokens": 5, "rougeL": score + i / 100} for i in range(2)]
-        store.complete_trial(trial_id, {"rougeL": score, "rouge1": score, "rouge2": score, "rougeLsum": score,
-                                        "gen_tokens": 5.0, "gen_words": 4.0}, predictions, 1.0, {}, None,
-                             {"tokenizer": "ascii", "references": "max over summary1, summary2"})
+        store.complete_trial(trial_id, TrialResult({"rougeL": score, "rouge1": score, "rouge2": score, "rougeLsum": score,
+                                                    "gen_tokens": 5.0, "gen_words": 4.0}, predictions, None, {},
+                                                   {"tokenizer": "ascii", "references": "max over summary1, summary2"}),
+                             1.0)
     return url
 
 
@@ -81,7 +83,7 @@ def test_a_2x2x2_grid_is_drawn_as_rank_by_learning_rate_with_one_panel_per_promp
         trial_id, _ = store.register_trial(sweep_id, name, "trial", {"prompt": prompt, "lora.rank": rank,
                                                                         "training.learning_rate": lr}, {}, name)
         scores[name] = 0.2 + 0.01 * i
-        store.complete_trial(trial_id, {"rougeL": scores[name], "gen_tokens": 20.0}, [], 1.0, {}, None, {})
+        store.complete_trial(trial_id, TrialResult({"rougeL": scores[name], "gen_tokens": 20.0}, [], None, {}, {}), 1.0)
     summary = store.summary("g")
     html = report.render(summary, leaderboard.build(summary), "rougeL", {}, {}, {}, storage_url=store.url)
     assert "The grid: rougeL by lora.rank and training.learning_rate" in html

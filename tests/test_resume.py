@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from orchestrator.plan import expand
-from orchestrator.spec import parse_spec
+from orchestrator.search import expand
+from orchestrator.loading import parse_spec
 from tests.conftest import tiny_spec
 from trainer import checkpoints
 from trainer.data import load_trial_data
@@ -92,7 +92,7 @@ def test_a_checkpoint_of_a_model_since_rewritten_at_the_same_path_is_never_resum
 
     from safetensors.torch import save_file
 
-    from orchestrator.plan import content_key
+    from trainer.identity import content_key
     from trainer.models import model_identity
 
     model_dir = tmp_path / "model"

@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from orchestrator.cli import main
-from orchestrator.spec import SpecError, find_spec, load_spec, parse_spec
+from orchestrator.loading import find_spec, load_spec, parse_spec
+from orchestrator.spec import SpecError
 from tests.conftest import tiny_spec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -208,7 +209,7 @@ def test_optuna_ranges_are_typed_and_grid_sampler_needs_choices(spec):
 
 def test_shipped_optuna_spec_is_valid_and_plans_its_baselines():
     spec = load_spec(str(REPO / "sweeps" / "optuna_tpe.yaml"))
-    from orchestrator.plan import expand
+    from orchestrator.search import expand
     from orchestrator.study import distributions
 
     assert [t.name for t in expand(spec)] == ["v1-zero-shot", "v2-zero-shot"]
@@ -319,7 +320,7 @@ def test_a_model_whose_tokenizer_cannot_load_exits_2_before_anything_runs(spec, 
 
 
 def test_an_epoch_budget_replaces_max_steps_and_is_checked_on_the_data(spec, tmp_path, capsys):
-    from orchestrator.plan import expand
+    from orchestrator.search import expand
 
     spec["training"].update(epochs=2, warmup_steps=1, warmup_ratio=0.1)
     found = problems_of(spec)
@@ -345,7 +346,7 @@ def test_an_epoch_budget_replaces_max_steps_and_is_checked_on_the_data(spec, tmp
 
 
 def test_paged_optimizers_are_refused_for_trials_without_a_gpu(spec):
-    from orchestrator.sweep import Unschedulable, check_placement
+    from orchestrator.placement import Unschedulable, check_placement
 
     spec["resources"] = {"gpus_per_trial": 0}
     spec["search"]["grid"]["training.optimizer"] = ["adamw_8bit", "paged_adamw_8bit"]
@@ -365,6 +366,6 @@ def test_paged_optimizers_are_refused_for_trials_without_a_gpu(spec):
         largest_node = total
 
     spec["resources"] = {"gpus_per_trial": 1}
-    with pytest.raises(Unschedulable, match="this Ray cluster has no GPU; given paged_adamw_32bit; allowed: adamw"):
+    with pytest.raises(Unschedulable, match="this Ray cluster has no GPU; given 'paged_adamw_32bit'; allowed: adamw"):
         check_placement(parse_spec(spec).resources, CpuOnlyCluster(), {"adamw", "paged_adamw_32bit"})
     check_placement(parse_spec(spec).resources, CpuOnlyCluster(), {"adamw", "adamw_8bit"})

@@ -6,6 +6,7 @@ import pytest
 from sqlalchemy import text
 
 from results.store import Store
+from trainer.result import TrialResult
 
 
 @pytest.fixture(params=["file", "memory"])
@@ -24,10 +25,11 @@ def test_trial_lifecycle(store):
     assert not done
     store.mark_running(trial_id)
     store.add_metrics(trial_id, [("train/loss", 1, 2.5), ("train/loss", 2, 2.0)])
-    store.complete_trial(trial_id, {"rougeL": 0.31, "gen_tokens": 20.0},
-                         [{"example_id": "e1", "prediction": "p", "reference": "r", "new_tokens": 3, "rougeL": 0.3}],
-                         runtime_s=12.5, timings={"train": 10.0}, adapter_dir="a",
-                         environment={"device": "cpu: x", "compute_dtype": "float32", "host_rss_mib": 812.5})
+    store.complete_trial(trial_id, TrialResult(
+        {"rougeL": 0.31, "gen_tokens": 20.0},
+        [{"example_id": "e1", "prediction": "p", "reference": "r", "new_tokens": 3, "rougeL": 0.3}],
+        adapter_dir="a", timings_s={"train": 10.0}),
+        runtime_s=12.5, environment={"device": "cpu: x", "compute_dtype": "float32", "host_rss_mib": 812.5})
     summary = store.summary("s")
     [t] = summary.trials
     assert t.environment == {"device": "cpu: x", "compute_dtype": "float32", "host_rss_mib": 812.5}
@@ -55,7 +57,7 @@ def test_rerun_reuses_completed_and_never_duplicates(store):
     assert store.curves(trial_id) == [] and store.summary("s").trials[0].resumed_from_step == 1
     store.resume_from(trial_id, 0)  # another attempt, from scratch
     assert store.summary("s").trials[0].resumed_from_step is None
-    store.complete_trial(trial_id, {"rougeL": 0.2}, [], 1.0, {}, None)
+    store.complete_trial(trial_id, TrialResult({"rougeL": 0.2}, [], None, {}), 1.0)
     assert _trial(store, sweep_id) == (trial_id, True)
     assert _trial(store, sweep_id, key="changed") == (trial_id, False)  # config changed -> re-run
     assert store.open_sweep("s", {}, "runs/s", {}) == sweep_id
@@ -145,6 +147,49 @@ def test_a_0_1_store_is_upgraded_in_place(tmp_path):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     optuna.create_study(storage=f"sqlite:///{path}", study_name="fits")
     assert Store(f"sqlite:///{path}").summary("old").trials[0].metrics == {"rougeL": 0.27}
+
+
+def _columns(url: str) -> dict[str, set[str]]:
+    from sqlalchemy import create_engine, inspect
+
+    tables = inspect(create_engine(url))
+    return {t: {c["name"] for c in tables.get_columns(t)} for t in tables.get_table_names() if t.startswith("sweep")}
+
+
+def _revision(url: str) -> str | None:
+    import sqlite3
+
+    from results.migrate import VERSION_TABLE
+
+    with sqlite3.connect(url.removeprefix("sqlite:///")) as db:
+        return db.execute(f"SELECT version_num FROM {VERSION_TABLE}").fetchone()[0]
+
+
+def test_a_store_written_before_migrations_is_stamped_and_upgraded_to_the_orm_layout(tmp_path):
+    from sqlalchemy import create_engine
+
+    from results.migrate import head
+    from results.models import Base
+
+    before = f"sqlite:///{tmp_path / 'before.db'}"  # the layout of the version before Alembic: create_all, no stamp
+    Base.metadata.create_all(create_engine(before))
+    fresh = f"sqlite:///{tmp_path / 'fresh.db'}"
+    Store(fresh)
+    store = Store(before)
+    sweep_id = store.open_sweep("s", {}, "runs/s", {})
+    trial_id, _ = _trial(store, sweep_id)
+    store.end_trial(trial_id, "failed", "boom")
+    assert _revision(before) == _revision(fresh) == head() == "0003"
+    assert _columns(before) == _columns(fresh)
+    assert Store(before).summary("s").trials[0].error == "boom"  # opened again: nothing to do, nothing lost
+
+
+def test_the_0_1_layout_upgrades_through_every_migration_to_what_the_orm_creates(tmp_path):
+    test_a_0_1_store_is_upgraded_in_place(tmp_path)
+    fresh = f"sqlite:///{tmp_path / 'fresh.db'}"
+    Store(fresh)
+    upgraded = f"sqlite:///{tmp_path / 'old.db'}"
+    assert _columns(upgraded) == _columns(fresh) and _revision(upgraded) == "0003"
 
 
 def test_sweep_stop_never_clears_a_driver_that_claimed_the_sweep_after_it_looked(store):

@@ -9,7 +9,7 @@ import optuna
 import pytest
 
 from orchestrator.ray_backend import RayBackend
-from orchestrator.spec import parse_spec
+from orchestrator.loading import parse_spec
 from orchestrator.study import SWEEP_TRIAL_ATTR
 from orchestrator.sweep import run_sweep
 from results import leaderboard
@@ -108,7 +108,7 @@ def test_shipped_optuna_spec_runs_on_the_embedded_model(data_root, tmp_path, mon
     """sweeps/optuna_tpe.yaml as shipped, on a smaller budget: real SmolLM2 (NF4), DialogSum, TPE, median pruner."""
     import dataclasses
 
-    from orchestrator.spec import load_spec
+    from orchestrator.loading import load_spec
 
     monkeypatch.setenv("QLORA_SWEEP_DATA_DIR", str(data_root))
     spec = load_spec(str(Path(__file__).resolve().parents[1] / "sweeps" / "optuna_tpe.yaml"))

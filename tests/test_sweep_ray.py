@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.cli import main
-from orchestrator.spec import parse_spec
+from orchestrator.loading import parse_spec
 from orchestrator.sweep import run_sweep
 from results.store import Store
 from tests.conftest import tiny_spec

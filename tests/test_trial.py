@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from orchestrator.plan import expand
-from orchestrator.spec import parse_spec
+from orchestrator.search import expand
+from orchestrator.loading import parse_spec
 from tests.conftest import tiny_spec
 from trainer.data import load_trial_data
 from trainer.events import Event, Metric, Phase
@@ -319,8 +319,9 @@ def test_a_paged_optimizer_on_a_worker_without_gpu_is_a_clear_error():
     from trainer.trial import _optimizer
 
     assert _optimizer("adamw") == {} and _optimizer("adamw_8bit") == {"optim": "adamw_bnb_8bit"}
-    with pytest.raises(ValueError, match="paged_adamw_8bit pages optimizer state out of GPU memory, and this "
-                                         "worker has no GPU; allowed here: adamw, adamw_8bit"):
+    with pytest.raises(ValueError, match="training.optimizer: a paged optimizer pages its state out of GPU memory, "
+                                         "and this worker has no GPU; given 'paged_adamw_8bit'; allowed: adamw, "
+                                         "adamw_8bit"):
         _optimizer("paged_adamw_8bit")
 
 

@@ -16,13 +16,33 @@ PROMPT_PLACEHOLDER = "dialogue"
 DEFAULT_MAX_STEPS = 32
 DEFAULT_PARAPHRASE_PROMPT = ("Rewrite the following sentence in other words, keeping its meaning, names and "
                              "numbers. Reply with the rewritten sentence only.\n\nSentence: {text}")
-# Keys that exclude each other: a grid value, a study proposal or a --set of one clears the other (key ->
-# the other key, its cleared value).
-EXCLUSIVE_KEYS = {"training.max_steps": ("training.epochs", None), "training.epochs": ("training.max_steps", None),
-                  "training.warmup_steps": ("training.warmup_ratio", None),
-                  "training.warmup_ratio": ("training.warmup_steps", 0)}
+# Field metadata read by trainer.identity (never restated elsewhere):
+# - "baseline": True when the setting changes what a zero-shot run computes (the model, the prompt, the eval data,
+#   generation, scoring, the sequence length); the deepest marked field or section decides, unmarked is False.
+# - "since": the setting was added after trials were stored (the day it came); left at its default it is not part
+#   of a trial's identity, so a stored trial keeps its key (and is reused) after an upgrade.
+SINCE_AUGMENTATION = "2026-11-24"
+# Keys that exclude each other (key -> the other key, its cleared value); read through `cleared_by` only.
+_EXCLUSIVE_KEYS = {"training.max_steps": ("training.epochs", None), "training.epochs": ("training.max_steps", None),
+                   "training.warmup_steps": ("training.warmup_ratio", None),
+                   "training.warmup_ratio": ("training.warmup_steps", 0)}
 # bitsandbytes' paged optimizers page their state between GPU and host memory; a CPU has nothing to page.
 PAGED_OPTIMIZERS = ("paged_adamw_8bit", "paged_adamw_32bit")
+
+
+def cleared_by(dotted: str, value: object) -> tuple[str, object] | None:
+    """(the other key, its cleared value) when setting `dotted` to `value` clears an exclusive partner: a grid
+    value, a study proposal or a `--set` of `training.epochs` replaces the spec's `max_steps`, and so on."""
+    return _EXCLUSIVE_KEYS.get(dotted) if value is not None else None
+
+
+def paged_optimizer_problem(path: str, optimizer: str, no_gpu_because: str) -> ConfigProblem | None:
+    """The one refusal of a paged optimizer where a trial gets no GPU (the spec, the cluster, the worker say
+    why in `no_gpu_because`); None for any other optimizer."""
+    if optimizer not in PAGED_OPTIMIZERS:
+        return None
+    return ConfigProblem(path, f"a paged optimizer pages its state out of GPU memory, and {no_gpu_because}",
+                         optimizer, "adamw, adamw_8bit", "set training.optimizer: adamw_8bit, or give trials a GPU")
 
 
 @dataclass(frozen=True)
@@ -56,11 +76,11 @@ class DatasetConfig:
     """Named preset (`dialogsum`, `samsum`); null to read `train_file` and `eval_file` instead."""
     mirror_dir: str | None = None
     """Directory holding `<name>/<split>.jsonl`; null uses $QLORA_SWEEP_DATA_DIR, then the hub."""
-    train_file: str | None = None
+    train_file: str | None = field(default=None, metadata={"baseline": False})
     """Local JSONL or CSV file with training rows (used when `name` is null)."""
     eval_file: str | None = None
     """Local JSONL or CSV file with evaluation rows (used when `name` is null)."""
-    train_split: str = "validation"
+    train_split: str = field(default="validation", metadata={"baseline": False})
     """Split of the preset to train on (the local DialogSum mirror has no train split)."""
     eval_split: str = "test"
     """Split of the preset to evaluate on; never overlaps the training split."""
@@ -71,7 +91,7 @@ class DatasetConfig:
     reference_columns: list[str] | None = None
     """Eval reference columns, all scored (see scoring.references); null: `summary_column`, else
     `summary1`, `summary2`, ..."""
-    train_examples: int = field(default=128, metadata={"ge": 1})
+    train_examples: int = field(default=128, metadata={"ge": 1, "baseline": False})
     """Training rows used (a fixed seeded sample); more rows cost nothing per step, only variety."""
     eval_examples: int = field(default=40, metadata={"ge": 1})
     """Evaluation rows (a fixed seeded subset); each costs one generation per trial."""
@@ -139,7 +159,7 @@ class TrainingConfig:
     max_steps: int | None = field(default=None, metadata={"ge": 1})
     """Optimizer steps per trial: the same budget for every trial whatever its data. Give it or `epochs`, not
     both; neither means 32."""
-    epochs: float | None = field(default=None, metadata={"gt": 0.0})
+    epochs: float | None = field(default=None, metadata={"gt": 0.0, "since": SINCE_AUGMENTATION})
     """Passes over the training rows instead of max_steps (may be fractional): steps = ceil(epochs x
     ceil(rows / micro_batch_size / gradient_accumulation_steps)), counted by each trial on the rows that fit, so
     augmentation lengthens training. Suits full-dataset runs; max_steps suits equal-cost grids."""
@@ -153,10 +173,11 @@ class TrainingConfig:
     """Learning-rate schedule over max_steps."""
     warmup_steps: int = field(default=0, metadata={"ge": 0})
     """Linear warm-up steps at the start of the schedule."""
-    warmup_ratio: float | None = field(default=None, metadata={"ge": 0.0, "lt": 1.0})
+    warmup_ratio: float | None = field(default=None, metadata={"ge": 0.0, "lt": 1.0, "since": SINCE_AUGMENTATION})
     """Warm-up as a share of the trial's steps (rounded up), instead of warmup_steps; follows an epoch budget.
     ~0.03 is common; 0 or null = no warm-up."""
-    optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit"] = "adamw"
+    optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit"] = field(
+        default="adamw", metadata={"since": SINCE_AUGMENTATION})
     """`adamw`: torch's AdamW, state 8 bytes per trained weight. `adamw_8bit`: bitsandbytes' 8-bit AdamW, ~2
     bytes; matters for full fine-tunes, hardly for LoRA. `paged_*`: bitsandbytes pages the state to host memory
     when the GPU runs out (GPU only; refused for CPU trials)."""
@@ -165,7 +186,7 @@ class TrainingConfig:
     too low slows learning."""
     weight_decay: float = field(default=0.0, metadata={"ge": 0.0})
     """AdamW's decoupled weight decay on the trained weights; 0.01-0.1 regularizes long runs, 0 suits short ones."""
-    max_seq_length: int = field(default=384, metadata={"ge": 32})
+    max_seq_length: int = field(default=384, metadata={"ge": 32, "baseline": True})
     """Tokens per training example; the dialogue is truncated to fit, never the summary."""
     seed: int = 42
     """Seed of LoRA init and data order; the same across trials so only the swept keys differ."""
@@ -276,14 +297,14 @@ class AugmentationConfig:
     speaker_swap: float = field(default=0.0, metadata={"ge": 0.0, "le": 1.0})
     """Share of training rows added once more with their speakers exchanged (consistently in dialogue and
     summary); 0 = none. Teaches who-did-what rather than names; the eval split is never augmented."""
-    paraphrase: float = field(default=0.0, metadata={"ge": 0.0, "le": 1.0})
+    paraphrase: float = field(default=0.0, metadata={"ge": 0.0, "le": 1.0, "since": SINCE_AUGMENTATION})
     """Share of training rows added once more with the dialogue paraphrased turn by turn by `paraphrase_model`
     (speaker tags and summary kept); 0 = none. More wording variety; a weak generator adds noise. Generated once
     per sweep on the driver before the trials, and cached by content."""
-    paraphrase_model: str | None = None
+    paraphrase_model: str | None = field(default=None, metadata={"since": SINCE_AUGMENTATION})
     """The paraphrasing causal LM: a local folder, `smollm2-135m-instruct`, or a hub id; needed when paraphrase
     > 0. Its identity, the prompt and the seed are stored with the sweep."""
-    paraphrase_prompt: str = DEFAULT_PARAPHRASE_PROMPT
+    paraphrase_prompt: str = field(default=DEFAULT_PARAPHRASE_PROMPT, metadata={"since": SINCE_AUGMENTATION})
     """What the generator is asked, once per turn; `{text}` is the turn's text. Write it in the data's language
     (an English request makes many models answer in English)."""
     seed: int = 0
@@ -322,19 +343,20 @@ class ScoringConfig:
 
 @dataclass(frozen=True)
 class TrialConfig:
-    """Everything one trial needs: the spec's defaults with one grid point applied."""
+    """Everything one trial needs: the spec's defaults with one grid point applied. Field metadata `baseline`
+    marks what its zero-shot baseline shares with it (trainer.identity.zero_shot_config)."""
 
-    model: ModelConfig = field(default_factory=ModelConfig)
-    dataset: DatasetConfig = field(default_factory=DatasetConfig)
-    prompt: str = ""
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"baseline": True})
+    dataset: DatasetConfig = field(default_factory=DatasetConfig, metadata={"baseline": True})
+    prompt: str = field(default="", metadata={"baseline": True})
     """Name of the prompt template."""
-    prompt_template: str = ""
+    prompt_template: str = field(default="", metadata={"baseline": True})
     """The template itself; `{dialogue}` is replaced by the (truncated) dialogue."""
     lora: LoraSettings = field(default_factory=LoraSettings)
-    quantization: QuantizationConfig = field(default_factory=QuantizationConfig)
+    quantization: QuantizationConfig = field(default_factory=QuantizationConfig, metadata={"baseline": True})
     training: TrainingConfig = field(default_factory=TrainingConfig)
-    generation: GenerationConfig = field(default_factory=GenerationConfig)
-    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig, metadata={"baseline": True})
+    scoring: ScoringConfig = field(default_factory=ScoringConfig, metadata={"baseline": True})
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
     zero_shot: bool = False
     """True for a baseline: no adapter, no training, only the evaluation."""

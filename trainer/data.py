@@ -11,10 +11,10 @@ import json
 import os
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from trainer.config import DatasetConfig
+from trainer.config import SINCE_AUGMENTATION, DatasetConfig
 
 DATA_DIR_ENV = "QLORA_SWEEP_DATA_DIR"
 HUB_IDS = {"dialogsum": "knkarthick/dialogsum", "samsum": "knkarthick/samsum"}
@@ -38,10 +38,10 @@ class TrialData:
     """Eval columns the references came from."""
     skipped_rows: tuple[int, int] = (0, 0)
     """(train, eval) rows dropped for an empty or missing dialogue or summary."""
-    paraphrased: tuple[Example, ...] = ()
+    paraphrased: tuple[Example, ...] = field(default=(), metadata={"since": SINCE_AUGMENTATION})
     """Training rows with paraphrased dialogues (trainer.paraphrase), added to `train` by the trials whose
     augmentation asked for them; never eval rows."""
-    paraphrase_source: str = ""
+    paraphrase_source: str = field(default="", metadata={"since": SINCE_AUGMENTATION})
     """How `paraphrased` was made: generator and its identity, prompt, seed, sampling (shown in the notes)."""
 
 

@@ -36,12 +36,36 @@ class Environment:
     environment: dict
 
 
+class Step(str, Enum):
+    """A trial's named steps, in order."""
+
+    LOAD = "load"
+    ADAPT = "adapt"
+    TRAIN = "train"
+    EVALUATE = "evaluate"
+    """The final evaluation: the metrics it reports are the trial's result, not interim ones."""
+    SAVE = "save"
+
+    def __str__(self) -> str:
+        return self.value
+
+
 @dataclass(frozen=True)
 class Phase:
     """The trial entered one of its named steps."""
 
-    name: str
-    """load, adapt, train, evaluate or save."""
+    name: Step
+    """load, adapt, train, evaluate or save (a plain string is read as its Step)."""
+
+    def __post_init__(self):
+        object.__setattr__(self, "name", Step(self.name))
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A complete checkpoint was saved at optimizer step `step`: a new attempt would resume there."""
+
+    step: int
 
 
 @dataclass(frozen=True)
@@ -53,9 +77,9 @@ class Metric:
     value: float
 
 
-Event = Started | Attempt | Environment | Phase | Metric
+Event = Started | Attempt | Environment | Phase | Metric | Checkpoint
 _KINDS: dict[str, type] = {"started": Started, "attempt": Attempt, "environment": Environment, "step": Phase,
-                           "metric": Metric}
+                           "metric": Metric, "checkpoint": Checkpoint}
 _TAGS = {kind: tag for tag, kind in _KINDS.items()}
 
 
@@ -90,7 +114,8 @@ def failure_kind(error: BaseException) -> FailureKind:
 
 def encode(event: Event) -> dict:
     """The wire form: `{"event": tag, **fields}`."""
-    return {"event": _TAGS[type(event)], **dataclasses.asdict(event)}
+    fields = {k: v.value if isinstance(v, Enum) else v for k, v in dataclasses.asdict(event).items()}
+    return {"event": _TAGS[type(event)], **fields}
 
 
 def decode(raw: dict) -> Event:

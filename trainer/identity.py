@@ -7,24 +7,34 @@
   product (an out-of-memory retry halves one and doubles the other) and the eval batch size left out (it
   changes how prompts are grouped, not what is learned). A local model rewritten at the same path changes
   both keys, so its old checkpoints are never resumed.
+- The baseline key: what a trial shares with its zero-shot baseline, from the `baseline` field metadata.
 No torch or transformers here: the Ray task computes the resume key before a trial imports anything.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
+import typing
 from typing import Any
 
-from trainer.config import DEFAULT_PARAPHRASE_PROMPT, TrialConfig
+from trainer.config import TrialConfig
+from trainer.data import TrialData
 
-# Settings added after trials were stored: left at these defaults they are not part of the key, so a stored
-# trial keeps its key (and is reused) after an upgrade; set to anything else they are.
-_ADDED_LATER = {"config": {"training": {"epochs": None, "warmup_ratio": None, "optimizer": "adamw"},
-                           "augmentation": {"paraphrase": 0.0, "paraphrase_model": None,
-                                            "paraphrase_prompt": DEFAULT_PARAPHRASE_PROMPT}},
-                "data": {"paraphrased": [], "paraphrase_source": ""}}
+
+def added_later(cls: type) -> dict:
+    """The fields of `cls` (and its sections) marked `since`, with their defaults: {name: default or {...}}."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if "since" in f.metadata:
+            out[f.name] = _default(f)
+        elif dataclasses.is_dataclass(section := _section_type(cls, f)):
+            nested = added_later(section)
+            if nested:
+                out[f.name] = nested
+    return out
 
 
 def trial_key(config: TrialConfig, data, model: dict | None, as_training_sees_it: bool = False) -> str:
@@ -32,7 +42,7 @@ def trial_key(config: TrialConfig, data, model: dict | None, as_training_sees_it
     if as_training_sees_it:
         config = _training_view(config)
     payload = {"config": dataclasses.asdict(config), "data": dataclasses.asdict(data), "model": model}
-    _drop_defaults(payload, _ADDED_LATER)
+    _drop_defaults(payload, {"config": added_later(TrialConfig), "data": added_later(TrialData)})
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -63,4 +73,63 @@ def _drop_defaults(node: dict, defaults: dict) -> None:
 
 
 def _same(value: Any, default: Any) -> bool:
-    return list(value) == default if isinstance(default, list) else value == default
+    return list(value) == list(default) if isinstance(default, (list, tuple)) else value == default
+
+
+def affects_baseline(dotted: str) -> bool:
+    """Does this dotted trial key change what a zero-shot run computes? The deepest field or section along its
+    path that carries `baseline` metadata decides (trainer.config); unmarked means no."""
+    cls, relevant = TrialConfig, False
+    for name in dotted.split("."):
+        f = {f.name: f for f in dataclasses.fields(cls)}[name]
+        relevant = f.metadata.get("baseline", relevant)
+        cls = _section_type(cls, f)
+        if not dataclasses.is_dataclass(cls):
+            break
+    return relevant
+
+
+def zero_shot_config(config: TrialConfig) -> TrialConfig:
+    """The baseline of a trial: its `baseline` sections whole (model, prompt, quantization, data, generation,
+    scoring) and the marked fields of the others (the sequence length), with no adapter and no training. Not its
+    seed: decoding is greedy or beam search, never sampled, so a zero-shot run is the same for every seed, and
+    the trials of a seed axis share one baseline."""
+    changes: dict[str, Any] = {}
+    for f in dataclasses.fields(TrialConfig):
+        if f.metadata.get("baseline") or f.name == "zero_shot":
+            continue
+        section = _section_type(TrialConfig, f)
+        if dataclasses.is_dataclass(section):
+            value = getattr(config, f.name)
+            changes[f.name] = section(**{g.name: getattr(value, g.name) for g in dataclasses.fields(section)
+                                         if g.metadata.get("baseline")})
+        else:
+            changes[f.name] = _default(f)
+    return dataclasses.replace(config, zero_shot=True, **changes)
+
+
+def baseline_key(config: TrialConfig) -> str:
+    """Equal for every trial that one zero-shot run stands for: inside the baseline's sections, the fields marked
+    `baseline: False` (the training rows) do not count either."""
+    view = zero_shot_config(config)
+    cleared = {}
+    for f in dataclasses.fields(TrialConfig):
+        section = _section_type(TrialConfig, f)
+        if dataclasses.is_dataclass(section):
+            train_only = {g.name: _default(g) for g in dataclasses.fields(section) if g.metadata.get("baseline") is False}
+            cleared[f.name] = dataclasses.replace(getattr(view, f.name), **train_only)
+    return json.dumps(dataclasses.asdict(dataclasses.replace(view, **cleared)), sort_keys=True, default=str)
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def _section_type(cls: type, f: dataclasses.Field) -> Any:
+    """The type of field `f` (annotations are strings under `from __future__ import annotations`)."""
+    return _hints(cls).get(f.name)
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)

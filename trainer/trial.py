@@ -19,9 +19,9 @@ from evaluation import EvalResult, Scoring, evaluate
 from evaluation.rouge import resolve_tokenizer
 from trainer import checkpoints, heldout, prompts
 from trainer.augment import training_examples
-from trainer.config import PAGED_OPTIMIZERS, TrialConfig
+from trainer.config import TrialConfig, paged_optimizer_problem
 from trainer.data import TrialData
-from trainer.events import Environment, Event, Metric, Phase, TrialDiverged
+from trainer.events import Checkpoint, Environment, Event, Metric, Phase, Step, TrialDiverged
 from trainer.fourbit import dequantized_for_eval
 from trainer.hardware import environment_record, peak_memory_mib, probe_device, resolve_precision
 from trainer.models import load_model, load_tokenizer, resolve_model_path
@@ -38,25 +38,25 @@ def run_trial(cfg: TrialConfig, data: TrialData, out_dir: Path, report: Report,
     cfg, environment = resolve_device(cfg, report)
     set_seed(cfg.training.seed)  # LoRA init happens in adapt(), before SFTTrainer would seed
     timings: dict[str, float] = {}
-    with _step("load", timings, report):
+    with _step(Step.LOAD, timings, report):
         tokenizer, model = load(cfg)
         seq2seq = model.config.is_encoder_decoder
         evaluator = make_evaluator(cfg, tokenizer, data, encoder_decoder=seq2seq)
         interim = make_evaluator(cfg, tokenizer, data, cfg.training.interim_eval_examples, encoder_decoder=seq2seq)
     adapter_dir = None
     if not cfg.zero_shot:
-        with _step("adapt", timings, report):
+        with _step(Step.ADAPT, timings, report):
             model = adapt(model, cfg)
-        with _step("train", timings, report):
+        with _step(Step.TRAIN, timings, report):
             skipped, total_steps = train(model, tokenizer, cfg, data, out_dir, report, interim, key)
         # Rows whose summary alone does not fit max_seq_length: dropped, never truncated.
         report(Metric("train/skipped_examples", 0, float(skipped)))
     footprint = parameter_counts(model, trained=not cfg.zero_shot)
-    with _step("evaluate", timings, report):
+    with _step(Step.EVALUATE, timings, report):
         result = evaluator(model)
         _report_eval(report, result, 0 if cfg.zero_shot else total_steps)
     if not cfg.zero_shot:
-        with _step("save", timings, report):
+        with _step(Step.SAVE, timings, report):
             adapter_dir = save(model, out_dir)
             checkpoints.remove_checkpoints(out_dir)
     footprint["saved_mib"] = _folder_mib(adapter_dir)
@@ -113,7 +113,7 @@ def train(model, tokenizer, cfg: TrialConfig, data: TrialData, out_dir: Path, re
     if resume is not None:
         print(f"resuming from the checkpoint of step {step}: {resume}", flush=True)
         reporter.replay(checkpoints.reported_points(resume))
-    callbacks = [reporter, CheckpointCallback(resume_key, reporter.points)]
+    callbacks = [reporter, CheckpointCallback(resume_key, reporter.points, report)]
     if model.config.is_encoder_decoder:
         from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments
 
@@ -156,9 +156,10 @@ _OPTIMIZERS = {"adamw_8bit": "adamw_bnb_8bit", "paged_adamw_8bit": "paged_adamw_
 def _optimizer(name: str) -> dict:
     import torch
 
-    if name in PAGED_OPTIMIZERS and not torch.cuda.is_available():
-        raise ValueError(f"training.optimizer: {name} pages optimizer state out of GPU memory, and this worker has "
-                         f"no GPU; allowed here: adamw, adamw_8bit. Fix: set training.optimizer: adamw_8bit")
+    problem = None if torch.cuda.is_available() else paged_optimizer_problem("training.optimizer", name,
+                                                                            "this worker has no GPU")
+    if problem is not None:
+        raise ValueError(problem.render())
     return {"optim": _OPTIMIZERS[name]} if name in _OPTIMIZERS else {}
 
 
@@ -328,14 +329,15 @@ class ReportCallback(TrainerCallback):
 
 
 class CheckpointCallback(TrainerCallback):
-    """After the Trainer saved a checkpoint: mark it complete, with the points reported so far."""
+    """After the Trainer saved a checkpoint: mark it complete, with the points reported so far, and say so."""
 
-    def __init__(self, resume_key: str, points: list[Event]):
-        self.resume_key, self.points = resume_key, points
+    def __init__(self, resume_key: str, points: list[Event], report: Report):
+        self.resume_key, self.points, self.report = resume_key, points, report
 
     def on_save(self, args, state, control, **kwargs):
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         checkpoints.mark_complete(folder, self.resume_key, self.points)
+        self.report(Checkpoint(state.global_step))  # not among `points`: an attempt replays curve points only
 
 
 def _report_eval(report: Report, result: EvalResult, step: int) -> None:
@@ -348,13 +350,13 @@ def _report_eval(report: Report, result: EvalResult, step: int) -> None:
 
 
 @contextmanager
-def _step(name: str, timings: dict[str, float], report: Report) -> Iterator[None]:
-    report(Phase(name))
+def _step(step: Step, timings: dict[str, float], report: Report) -> Iterator[None]:
+    report(Phase(step))
     start = time.perf_counter()
     try:
         yield
     finally:
-        timings[name] = time.perf_counter() - start
+        timings[step.value] = time.perf_counter() - start
 
 
 def _set_threads(num_threads: int | None) -> None:

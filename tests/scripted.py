@@ -1,0 +1,94 @@
+"""A scripted Backend: no Ray, no model. Each submitted trial plays a script, one item per poll of the driver,
+so the driver's lifecycle is tested in-process in seconds (the Ray tests keep testing the real backend)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from orchestrator.backend import Outcome
+from trainer import events as ev
+from trainer.config import TrialConfig
+from trainer.result import TrialResult
+
+HANG = "hang"
+"""A script item: the trial reports nothing more and never ends, until it is cancelled."""
+
+
+@dataclass(frozen=True)
+class Finish:
+    metrics: dict[str, float]
+    runtime_s: float = 1.0
+
+
+@dataclass(frozen=True)
+class Fail:
+    error: str
+    failure: ev.FailureKind = ev.FailureKind.RAISED
+
+
+Script = list  # of ev.Event, Finish, Fail or HANG
+
+
+class ScriptedBackend:
+    """Implements orchestrator.backend.Backend. `script(config)` gives a trial's items; a submitted trial
+    reports Started and Attempt(0) first, as RayBackend's workers do."""
+
+    def __init__(self, script: Callable[[TrialConfig], Script], cpus: int = 2, tick_s: float = 0.005):
+        self.script, self.cpus, self.tick_s = script, cpus, tick_s
+        self._scripts: dict[Any, list] = {}
+        self._cancelled: set[Any] = set()
+        self._events: list[tuple[Any, ev.Event]] = []
+        self.submitted: list[tuple[Any, TrialConfig]] = []
+
+    def total(self, resource: str) -> float:
+        return float(self.cpus) if resource == "CPU" else 0.0
+
+    largest_node = total
+
+    def share(self, value: Any) -> Any:
+        return value
+
+    def submit(self, key: Any, config: TrialConfig, data_ref: Any, out_dir: Path, cpus: int, gpus: float) -> None:
+        self.submitted.append((key, config))
+        self._scripts[key] = [ev.Started(f"scripted:{len(self.submitted)}"), ev.Attempt(0), *self.script(config)]
+
+    def cancel(self, key: Any) -> None:
+        if key in self._scripts:
+            self._cancelled.add(key)
+
+    def is_pending(self, key: Any) -> bool:
+        return key in self._scripts
+
+    @property
+    def running(self) -> int:
+        return len(self._scripts)
+
+    def finished(self, timeout_s: float) -> list[Outcome]:
+        """Every pending trial plays its next item; those that reached their end (or were cancelled) are returned."""
+        time.sleep(min(timeout_s, self.tick_s))  # a tick of wall time, for the driver's time limits
+        done = []
+        for key in list(self._scripts):
+            if key in self._cancelled:
+                done.append(Outcome(key, error="the worker was killed (cancelled by the driver)",
+                                    failure=ev.FailureKind.WORKER_DIED))
+                continue
+            items = self._scripts[key]
+            item = items[0] if items[0] == HANG else items.pop(0)
+            if isinstance(item, Finish):
+                done.append(Outcome(key, result=TrialResult(item.metrics, [], None, {"train": item.runtime_s}),
+                                    runtime_s=item.runtime_s))
+            elif isinstance(item, Fail):
+                done.append(Outcome(key, error=item.error, failure=item.failure))
+            elif item != HANG:
+                self._events.append((key, item))
+        for outcome in done:
+            del self._scripts[outcome.key]
+            self._cancelled.discard(outcome.key)
+        return done
+
+    def drain_events(self) -> list[tuple[Any, ev.Event]]:
+        drained, self._events = self._events, []
+        return drained
