@@ -19,6 +19,10 @@
 - search:   the full grid (grid_2x2x2) vs a pruned TPE study over the same space (optuna_tpe), same
             model, data and steps per trial: compute spent (fine-tune trial-seconds, start to end as the
             driver saw them, pruned trials included) and the best ROUGE-L each found
+- pruners:  on --pruner-spec (smoke: 8 steps, an interim eval at step 4 on 12 examples, a 2x2x2 grid), the
+            grid's best ROUGE-L, then two TPE studies over the grid's points (6 of its 8, seed 0) pruned by
+            the median pruner and by the Wilcoxon pruner: trial-seconds (in the order trials ended, pruned ones
+            included) until a trial reaches >= 0.95 of the grid's best
 """
 
 from __future__ import annotations
@@ -362,6 +366,62 @@ def _compute_and_best(run) -> tuple[float, float, int, str]:
     return seconds, 100 * best.metrics["rougeL"], len(trials), best.name
 
 
+def bench_pruners(rows: list, spec_name: str, num_cpus: int | None) -> None:
+    grid = _pruner_run(spec_name, num_cpus, None)
+    best = max(t.metrics["rougeL"] for t in _fine_tunes(grid))
+    rows.append((f"pruners: grid best ROUGE-L ({len(_fine_tunes(grid))} trials)", f"{100 * best:.2f}", 1.0, "-", True))
+    reached = {}
+    for pruner in ("median", "wilcoxon"):
+        trials = _fine_tunes(_pruner_run(spec_name, num_cpus, pruner))
+        seconds, hit = 0.0, None
+        for t in sorted(trials, key=lambda t: t.finished_at):
+            seconds += (t.finished_at - t.started_at).total_seconds()
+            if t.status == "completed" and t.metrics.get("rougeL", 0.0) >= 0.95 * best:
+                hit = seconds
+                break
+        pruned = sum(t.status == "pruned" for t in trials)
+        reached[pruner] = hit
+        rows.append((f"pruners: {pruner}: trial-seconds to >= 0.95 of the grid's best ({len(trials)} trials, "
+                     f"{pruned} pruned)", "not reached" if hit is None else f"{hit:.0f} s", 1.0, "-", hit is not None))
+    if None not in reached.values():
+        rows.append(("pruners: wilcoxon / median trial-seconds to 0.95 of the best",
+                     f"{reached['wilcoxon']:.0f} s / {reached['median']:.0f} s",
+                     reached["wilcoxon"] / reached["median"], "< 1.0", reached["wilcoxon"] < reached["median"]))
+
+
+def _pruner_run(spec_name: str, num_cpus: int | None, pruner: str | None):
+    """The spec at 8 steps with an interim eval at step 4 on 12 examples, as a grid (pruner None) or as a TPE
+    study over the grid's points with that pruner; a fresh store each."""
+    import yaml
+
+    from orchestrator.loading import find_spec, parse_spec
+    from orchestrator.ray_backend import RayBackend
+    from orchestrator.sweep import run_sweep
+    from results.store import Store
+
+    raw = yaml.safe_load(find_spec(str(REPO / "sweeps" / spec_name)).read_text(encoding="utf-8"))
+    work = Path(tempfile.mkdtemp(prefix="qlora-sweep-pruners-"))
+    raw["training"].update(max_steps=8, eval_interval_steps=4, interim_eval_examples=12)
+    raw["dataset"].update(eval_examples=12, train_examples=32)
+    grid = {"prompt": ["v1", "v2"], "lora.rank": [8, 16], "training.learning_rate": [2e-4, 1e-3]}
+    raw["output"] = {"run_dir": str(work / "runs"), "store": f"sqlite:///{work / 'bench.db'}"}
+    raw["search"] = {"grid": grid, "baselines": False} if pruner is None else {
+        "type": "optuna", "baselines": False, "space": {k: {"choices": v} for k, v in grid.items()},
+        "optuna": {"sampler": "tpe", "n_trials": 6, "seed": 0, "pruner": pruner, "pruner_startup_trials": 1,
+                   "p_threshold": 0.1, "n_startup_steps": 2}}
+    spec = parse_spec(raw)
+    backend = RayBackend(num_cpus=num_cpus)
+    try:
+        run_sweep(spec, Store(spec.output.store_url()), backend, show_progress=False)
+    finally:
+        backend.shutdown()
+    return Store(spec.output.store_url()).summary(spec.name)
+
+
+def _fine_tunes(summary) -> list:
+    return [t for t in summary.trials if t.kind == "trial" and t.started_at and t.finished_at]
+
+
 def _native_bf16() -> bool:
     from trainer.hardware import probe_device
 
@@ -376,8 +436,9 @@ def _timed(fn) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="step,load,generate,eval,sweep,search",
-                        help="comma list of step, load, generate, eval, sweep, search")
+    parser.add_argument("--only", default="step,load,generate,eval,sweep,search,pruners",
+                        help="comma list of step, load, generate, eval, sweep, search, pruners")
+    parser.add_argument("--pruner-spec", default="smoke.yaml", help="spec file in sweeps/ for the pruner bench")
     parser.add_argument("--steps", type=int, default=4, help="optimizer steps per step measurement (first = warm-up)")
     parser.add_argument("--spec", default="grid_2x2x2.yaml", help="spec file in sweeps/ for the sweep bench")
     parser.add_argument("--study-spec", default="optuna_tpe.yaml", help="study spec compared with --spec")
@@ -402,6 +463,8 @@ def main() -> int:
         bench_sweep(rows, grid_run)
     if "search" in parts:
         bench_search(rows, grid_run, args.study_spec, args.num_cpus)
+    if "pruners" in parts:
+        bench_pruners(rows, args.pruner_spec, args.num_cpus)
     width = max(len(r[0]) for r in rows)
     print(f"\n{hardware}")
     print(f"{'measurement'.ljust(width)}  {'values':<32} {'ratio':>8}  {'target':<16} ok")

@@ -17,8 +17,11 @@ from trainer.data import read_rows, reference_columns, split_source
 from trainer.models import is_local, model_problem
 
 # TrialConfig paths a grid may not set: they are derived per trial.
-_DERIVED = {"prompt_template", "zero_shot"}
+_DERIVED = {"prompt_template", "zero_shot", "warm_start"}
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# Keys that change which eval examples a trial scores (the Wilcoxon pruner pairs them across trials).
+_EVAL_SET_KEYS = {"dataset.name", "dataset.eval_file", "dataset.eval_split", "dataset.eval_examples",
+                  "dataset.sample_seed", "dataset.mirror_dir", "training.interim_eval_examples"}
 # The section of `search` each search.type reads (the other is refused, so a typo'd type is not silent).
 _READS = {"grid": "grid", "optuna": "space"}
 
@@ -97,7 +100,7 @@ def _grid_problems(spec: SweepSpec) -> list[ConfigProblem]:
     problems: list[ConfigProblem] = []
     for key, values in spec.search.grid.items():
         path = f"search.grid.{key}"
-        if _key_problem(key, path, problems):
+        if swept_key_problem(key, path, problems):
             continue
         if not values:
             problems.append(ConfigProblem(path, "a grid axis needs at least one value", values, "a non-empty list"))
@@ -105,7 +108,7 @@ def _grid_problems(spec: SweepSpec) -> list[ConfigProblem]:
     return problems
 
 
-def _key_problem(key: str, path: str, problems: list[ConfigProblem]) -> bool:
+def swept_key_problem(key: str, path: str, problems: list[ConfigProblem]) -> bool:
     allowed = [p for p in schema.leaf_paths(TrialConfig) if p not in _DERIVED]
     if key in allowed:
         return False
@@ -146,7 +149,7 @@ def _study_problems(spec: SweepSpec) -> list[ConfigProblem]:
                                       "e.g. training.learning_rate: {low: 1e-4, high: 1e-3, log: true}"))
     for key, dim in search.space.items():
         path = f"search.space.{key}"
-        if not _key_problem(key, path, problems):
+        if not swept_key_problem(key, path, problems):
             problems += _dimension_problems(spec, key, dim, path)
     return problems + _objective_problems(spec)
 
@@ -214,6 +217,12 @@ def _objective_problems(spec: SweepSpec) -> list[ConfigProblem]:
         problems.append(ConfigProblem("search.optuna.pruner", "Optuna prunes single-objective studies only",
                                       settings.pruner, "none with several objectives",
                                       "set pruner: none, or keep one objective"))
+    swept = sorted(k for k in spec.search.space if k in _EVAL_SET_KEYS)
+    if settings.pruner == "wilcoxon" and swept:
+        problems.append(ConfigProblem("search.optuna.pruner", "the Wilcoxon pruner pairs per-example scores, so every "
+                                      "trial must score the same eval examples", swept,
+                                      "a space without the keys that pick eval examples",
+                                      "fix those keys in the spec, or use pruner: median"))
     t = spec.training
     if not 0 < t.eval_interval_steps < (t.max_steps or math.inf):  # an epoch budget's steps: at the trial
         problems.append(ConfigProblem("training.eval_interval_steps", "a pruner decides on interim evaluations, "
@@ -269,6 +278,13 @@ def _data_problems(cfg: DatasetConfig) -> list[ConfigProblem]:
 
 def _output_problems(output: OutputConfig) -> list[ConfigProblem]:
     from sqlalchemy.engine import make_url
+
+    from orchestrator.mlflow_view import mlflow_missing
+
+    missing = mlflow_missing() if output.mlflow_tracking_uri else None
+    if missing:
+        return [ConfigProblem("output.mlflow_tracking_uri", "an MLflow view needs MLflow", output.mlflow_tracking_uri,
+                              "null, or a tracking URI with mlflow installed", missing.split("Fix: ")[1])]
 
     try:
         make_url(output.store_url())

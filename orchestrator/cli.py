@@ -98,8 +98,9 @@ def _show(args) -> int:
     if found is None:
         return _unknown_trial("show", sweep, args.trial, [t.name for t in store.summary(sweep).trials])
     trial, config = found
+    names = {t.id: t.name for t in store.summary(sweep).trials}
     print(show.render(trial, config, store.curves(trial.id), store.predictions(sweep, args.trial), args.metric,
-                      args.examples))
+                      args.examples, names))
     return 0
 
 
@@ -169,6 +170,28 @@ def _best_fine_tune(summary, metric: str) -> str | None:
 
     done = [t for t in summary.trials if t.kind == "trial" and t.status == "completed" and metric in t.metrics]
     return min(done, key=lambda t: registered(metric).best_first(t.metrics[metric])).name if done else None
+
+
+def _steer(args) -> int:
+    """clone, extend, resume: checked like a spec (exit 2, nothing written), then left for the driver."""
+    from orchestrator import steering
+    from orchestrator.control import driver_alive
+
+    store, sweep = _open_sweep(args, args.command)
+    if sweep is None:
+        return 2
+    if args.command == "clone":
+        message = steering.clone(store, sweep, args.trial, args.set, args.warm_start, args.name).message
+    elif args.command == "extend":
+        message = steering.extend(store, sweep, args.trial, args.steps, args.epochs).message
+    else:
+        message = steering.resume(store, sweep, args.trial)
+    summary = store.summary(sweep)
+    when = (f"the live driver {summary.driver} picks it up within a few seconds"
+            if driver_alive(summary.driver, summary.heartbeat_at)
+            else f"no driver runs {sweep} now: the next `sweep run` of its spec runs it")
+    print(f"{message}; {when} (see `sweep status {sweep}`)")
+    return 0
 
 
 def _stop(args) -> int:
@@ -368,7 +391,27 @@ def _parser() -> argparse.ArgumentParser:
     stop.add_argument("sweep", help=SWEEP_HELP)
     stop.add_argument("trial", nargs="?", help="one trial (default: the whole sweep)")
     stop.set_defaults(handler=_stop)
-    for p in (board, status, show, rep, exp, stop):
+    clone = sub.add_parser("clone", help="add a trial with a trial's settings changed, cold or warm from its checkpoint")
+    clone.add_argument("sweep", help=SWEEP_HELP)
+    clone.add_argument("trial", help="the trial to clone")
+    clone.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="a setting to change, e.g. training.learning_rate=1e-4 (repeatable; the value is YAML)")
+    clone.add_argument("--warm-start", action="store_true",
+                       help="start from the trial's last checkpoint: adapter, data position and step count "
+                            "(optimizer and schedule fresh when a training key changed)")
+    clone.add_argument("--name", help="the new trial's name (default: the parent's, then the changed values)")
+    extend = sub.add_parser("extend", help="continue a completed trial (final checkpoint kept) to a larger budget")
+    extend.add_argument("sweep", help=SWEEP_HELP)
+    extend.add_argument("trial", help="the completed trial (training.keep_final_checkpoint: true)")
+    budget = extend.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--steps", type=int, help="the new budget in optimizer steps (more than it took)")
+    budget.add_argument("--epochs", type=float, help="the new budget in epochs")
+    resume = sub.add_parser("resume", help="run a stopped (interrupted) trial again from its checkpoint")
+    resume.add_argument("sweep", help=SWEEP_HELP)
+    resume.add_argument("trial", help="the interrupted trial")
+    for name, p in (("clone", clone), ("extend", extend), ("resume", resume)):
+        p.set_defaults(handler=_steer, command=name)
+    for p in (board, status, show, rep, exp, stop, clone, extend, resume):
         p.add_argument("--store", help=f"SQLAlchemy URL (default: ${STORE_ENV}, else {DEFAULT_STORE})")
     return parser
 

@@ -9,6 +9,7 @@
        ├──> FAILED       a study proposal with infeasible settings
        └──> INTERRUPTED  stopped before it was submitted
     SUBMITTED, RUNNING ──out of memory──> PENDING   retried once with half the micro batch
+    INTERRUPTED ──`sweep resume`──> PENDING          run again from its checkpoint by the live driver
 
 A move not in `TRANSITIONS` raises IllegalTransition. Each legal one is handed to every registered sink
 (orchestrator.sinks: the store, the Optuna study, TensorBoard, the progress line, the sweep's outcome),
@@ -31,7 +32,9 @@ TRANSITIONS: dict[TrialState, frozenset[TrialState]] = {
     # A result, or an error, can arrive before the worker's `started` event was read.
     S.SUBMITTED: frozenset({S.RUNNING, S.PENDING} | _ENDS - {S.PRUNED}),
     S.RUNNING: frozenset({S.PENDING} | _ENDS),
-    **{final: frozenset() for final in _ENDS | {S.REUSED}},
+    # `sweep resume` runs a stopped trial again (from its checkpoint) while the driver lives.
+    S.INTERRUPTED: frozenset({S.PENDING}),
+    **{final: frozenset() for final in _ENDS - {S.INTERRUPTED} | {S.REUSED}},
 }
 
 
@@ -89,7 +92,8 @@ class Change:
 
 class Sink(Protocol):
     def on_transition(self, change: Change) -> None:
-        """React to one legal move (write, tell, count); raise only on a bug."""
+        """React to one legal move (write, tell, count); raise only on a bug. A sink may also have `close()`,
+        called once when the run ends."""
 
 
 class Lifecycle:
@@ -109,3 +113,8 @@ class Lifecycle:
         for sink in self.sinks:
             sink.on_transition(change)
         return change
+
+    def close(self) -> None:
+        """The run is over: sinks that hold something open (`close()`, optional) release it."""
+        for sink in self.sinks:
+            getattr(sink, "close", lambda: None)()

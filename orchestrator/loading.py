@@ -51,23 +51,31 @@ def apply_overrides(raw: dict, overrides: list[str], problems: list[ConfigProble
     `null`). Unknown keys are reported by the validation that follows, as for the file."""
     out = copy.deepcopy(raw)
     for override in overrides:
-        key, sep, text = override.partition("=")
-        if not sep or not key.strip():
-            problems.append(ConfigProblem("--set", "an override is dotted.key=value", override,
-                                          "e.g. --set model.name=./tiny-llama or --set lora.rank=16"))
+        parsed = parse_override(override, problems)
+        if parsed is None:
             continue
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            problems.append(ConfigProblem(f"--set {key}", "the value must be valid YAML", text, "YAML 1.1", str(exc)))
-            continue
-        _set_path(out, key.strip().split("."), value, key, problems)
-        cleared = cleared_by(key.strip(), value)  # --set training.epochs=3 replaces the file's max_steps
+        key, value = parsed
+        _set_path(out, key.split("."), value, key, problems)
+        cleared = cleared_by(key, value)  # --set training.epochs=3 replaces the file's max_steps
         if cleared is not None:
             section, name = cleared[0].split(".")
             if isinstance(out.get(section), dict):
                 out[section].pop(name, None)
     return out
+
+
+def parse_override(override: str, problems: list[ConfigProblem]) -> tuple[str, Any] | None:
+    """(dotted key, value read as YAML) of one `key=value`; None after appending the problem."""
+    key, sep, text = override.partition("=")
+    if not sep or not key.strip():
+        problems.append(ConfigProblem("--set", "an override is dotted.key=value", override,
+                                      "e.g. --set model.name=./tiny-llama or --set lora.rank=16"))
+        return None
+    try:
+        return key.strip(), yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        problems.append(ConfigProblem(f"--set {key}", "the value must be valid YAML", text, "YAML 1.1", str(exc)))
+        return None
 
 
 def _set_path(node: dict, parts: list[str], value: Any, key: str, problems: list[ConfigProblem]) -> None:

@@ -167,6 +167,11 @@ def _typed(config: TrialConfig, dotted: str, value: Any) -> Any:
     return float(value) if floats and value is not None and not isinstance(value, bool) else value
 
 
+def path_safe(name: str) -> bool:
+    """May `name` be a trial's folder, TensorBoard run and store name as it is?"""
+    return bool(name) and not _UNSAFE.search(name)
+
+
 def get_value(config: Any, dotted: str) -> Any:
     for key in dotted.split("."):
         config = getattr(config, key)

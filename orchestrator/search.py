@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from orchestrator.plan import PlannedTrial, baselines_of, grid_plan, plan_problems, planned_trial, with_baseline
 from orchestrator.spec import Dimension, SweepSpec
 from results.states import TrialState
+from trainer import events as ev
 from trainer.config import ConfigProblem
 from trainer.identity import affects_baseline
 
@@ -59,8 +60,8 @@ class Search:
         """The next trial to run, or None when it has nothing more to propose."""
         return None
 
-    def prune_reason(self, trial: PlannedTrial, name: str, step: int, value: float) -> str | None:
-        """Why `trial` should stop after reporting the interim `name` = `value` at `step`, or None to go on."""
+    def prune_reason(self, trial: PlannedTrial, event: ev.Metric | ev.Scores) -> str | None:
+        """Why `trial` should stop after this interim evaluation (its mean, or its per-example scores), or None."""
         return None
 
     def tell(self, trial: PlannedTrial, state: TrialState, metrics: dict[str, float]) -> None:
@@ -111,11 +112,17 @@ class StudySearch(Search):
         proposed = self.study.ask()
         return None if proposed is None else with_baseline(proposed, self._baselines)
 
-    def prune_reason(self, trial: PlannedTrial, name: str, step: int, value: float) -> str | None:
-        metric = self.spec.search.optuna.objectives[0].metric
-        if trial.study_trial is None or name != f"eval/{metric}" or not self.study.report(trial.study_trial, step, value):
-            return None
-        return f"pruned by the {self.spec.search.optuna.pruner} pruner at step {step}: eval/{metric}={value:.4f}"
+    def prune_reason(self, trial: PlannedTrial, event: ev.Metric | ev.Scores) -> str | None:
+        metric, study = self.spec.search.optuna.objectives[0].metric, self.study
+        per_example = isinstance(event, ev.Scores)
+        if trial.study_trial is None or event.name != f"eval/{metric}" or per_example != study.per_example:
+            return None  # the Wilcoxon pruner reads the per-example scores, the others the mean
+        if per_example:
+            pruned = study.report_examples(trial.study_trial, event.step, list(event.values))
+            shown = f"mean {sum(event.values) / len(event.values):.4f} over {len(event.values)} examples"
+        else:
+            pruned, shown = study.report(trial.study_trial, event.step, event.value), f"{event.value:.4f}"
+        return f"pruned by the {study.settings.pruner} pruner at step {event.step}: eval/{metric}={shown}" if pruned else None
 
     def tell(self, trial: PlannedTrial, state: TrialState, metrics: dict[str, float]) -> None:
         if trial.study_trial is not None:

@@ -53,12 +53,17 @@ class OptunaSettings:
     """Sampler seed, so a study proposes the same first trials each time; null = fresh randomness."""
     objectives: list[Objective] = field(default_factory=lambda: [Objective()])
     """One objective, or several for a Pareto front (e.g. max rougeL, min gen_tokens)."""
-    pruner: Literal["none", "median", "successive_halving"] = "none"
-    """Stop bad trials early from their interim evaluations; successive_halving is asynchronous (ASHA)."""
+    pruner: Literal["none", "median", "successive_halving", "wilcoxon"] = "none"
+    """Stop bad trials early from their interim evaluations; successive_halving is asynchronous (ASHA);
+    wilcoxon pairs each interim eval's per-example scores with the best trial's on the same examples."""
     pruner_startup_trials: int = field(default=2, metadata={"ge": 0})
     """Median pruner: trials that must finish before any is pruned."""
     reduction_factor: int = field(default=3, metadata={"ge": 2})
     """Successive halving: keep 1 in this many trials at each interim evaluation."""
+    p_threshold: float = field(default=0.1, metadata={"gt": 0.0, "lt": 1.0})
+    """Wilcoxon pruner: prune once a trial is worse than the best one at this p-value (lower = surer, later)."""
+    n_startup_steps: int = field(default=2, metadata={"ge": 0})
+    """Wilcoxon pruner: per-example scores a trial reports before it can be pruned (examples, not training steps)."""
     study_name: str | None = None
     """Optuna study name in the storage; null = the sweep name."""
     storage: str | None = None
@@ -111,6 +116,9 @@ class OutputConfig:
     """Adapters, trial logs and TensorBoard events go under <run_dir>/<sweep name>/."""
     store: str | None = None
     """SQLAlchemy URL of the results store; null means sqlite:///<run_dir>/results.db."""
+    mlflow_tracking_uri: str | None = None
+    """MLflow tracking URI (sqlite:///runs/mlflow.db, http://host:5000): each sweep a parent run, each trial a
+    child run, as a view of the store. null: $MLFLOW_TRACKING_URI when set, else no MLflow."""
 
     def store_url(self) -> str:
         return self.store or f"sqlite:///{self.run_dir}/results.db"

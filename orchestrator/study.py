@@ -9,6 +9,7 @@ number, so the two agree trial by trial.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import optuna
@@ -87,6 +88,22 @@ class Study:
         trial.report(value, step)
         return trial.should_prune()
 
+    @property
+    def per_example(self) -> bool:
+        """The pruner reads per-example scores (Wilcoxon) rather than an interim mean."""
+        return self.settings.pruner == "wilcoxon"
+
+    def report_examples(self, number: int, step: int, values: list[float]) -> bool:
+        """Record one interim eval's per-example scores (the same examples, in the same order, for every trial);
+        True when the pruner says stop. Optuna's instance id is `step * len(values) + i`: each (training step,
+        example) pair once, so a trial is paired with the best one at the same point of training."""
+        trial = self._live.get(number)
+        if trial is None or not self.pruning:
+            return False
+        for i, value in enumerate(values):
+            trial.report(value, step * len(values) + i)
+        return trial.should_prune()
+
     def tell(self, number: int, status: TrialState, metrics: dict[str, float]) -> None:
         """End the study trial as its store row ended (`interrupted` leaves it RUNNING for the next run)."""
         live = self._live.pop(number, None)
@@ -156,5 +173,10 @@ def _pruner(settings: OptunaSettings, eval_interval_steps: int) -> optuna.pruner
     if settings.pruner == "successive_halving":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=eval_interval_steps,
                                                       reduction_factor=settings.reduction_factor)
+    if settings.pruner == "wilcoxon":
+        with warnings.catch_warnings():  # "experimental": its API, not its test
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.pruners.WilcoxonPruner(p_threshold=settings.p_threshold,
+                                                 n_startup_steps=settings.n_startup_steps)
     return optuna.pruners.NopPruner()
 

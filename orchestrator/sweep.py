@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from orchestrator import mlflow_view, steering
 from orchestrator.backend import Backend, Outcome
 from orchestrator.budget import budget_problems
 from orchestrator.control import HEARTBEAT_INTERVAL_S, StopFlag, SweepBusy, driver_alive, driver_id
@@ -63,6 +64,8 @@ class SweepOutcome:
     def on_transition(self, change: Change) -> None:
         if change.new.final:
             self.ended[change.trial.name] = change.new
+        else:  # resumed: it has not ended (yet) after all
+            self.ended.pop(change.trial.name, None)
         if change.new is S.COMPLETED:
             self.runtimes_s[change.trial.name] = change.runtime_s
 
@@ -91,12 +94,25 @@ def run_sweep(spec: SweepSpec, store: Store, backend: Backend, stream: TextIO = 
     if sweep_id is None:
         raise SweepBusy(f"sweep {spec.name!r} was claimed by another driver just now; nothing was run")
     try:
+        sinks = [*sinks, *_views(spec, store, sweep_dir, stream)]
         driver = Driver(spec, store, backend, sweep_id, sweep_dir, data, Progress(0, 1, stream, show_progress), sinks)
-        driver.run(plan, stop if stop is not None else StopFlag())
+        driver.run(plan + steering.added_plan(store, sweep_id), stop if stop is not None else StopFlag())
     finally:
         store.release_sweep(sweep_id, me)
     driver.outcome.wall_s = time.perf_counter() - start
     return driver.outcome
+
+
+def _views(spec: SweepSpec, store: Store, sweep_dir: Path, stream: TextIO) -> list[Sink]:
+    """Optional views of the store that follow the lifecycle: MLflow, when a tracking URI is given."""
+    uri = mlflow_view.tracking_uri(spec.output.mlflow_tracking_uri)
+    if uri is None:
+        return []
+    missing = mlflow_view.mlflow_missing()
+    if missing:  # only $MLFLOW_TRACKING_URI gets here: a spec that names a URI is checked at load
+        print(f"warning: ${mlflow_view.ENV_URI} is set, and {missing}; no MLflow view", file=stream, flush=True)
+        return []
+    return [mlflow_view.MlflowView(uri, spec.name, to_plain(spec), store, sweep_dir, stream)]
 
 
 def live_driver_check(store: Store, name: str) -> str | None:
@@ -145,6 +161,7 @@ class Driver:
 
     def run(self, plan: list[PlannedTrial], stop: StopFlag) -> None:
         self.progress.total, self.progress.slots = len(plan) + self.search.proposals, self.slots
+        self.progress.default_steps = self.spec.training.max_steps or 0
         self.search.open(self.store.url)
         for trial in plan:
             self._add(trial)
@@ -165,12 +182,13 @@ class Driver:
         finally:
             self._interrupt_queued()
             self.tensorboard.close()
-            self.progress.close()
+            self.lifecycle.close()  # the progress line's last word, the MLflow parent run
 
     def _add(self, planned: PlannedTrial) -> None:
         """Register a trial and queue it; one finished with the same content key is reused instead."""
         trial_id, done = register(self.store, self.sweep_id, planned, self._data(planned))
         trial = self.trials[trial_id] = Trial(trial_id, planned)
+        self.progress.expect(trial_id, 0 if planned.config.zero_shot else planned.config.training.max_steps)
         if done:
             state, metrics = self.store.trial_result(trial_id)
             self.lifecycle.transition(trial, S.REUSED, stored=(TrialState(state), metrics))
@@ -235,6 +253,9 @@ class Driver:
                     points.setdefault(trial_id, []).append((name, step, value))
                     self.tensorboard.scalar(trial.name, name, step, value)
                     self._maybe_prune(trial, event)
+                case ev.Scores():
+                    self._maybe_prune(trial, event)
+            self.progress.on_event(trial_id, event)
         self._flush(points)
 
     def _flush(self, points: dict[int, list[tuple[str, int, float]]]) -> None:
@@ -249,13 +270,13 @@ class Driver:
             trial.planned_end = (state, reason)
             self.backend.cancel(trial.trial_id)
 
-    def _maybe_prune(self, trial: Trial, event: ev.Metric) -> None:
+    def _maybe_prune(self, trial: Trial, event: ev.Metric | ev.Scores) -> None:
         if trial.state is not S.RUNNING or trial.planned_end is not None:
             return
         budget = trial.planned.config.training.max_steps  # None for an epoch budget: its trial alone knows it
         if trial.phase is ev.Step.EVALUATE or (budget is not None and event.step >= budget):
             return  # only interim evaluations; the final one is the trial's result
-        reason = self.search.prune_reason(trial.planned, event.name, event.step, event.value)
+        reason = self.search.prune_reason(trial.planned, event)
         if reason is not None:
             self._kill(trial, S.PRUNED, reason)
 
@@ -300,6 +321,21 @@ class Driver:
             self._stop_all("stopped by `sweep stop`")
         for trial_id in trial_ids & set(self.trials):
             self._stop_trial(self.trials[trial_id], "stopped by `sweep stop` for this trial")
+        if not self.stopping:
+            self._steer()
+
+    def _steer(self) -> None:
+        """Pick up what `sweep clone`, `sweep extend` and `sweep resume` asked for from another terminal."""
+        known = {t.name for t in self.trials.values()}
+        for planned in steering.added_plan(self.store, self.sweep_id):
+            if planned.name not in known:
+                self.progress.total += 1
+                self._add(planned)
+        for trial_id in self.store.take_resume_requests(self.sweep_id) & set(self.trials):
+            trial = self.trials[trial_id]
+            if trial.state is S.INTERRUPTED:
+                self.lifecycle.transition(trial, S.PENDING, reason="resumed by `sweep resume`")
+                self.queue.append(trial)
 
     def _enforce_time_limits(self, now: float) -> None:
         total, stall = self.spec.resources.trial_timeout_s, self.spec.resources.stall_timeout_s

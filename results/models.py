@@ -78,6 +78,15 @@ class TrialRow(Base):
     """Name of the zero-shot baseline this fine-tune is compared with (same model, prompt, quantization, ...)."""
     resumed_from_step: Mapped[int | None] = mapped_column(Integer)
     """Training step of the checkpoint its last attempt continued from; null when it started at step 0."""
+    origin: Mapped[str | None] = mapped_column(String(20))
+    """How it joined the sweep when not planned by the spec: `clone` or `extend` (null: planned)."""
+    parent_id: Mapped[int | None] = mapped_column(Integer)
+    """The trial it was cloned or extended from (a row of the same sweep)."""
+    forked_at_step: Mapped[int | None] = mapped_column(Integer)
+    """The parent's step it starts from (warm start or extension); null for a cold clone. Its curve up to this
+    step is the parent's, inherited."""
+    resume_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    """Set by `sweep resume SWEEP TRIAL`; a live driver runs the stopped trial again from its checkpoint."""
     sweep: Mapped[SweepRow] = relationship(back_populates="trials")
     metrics: Mapped[list[MetricRow]] = relationship(cascade="all, delete-orphan")
     predictions: Mapped[list[PredictionRow]] = relationship(cascade="all, delete-orphan")

@@ -18,7 +18,7 @@ from evaluation.rouge import ROUGE_TYPES
 from results import charts, environment, importance, repeats
 from results.leaderboard import (Row, describe_scoring, format_count, format_difference, format_interval,
                                  repeat_cells, scale)
-from results.show import curve_lines, curve_series, worst_and_best
+from results.show import curve_lines, curve_series, lineage, worst_and_best
 from results.store import SweepSummary
 from results.stored_spec import stored_spec
 
@@ -42,9 +42,11 @@ def render(summary: SweepSummary, rows: list[Row], metric: str, curves: dict[str
              *_grid(summary, rows, metric), *_mattered(summary, metric, storage_url),
              f"<h2>{_e(metric)} against generated length</h2>", _scatter(rows, metric), "<h2>Trials</h2>"]
     ran_on = {t.name: t.environment for t in summary.trials}
+    names = {t.id: t.name for t in summary.trials}
+    origins = {t.name: lineage(t, names) for t in summary.trials}
     for row in rows:
         parts.append(_trial(row, curves.get(row.trial, []), predictions.get(row.trial, []), metric, examples,
-                            ran_on.get(row.trial)))
+                            ran_on.get(row.trial), origins.get(row.trial)))
     return ("<!DOCTYPE html><html><head><meta charset='utf-8'>"
             "<meta name='viewport' content='width=device-width, initial-scale=1'><title>sweep "
             + _e(summary.name) + f"</title><style>{_CSS}</style></head><body>" + "\n".join(parts) + "</body></html>")
@@ -194,8 +196,9 @@ def _scatter(rows: list[Row], metric: str) -> str:
 
 
 def _trial(row: Row, curve: list[tuple[str, int, float]], predictions: list[dict], metric: str,
-           examples: int, ran_on: dict | None = None) -> str:
-    brief = "".join(f"<li>{_e(line)}</li>" for line in curve_lines(curve))
+           examples: int, ran_on: dict | None = None, origin: str | None = None) -> str:
+    brief = f"<li>lineage: {_e(origin)}</li>" if origin else ""
+    brief += "".join(f"<li>{_e(line)}</li>" for line in curve_lines(curve))
     brief += f"<li>ran on: {_e(environment.describe(ran_on))}</li>" if ran_on else ""
     return (f"<h3 id='{_e(row.trial)}'>{_e(row.trial)} <small class='note'>{_e(row.kind)}, {_e(row.status)}"
             f"</small></h3><ul class='note'>{brief}</ul>{_samples(predictions, metric, examples)}")

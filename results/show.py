@@ -16,10 +16,25 @@ from results.store import TrialSummary
 _WRAP = 100
 
 
+def lineage(trial: TrialSummary, names: dict[int, str]) -> str | None:
+    """How a trial added while the sweep ran came to be (`names`: row id -> trial name); None for a planned one."""
+    if trial.origin is None:
+        return None
+    parent = names.get(trial.parent_id, f"row {trial.parent_id}")
+    if trial.forked_at_step is None:
+        return f"cloned from {parent}, cold (trained from step 0)"
+    verb = "extended from" if trial.origin == "extend" else "cloned warm from"
+    return (f"{verb} {parent} at its step {trial.forked_at_step}; the curve up to step {trial.forked_at_step} is "
+            f"{parent}'s, inherited")
+
+
 def render(trial: TrialSummary, config: dict, curves: list[tuple[str, int, float]], predictions: list[dict],
-           metric: str, examples: int) -> str:
+           metric: str, examples: int, names: dict[int, str] | None = None) -> str:
     lines = [f"trial {trial.name} ({trial.kind}): {trial.status}" + _runtime(trial),
              "params: " + ", ".join(f"{k}={v}" for k, v in trial.params.items())]
+    origin = lineage(trial, names or {})
+    if origin:
+        lines.append("lineage: " + origin)
     if trial.error:
         lines.append("note: " + last_line(trial.error))
     if trial.scoring:

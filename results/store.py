@@ -56,6 +56,13 @@ class TrialSummary:
     """Name of its own zero-shot baseline; None for baselines and results stored before this was recorded."""
     resumed_from_step: int | None = None
     """Checkpoint step its last attempt continued from; None when it started from step 0."""
+    origin: str | None = None
+    """`clone` or `extend` for a trial added while the sweep ran; None when its spec planned it."""
+    parent_id: int | None = None
+    """The row it was cloned or extended from."""
+    forked_at_step: int | None = None
+    """The parent's step it started from: its curve up to here is inherited. None for a cold clone."""
+    content_key: str | None = None
     timings_s: dict = field(default_factory=dict)
     """Seconds per trial step (load, adapt, train, evaluate, save) of a completed trial."""
 
@@ -144,6 +151,44 @@ class Store:
             row.environment, row.baseline, row.resumed_from_step = None, baseline, None
             s.flush()
             return row.id, False
+
+    def add_trial(self, sweep_name: str, name: str, params: dict, config: dict, content_key: str, origin: str,
+                  parent_id: int, forked_at_step: int | None, baseline: str | None) -> int | None:
+        """A fine-tune added to a sweep while it runs (a clone, an extension), pending; None when the name is
+        taken (nothing is written then)."""
+        with self.session() as s:
+            sweep_id = s.scalar(select(SweepRow.id).where(SweepRow.name == sweep_name))
+            if s.scalar(select(TrialRow.id).where(TrialRow.sweep_id == sweep_id, TrialRow.name == name)) is not None:
+                return None
+            row = TrialRow(sweep_id=sweep_id, name=name, kind="trial", params=params, config=config,
+                           content_key=content_key, status=_PENDING, origin=origin, parent_id=parent_id,
+                           forked_at_step=forked_at_step, baseline=baseline)
+            s.add(row)
+            s.flush()
+            return row.id
+
+    def added_trials(self, sweep_id: int) -> list[tuple[int, str, dict, dict, str | None]]:
+        """(id, name, params, config, baseline) of each trial added while the sweep ran (clones, extensions)."""
+        with self.session() as s:
+            rows = s.scalars(select(TrialRow).where(TrialRow.sweep_id == sweep_id, TrialRow.origin.is_not(None))
+                             .order_by(TrialRow.id))
+            return [(r.id, r.name, dict(r.params), dict(r.config), r.baseline) for r in rows]
+
+    def request_resume(self, sweep_name: str, trial_name: str) -> bool:
+        """Ask the sweep's live driver to run a stopped trial again; False if there is no such trial."""
+        with self.session() as s:
+            found = s.execute(update(TrialRow).where(
+                TrialRow.sweep_id == select(SweepRow.id).where(SweepRow.name == sweep_name).scalar_subquery(),
+                TrialRow.name == trial_name).values(resume_requested=True, stop_requested=False))
+            return found.rowcount > 0
+
+    def take_resume_requests(self, sweep_id: int) -> set[int]:
+        """Ids of the trials `sweep resume` asked for since the last call (the requests are cleared)."""
+        with self.session() as s:
+            ids = set(s.scalars(select(TrialRow.id).where(TrialRow.sweep_id == sweep_id, TrialRow.resume_requested)))
+            if ids:
+                s.execute(update(TrialRow).where(TrialRow.id.in_(ids)).values(resume_requested=False))
+            return ids
 
     def resume_from(self, trial_id: int, step: int) -> None:
         """A new attempt starts, from checkpoint `step` (0: from scratch). Its points are dropped: the attempt
@@ -319,7 +364,8 @@ def _trial_summary(t: TrialRow, last_step: int | None) -> TrialSummary:
         error=t.error, started_at=_aware(t.started_at), worker=t.worker, attempts=t.attempts or 0,
         study_trial=t.study_trial, last_step=last_step, finished_at=_aware(t.finished_at), scoring=t.scoring,
         adapter_dir=t.adapter_dir, id=t.id, environment=t.environment, baseline=t.baseline,
-        resumed_from_step=t.resumed_from_step, timings_s=dict(t.timings or {}))
+        resumed_from_step=t.resumed_from_step, timings_s=dict(t.timings or {}), origin=t.origin,
+        parent_id=t.parent_id, forked_at_step=t.forked_at_step, content_key=t.content_key)
 
 
 def _finals(t: TrialRow) -> dict[str, float]:

@@ -21,6 +21,10 @@ HANG = "hang"
 class Finish:
     metrics: dict[str, float]
     runtime_s: float = 1.0
+    predictions: tuple[dict, ...] = ()
+    environment: dict | None = None
+    adapter: bool = False
+    """Write a (stand-in) adapter folder into the trial's folder, as a real trial saves one."""
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,7 @@ class ScriptedBackend:
         self._cancelled: set[Any] = set()
         self._events: list[tuple[Any, ev.Event]] = []
         self.submitted: list[tuple[Any, TrialConfig]] = []
+        self._out_dirs: dict[Any, Path] = {}
 
     def total(self, resource: str) -> float:
         return float(self.cpus) if resource == "CPU" else 0.0
@@ -53,6 +58,9 @@ class ScriptedBackend:
 
     def submit(self, key: Any, config: TrialConfig, data_ref: Any, out_dir: Path, cpus: int, gpus: float) -> None:
         self.submitted.append((key, config))
+        out_dir.mkdir(parents=True, exist_ok=True)  # as RayBackend's worker does, with the trial's own log
+        (out_dir / "trial.log").write_text(f"scripted trial {config.prompt} r{config.lora.rank}\n", encoding="utf-8")
+        self._out_dirs[key] = out_dir
         self._scripts[key] = [ev.Started(f"scripted:{len(self.submitted)}"), ev.Attempt(0), *self.script(config)]
 
     def cancel(self, key: Any) -> None:
@@ -78,8 +86,7 @@ class ScriptedBackend:
             items = self._scripts[key]
             item = items[0] if items[0] == HANG else items.pop(0)
             if isinstance(item, Finish):
-                done.append(Outcome(key, result=TrialResult(item.metrics, [], None, {"train": item.runtime_s}),
-                                    runtime_s=item.runtime_s))
+                done.append(Outcome(key, result=self._result(key, item), runtime_s=item.runtime_s))
             elif isinstance(item, Fail):
                 done.append(Outcome(key, error=item.error, failure=item.failure))
             elif item != HANG:
@@ -88,6 +95,15 @@ class ScriptedBackend:
             del self._scripts[outcome.key]
             self._cancelled.discard(outcome.key)
         return done
+
+    def _result(self, key: Any, item: Finish) -> TrialResult:
+        adapter = None
+        if item.adapter:
+            adapter = self._out_dirs[key] / "adapter"
+            adapter.mkdir(exist_ok=True)
+            (adapter / "adapter_config.json").write_text('{"r": 4}', encoding="utf-8")
+        return TrialResult(item.metrics, list(item.predictions), adapter and str(adapter), {"train": item.runtime_s},
+                           environment=item.environment or {})
 
     def drain_events(self) -> list[tuple[Any, ev.Event]]:
         drained, self._events = self._events, []

@@ -65,7 +65,9 @@ def test_an_illegal_transition_raises_and_no_sink_sees_it(old, new):
 
 def test_the_lifecycle_has_every_state_and_ends_only_in_final_ones():
     assert set(TRANSITIONS) == set(S)
-    assert {s for s, targets in TRANSITIONS.items() if not targets} == {s for s in S if s.final}
+    # A trial ends in a final state; only a stopped one can be asked back (`sweep resume`).
+    assert {s for s, targets in TRANSITIONS.items() if not targets} == {s for s in S if s.final} - {S.INTERRUPTED}
+    assert TRANSITIONS[S.INTERRUPTED] == {S.PENDING}
     assert len(ILLEGAL) > len(LEGAL) > 10  # both parametrized walks above are real
 
 
@@ -128,14 +130,19 @@ def _with_hparams(spec) -> set[str]:
             if any(b"hparams/rougeL" in f.read_bytes() for f in run.glob("events.out.tfevents.*"))}
 
 
+def _three_trial_study(raw: dict, eval_interval_steps: int, **pruning):
+    """A random-sampler study of 3 trials over lora.rank, 4 steps each, pruned as `pruning` says."""
+    raw["search"] = {"type": "optuna", "baselines": False, "space": {"lora.rank": {"choices": [4, 8, 16]}},
+                     "optuna": {"sampler": "random", "n_trials": 3, **pruning}}
+    raw["training"].update(max_steps=4, eval_interval_steps=eval_interval_steps)
+    raw["prompt"] = "v1"
+    return parse_spec(raw)
+
+
 def test_a_study_prunes_through_the_lifecycle_and_the_study_agrees(raw):
     """The first trial scores 0.9 at every interim eval, every later one 0.1: the median pruner (one startup
     trial) prunes each later one at its first interim eval."""
-    raw["search"] = {"type": "optuna", "baselines": False, "space": {"lora.rank": {"choices": [4, 8, 16]}},
-                     "optuna": {"sampler": "random", "n_trials": 3, "pruner": "median", "pruner_startup_trials": 1}}
-    raw["training"].update(max_steps=4, eval_interval_steps=1)
-    raw["prompt"] = "v1"
-    spec = parse_spec(raw)
+    spec = _three_trial_study(raw, 1, pruner="median", pruner_startup_trials=1)
     store, calls = Store(spec.output.store_url()), []
 
     def script(config):
@@ -242,3 +249,41 @@ def test_an_interrupted_study_trial_stays_running_in_the_study_and_reruns_under_
     assert name in again.completed and len(again.completed) == 2  # the same number and row, then the next one
     states = {t.number: t.state.name for t in optuna.load_study(study_name="tiny", storage=store.url).trials}
     assert states == {0: "COMPLETE", 1: "COMPLETE"}
+
+
+def test_the_wilcoxon_pruner_pairs_per_example_scores_with_the_best_trial(raw):
+    """The first trial beats every later one on each of 8 examples: paired, that is p = 1/256 at the first
+    interim eval, below p_threshold 0.1, so each later trial is pruned there. Interim means alone are not read."""
+    spec = _three_trial_study(raw, 2, pruner="wilcoxon", p_threshold=0.1, n_startup_steps=2)
+    store, calls = Store(spec.output.store_url()), []
+
+    def script(config):
+        calls.append(config)
+        first = len(calls) == 1
+        values = [0.5 + 0.01 * i if first else 0.1 + 0.01 * i for i in range(8)]
+        interim = [ev.Metric("eval/rougeL", 2, 0.99), ev.Scores("eval/rougeL", 2, values)]  # a misleading mean
+        return [*interim, Finish(SCORES)] if first else [*interim, HANG]
+
+    outcome = run_sweep(spec, store, ScriptedBackend(script, cpus=1), show_progress=False)
+
+    assert len(outcome.completed) == 1 and len(outcome.pruned) == 2
+    trials = {t.name: t for t in store.summary("tiny").trials}
+    for name in outcome.pruned:
+        assert trials[name].error == "pruned by the wilcoxon pruner at step 2: eval/rougeL=mean 0.1350 over 8 examples"
+    study = optuna.load_study(study_name="tiny", storage=store.url)
+    assert sorted(t.state.name for t in study.trials) == ["COMPLETE", "PRUNED", "PRUNED"]
+    assert sorted(study.trials[0].intermediate_values) == [16 + i for i in range(8)]  # step 2 x 8 examples + i
+
+
+def test_the_wilcoxon_pruner_needs_the_same_eval_examples_in_every_trial(raw):
+    from orchestrator.spec import SpecError
+
+    raw["search"] = {"type": "optuna", "space": {"dataset.eval_examples": {"choices": [2, 4]}},
+                     "optuna": {"pruner": "wilcoxon", "p_threshold": 1.5}}
+    raw["training"].update(max_steps=4, eval_interval_steps=2)
+    with pytest.raises(SpecError) as error:
+        parse_spec(raw)
+    found = {p.path: p.render() for p in error.value.problems}
+    assert "the Wilcoxon pruner pairs per-example scores, so every trial must score the same eval examples; " \
+           "given ['dataset.eval_examples']" in found["search.optuna.pruner"]
+    assert "search.optuna.p_threshold" in found  # a p-value is below 1

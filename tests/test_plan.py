@@ -75,13 +75,16 @@ def test_settings_added_later_keep_stored_keys_at_their_defaults_and_change_them
     config = expand(grid)[0].config
     data = TrialData((Example("a", "d", "s", ("s",)),), (Example("b", "d2", "s2", ("s2",)),), ("summary",))
     before = {"config": dataclasses.asdict(config), "data": dataclasses.asdict(data), "model": None}
-    for section, names in (("training", ("epochs", "warmup_ratio", "optimizer")),
+    for section, names in (("training", ("epochs", "warmup_ratio", "optimizer", "keep_final_checkpoint")),
                            ("augmentation", ("paraphrase", "paraphrase_model", "paraphrase_prompt"))):
         for name in names:  # the payload as stores written before these settings hashed it
             del before["config"][section][name]
+    del before["config"]["warm_start"]  # added with clone and extend; keep_final_checkpoint never counts
     del before["data"]["paraphrased"], before["data"]["paraphrase_source"]
     stored = hashlib.sha256(json.dumps(before, sort_keys=True, default=str).encode()).hexdigest()
     assert content_key(config, data) == stored  # an upgrade does not re-run finished trials
+    kept = dataclasses.replace(config, training=dataclasses.replace(config.training, keep_final_checkpoint=True))
+    assert content_key(kept, data) == stored  # what a trial keeps on disk is not what it computes
     eight_bit = dataclasses.replace(config, training=dataclasses.replace(config.training, optimizer="adamw_8bit"))
     paraphrased = dataclasses.replace(data, paraphrased=data.train, paraphrase_source="gen")
     assert len({stored, content_key(eight_bit, data), content_key(config, paraphrased)}) == 3

@@ -165,21 +165,31 @@ def _revision(url: str) -> str | None:
         return db.execute(f"SELECT version_num FROM {VERSION_TABLE}").fetchone()[0]
 
 
+def _layout_at(revision: str, url: str) -> None:
+    """The tables as migrations up to `revision` leave them, without the version table: a store written by the
+    version before Alembic had exactly these (its hand-written upgrades ended at 0003's columns)."""
+    from alembic import command
+    from sqlalchemy import create_engine, text
+
+    from results.migrate import VERSION_TABLE, _config
+
+    with create_engine(url).begin() as connection:
+        command.upgrade(_config(connection), revision)
+        connection.execute(text(f"DROP TABLE {VERSION_TABLE}"))
+
+
 def test_a_store_written_before_migrations_is_stamped_and_upgraded_to_the_orm_layout(tmp_path):
-    from sqlalchemy import create_engine
-
     from results.migrate import head
-    from results.models import Base
 
-    before = f"sqlite:///{tmp_path / 'before.db'}"  # the layout of the version before Alembic: create_all, no stamp
-    Base.metadata.create_all(create_engine(before))
+    before = f"sqlite:///{tmp_path / 'before.db'}"  # the layout of the version before Alembic: 0003's, no stamp
+    _layout_at("0003", before)
     fresh = f"sqlite:///{tmp_path / 'fresh.db'}"
     Store(fresh)
     store = Store(before)
     sweep_id = store.open_sweep("s", {}, "runs/s", {})
     trial_id, _ = _trial(store, sweep_id)
     store.end_trial(trial_id, "failed", "boom")
-    assert _revision(before) == _revision(fresh) == head() == "0003"
+    assert _revision(before) == _revision(fresh) == head() == "0004"
     assert _columns(before) == _columns(fresh)
     assert Store(before).summary("s").trials[0].error == "boom"  # opened again: nothing to do, nothing lost
 
@@ -189,7 +199,7 @@ def test_the_0_1_layout_upgrades_through_every_migration_to_what_the_orm_creates
     fresh = f"sqlite:///{tmp_path / 'fresh.db'}"
     Store(fresh)
     upgraded = f"sqlite:///{tmp_path / 'old.db'}"
-    assert _columns(upgraded) == _columns(fresh) and _revision(upgraded) == "0003"
+    assert _columns(upgraded) == _columns(fresh) and _revision(upgraded) == "0004"
 
 
 def test_sweep_stop_never_clears_a_driver_that_claimed_the_sweep_after_it_looked(store):

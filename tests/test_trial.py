@@ -12,7 +12,7 @@ from orchestrator.search import expand
 from orchestrator.loading import parse_spec
 from tests.conftest import tiny_spec
 from trainer.data import load_trial_data
-from trainer.events import Event, Metric, Phase
+from trainer.events import Event, Metric, Phase, Scores
 from trainer.models import load_model, load_tokenizer
 from trainer.trial import run_trial, training_rows
 
@@ -48,6 +48,11 @@ def test_trial_trains_lora_weights_and_reports(trial_cfg, tmp_path):
     metrics = [(e.name, e.step) for e in events if isinstance(e, Metric)]
     assert ("train/loss", 1) in metrics and ("train/loss", 2) in metrics
     assert ("eval/rougeL", 1) in metrics and ("eval/rougeL", 2) in metrics  # interim and final
+    interim = {(e.name, e.step): e.values for e in events if isinstance(e, Scores)}
+    assert set(interim) == {(f"eval/{m}", 1) for m in ("rouge1", "rouge2", "rougeL", "rougeLsum")}  # interim only
+    interim_mean = next(e.value for e in events if isinstance(e, Metric) and (e.name, e.step) == ("eval/rougeL", 1))
+    assert len(interim[("eval/rougeL", 1)]) == 4  # one per eval example, for the Wilcoxon pruner
+    assert sum(interim[("eval/rougeL", 1)]) / 4 == pytest.approx(interim_mean)
     assert set(result.metrics) == {"rouge1", "rouge2", "rougeL", "rougeLsum", "rouge_sum", "eval_loss", "gen_tokens",
                                    "gen_words", "trainable_params", "total_params", "saved_mib"}
     assert 0 < result.metrics["trainable_params"] < result.metrics["total_params"] and result.metrics["saved_mib"] > 0

@@ -47,6 +47,41 @@ def last_checkpoint(out_dir: Path, key: str) -> tuple[Path | None, int]:
     return path, step
 
 
+def latest_complete(out_dir: Path) -> tuple[Path | None, int]:
+    """(folder, step) of the newest complete checkpoint in a trial's folder, whatever it was trained as, without
+    deleting anything: what `sweep clone --warm-start` and `sweep extend` snapshot. (None, 0) when there is none."""
+    found = [(int(_CHECKPOINT.match(p.name).group(1)), p) for p in _checkpoints(out_dir) if (p / _COMPLETE).is_file()]
+    if not found:
+        return None, 0
+    step, path = max(found)
+    return path, step
+
+
+def snapshot(checkpoint: Path, into: Path) -> Path:
+    """Copy a complete checkpoint to `into/<its name>` (the parent goes on and deletes its older checkpoints)."""
+    target = into / checkpoint.name
+    shutil.copytree(checkpoint, target, dirs_exist_ok=True)
+    if not (target / _COMPLETE).is_file():  # deleted while copied: the parent moved on to a newer one
+        shutil.rmtree(target, ignore_errors=True)
+        raise FileNotFoundError(f"checkpoint {checkpoint} was replaced while it was copied; try again")
+    return target
+
+
+def seed_warm_start(out_dir: Path, warm, key: str) -> None:
+    """A cloned or extended trial's first attempt: its parent's snapshot becomes its own first complete checkpoint,
+    marked with its key and the parent's points (which it then reports as its first, inherited, ones). With
+    `fresh_optimizer` the optimizer and schedule are left out, so the Trainer starts them again."""
+    if warm is None or last_checkpoint(out_dir, key)[0] is not None:
+        return  # a plain trial, or a child's later attempt: its own checkpoints come first
+    source = Path(warm.checkpoint)
+    target = out_dir / TRAINER_DIR / source.name
+    shutil.copytree(source, target, dirs_exist_ok=True)
+    if warm.fresh_optimizer:
+        for name in ("optimizer.pt", "scheduler.pt"):
+            (target / name).unlink(missing_ok=True)
+    mark_complete(target, key, reported_points(source))
+
+
 def remove_checkpoints(out_dir: Path) -> None:
     """A finished trial needs none (they hold the optimizer state: often more than the adapter)."""
     for path in _checkpoints(out_dir):

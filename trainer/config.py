@@ -21,7 +21,9 @@ DEFAULT_PARAPHRASE_PROMPT = ("Rewrite the following sentence in other words, kee
 #   generation, scoring, the sequence length); the deepest marked field or section decides, unmarked is False.
 # - "since": the setting was added after trials were stored (the day it came); left at its default it is not part
 #   of a trial's identity, so a stored trial keeps its key (and is reused) after an upgrade.
+# - "identity": False when the setting changes nothing a trial computes (what it keeps on disk): never in its key.
 SINCE_AUGMENTATION = "2026-11-24"
+SINCE_STEERING = "2026-12-02"
 # Keys that exclude each other (key -> the other key, its cleared value); read through `cleared_by` only.
 _EXCLUSIVE_KEYS = {"training.max_steps": ("training.epochs", None), "training.epochs": ("training.max_steps", None),
                    "training.warmup_steps": ("training.warmup_ratio", None),
@@ -202,6 +204,10 @@ class TrainingConfig:
     """Save a resumable checkpoint (adapter, optimizer, scheduler, RNG, data position) every N optimizer steps;
     0 = none. Each costs one write of the adapter and its optimizer state; a trial that is killed, stopped, timed
     out or retried continues from the last one on the next `sweep run`."""
+    keep_final_checkpoint: bool = field(default=False, metadata={"identity": False})
+    """Keep the checkpoint of the last step after the trial ends, so `sweep extend` can continue it and
+    `sweep clone --warm-start` can fork it. Costs the adapter plus its optimizer state on disk (about 3x the
+    adapter's size with AdamW) per finished trial."""
 
     def __post_init__(self):
         if self.max_steps is None and self.epochs is None:
@@ -342,6 +348,20 @@ class ScoringConfig:
 
 
 @dataclass(frozen=True)
+class WarmStart:
+    """Where a cloned or extended trial starts: a snapshot of its parent's complete checkpoint."""
+
+    checkpoint: str = ""
+    """The snapshot folder (`<trial dir>/fork/checkpoint-<step>`), taken when the clone was made."""
+    step: int = 0
+    """The parent's optimizer step at the snapshot: the child's steps continue from it."""
+    parent_key: str = ""
+    """The parent's content key: part of the child's, so a warm clone is never mistaken for a cold one."""
+    fresh_optimizer: bool = False
+    """Start the optimizer and learning-rate schedule again (a training key changed: an LR change re-warms)."""
+
+
+@dataclass(frozen=True)
 class TrialConfig:
     """Everything one trial needs: the spec's defaults with one grid point applied. Field metadata `baseline`
     marks what its zero-shot baseline shares with it (trainer.identity.zero_shot_config)."""
@@ -360,6 +380,9 @@ class TrialConfig:
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
     zero_shot: bool = False
     """True for a baseline: no adapter, no training, only the evaluation."""
+    warm_start: WarmStart | None = field(default=None, metadata={"since": SINCE_STEERING})
+    """Set by `sweep clone --warm-start` and `sweep extend`, never by a spec: start from another trial's
+    checkpoint (adapter, data position, step count)."""
 
     def problems(self) -> list[ConfigProblem]:
         """Cross-field invariants of one run; checked on every grid point and every study proposal."""

@@ -77,9 +77,29 @@ class Metric:
     value: float
 
 
-Event = Started | Attempt | Environment | Phase | Metric | Checkpoint
+@dataclass(frozen=True)
+class Scores:
+    """Per-example scores of an interim evaluation, in eval-example order (the same examples for every trial)."""
+
+    name: str
+    """`eval/rougeL`, ..."""
+    step: int
+    values: tuple[float, ...]
+
+    def __post_init__(self):
+        object.__setattr__(self, "values", tuple(self.values))
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Training begins: `total_steps` optimizer steps (an epoch budget's count is known only now)."""
+
+    total_steps: int
+
+
+Event = Started | Attempt | Environment | Phase | Metric | Scores | Checkpoint | Budget
 _KINDS: dict[str, type] = {"started": Started, "attempt": Attempt, "environment": Environment, "step": Phase,
-                           "metric": Metric, "checkpoint": Checkpoint}
+                           "metric": Metric, "scores": Scores, "checkpoint": Checkpoint, "budget": Budget}
 _TAGS = {kind: tag for tag, kind in _KINDS.items()}
 
 
@@ -114,7 +134,8 @@ def failure_kind(error: BaseException) -> FailureKind:
 
 def encode(event: Event) -> dict:
     """The wire form: `{"event": tag, **fields}`."""
-    fields = {k: v.value if isinstance(v, Enum) else v for k, v in dataclasses.asdict(event).items()}
+    fields = {k: v.value if isinstance(v, Enum) else list(v) if isinstance(v, tuple) else v
+              for k, v in dataclasses.asdict(event).items()}
     return {"event": _TAGS[type(event)], **fields}
 
 

@@ -26,12 +26,21 @@ from trainer.data import TrialData
 
 def added_later(cls: type) -> dict:
     """The fields of `cls` (and its sections) marked `since`, with their defaults: {name: default or {...}}."""
+    return _marked(cls, lambda f: "since" in f.metadata, _default)
+
+
+def not_identity(cls: type) -> dict:
+    """The fields of `cls` (and its sections) marked `identity: False`: {name: True or {...}}."""
+    return _marked(cls, lambda f: f.metadata.get("identity") is False, lambda f: True)
+
+
+def _marked(cls: type, marked, value) -> dict:
     out: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
-        if "since" in f.metadata:
-            out[f.name] = _default(f)
+        if marked(f):
+            out[f.name] = value(f)
         elif dataclasses.is_dataclass(section := _section_type(cls, f)):
-            nested = added_later(section)
+            nested = _marked(section, marked, value)
             if nested:
                 out[f.name] = nested
     return out
@@ -43,6 +52,7 @@ def trial_key(config: TrialConfig, data, model: dict | None, as_training_sees_it
         config = _training_view(config)
     payload = {"config": dataclasses.asdict(config), "data": dataclasses.asdict(data), "model": model}
     _drop_defaults(payload, {"config": added_later(TrialConfig), "data": added_later(TrialData)})
+    _drop_keys(payload["config"], not_identity(TrialConfig))
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -70,6 +80,14 @@ def _drop_defaults(node: dict, defaults: dict) -> None:
             _drop_defaults(node.get(key, {}), default)
         elif key in node and _same(node[key], default):
             del node[key]
+
+
+def _drop_keys(node: dict, keys: dict) -> None:
+    for key, nested in keys.items():
+        if isinstance(nested, dict):
+            _drop_keys(node.get(key, {}), nested)
+        else:
+            node.pop(key, None)
 
 
 def _same(value: Any, default: Any) -> bool:

@@ -21,7 +21,7 @@ from trainer import checkpoints, heldout, prompts
 from trainer.augment import training_examples
 from trainer.config import TrialConfig, paged_optimizer_problem
 from trainer.data import TrialData
-from trainer.events import Checkpoint, Environment, Event, Metric, Phase, Step, TrialDiverged
+from trainer.events import Budget, Checkpoint, Environment, Event, Metric, Phase, Scores, Step, TrialDiverged
 from trainer.fourbit import dequantized_for_eval
 from trainer.hardware import environment_record, peak_memory_mib, probe_device, resolve_precision
 from trainer.models import load_model, load_tokenizer, resolve_model_path
@@ -58,7 +58,8 @@ def run_trial(cfg: TrialConfig, data: TrialData, out_dir: Path, report: Report,
     if not cfg.zero_shot:
         with _step(Step.SAVE, timings, report):
             adapter_dir = save(model, out_dir)
-            checkpoints.remove_checkpoints(out_dir)
+            if not cfg.training.keep_final_checkpoint:
+                checkpoints.remove_checkpoints(out_dir)
     footprint["saved_mib"] = _folder_mib(adapter_dir)
     environment.update(peak_memory_mib())
     return TrialResult({**result.metrics, **footprint}, result.predictions, adapter_dir, timings, result.scoring,
@@ -108,12 +109,13 @@ def train(model, tokenizer, cfg: TrialConfig, data: TrialData, out_dir: Path, re
     Encoder-decoder models: transformers' Seq2SeqTrainer, prompt into the encoder, summary as labels."""
     from datasets import Dataset
 
+    checkpoints.seed_warm_start(out_dir, cfg.warm_start, resume_key)
     resume, step = checkpoints.last_checkpoint(out_dir, resume_key)
     reporter = ReportCallback(report, evaluator, cfg.training.eval_interval_steps)
     if resume is not None:
         print(f"resuming from the checkpoint of step {step}: {resume}", flush=True)
         reporter.replay(checkpoints.reported_points(resume))
-    callbacks = [reporter, CheckpointCallback(resume_key, reporter.points, report)]
+    callbacks = [reporter, CheckpointCallback(resume_key, reporter.points, report, cfg.training.keep_final_checkpoint)]
     if model.config.is_encoder_decoder:
         from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments
 
@@ -134,6 +136,7 @@ def train(model, tokenizer, cfg: TrialConfig, data: TrialData, out_dir: Path, re
                          completion_only_loss=True)
         trainer = SweepSFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
                                    processing_class=tokenizer, callbacks=callbacks)
+    report(Budget(total_steps))  # the driver's per-trial progress: an epoch budget is known only here
     trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
     return skipped, total_steps
 
@@ -325,19 +328,34 @@ class ReportCallback(TrainerCallback):
     def on_step_end(self, args, state, control, model=None, **kwargs):
         step = state.global_step
         if self.interval and step % self.interval == 0 and step < state.max_steps:
-            _report_eval(self.report, self.evaluator(model), step)
+            result = self.evaluator(model)
+            _report_eval(self.report, result, step)
+            _report_scores(self.report, result, step)
 
 
 class CheckpointCallback(TrainerCallback):
     """After the Trainer saved a checkpoint: mark it complete, with the points reported so far, and say so."""
 
-    def __init__(self, resume_key: str, points: list[Event], report: Report):
-        self.resume_key, self.points, self.report = resume_key, points, report
+    def __init__(self, resume_key: str, points: list[Event], report: Report, keep_final: bool = False):
+        self.resume_key, self.points, self.report, self.keep_final = resume_key, points, report, keep_final
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.keep_final and state.global_step >= state.max_steps:
+            control.should_save = True  # training.keep_final_checkpoint: `sweep extend` continues from here
+        return control
 
     def on_save(self, args, state, control, **kwargs):
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         checkpoints.mark_complete(folder, self.resume_key, self.points)
         self.report(Checkpoint(state.global_step))  # not among `points`: an attempt replays curve points only
+
+
+def _report_scores(report: Report, result: EvalResult, step: int) -> None:
+    """Each interim metric's per-example scores, in eval-example order: what the Wilcoxon pruner pairs."""
+    for name in result.metrics:
+        values = [row[name] for row in result.predictions if name in row]
+        if len(values) == len(result.predictions) > 0:
+            report(Scores(f"eval/{name}", step, tuple(float(v) for v in values)))
 
 
 def _report_eval(report: Report, result: EvalResult, step: int) -> None:
