@@ -49,7 +49,8 @@ def test_trial_trains_lora_weights_and_reports(trial_cfg, tmp_path):
     assert ("train/loss", 1) in metrics and ("train/loss", 2) in metrics
     assert ("eval/rougeL", 1) in metrics and ("eval/rougeL", 2) in metrics  # interim and final
     interim = {(e.name, e.step): e.values for e in events if isinstance(e, Scores)}
-    assert set(interim) == {(f"eval/{m}", 1) for m in ("rouge1", "rouge2", "rougeL", "rougeLsum")}  # interim only
+    per_example = ("rouge1", "rouge2", "rougeL", "rougeLsum", "rouge_sum", "eval_loss")  # each prediction's own
+    assert set(interim) == {(f"eval/{m}", 1) for m in per_example}  # the interim eval only, not the final one
     interim_mean = next(e.value for e in events if isinstance(e, Metric) and (e.name, e.step) == ("eval/rougeL", 1))
     assert len(interim[("eval/rougeL", 1)]) == 4  # one per eval example, for the Wilcoxon pruner
     assert sum(interim[("eval/rougeL", 1)]) / 4 == pytest.approx(interim_mean)
