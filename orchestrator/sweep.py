@@ -45,6 +45,8 @@ from trainer.models import model_identity
 S = TrialState
 POLL_S = 1.0
 """Longest the loop waits for a trial to finish before it reads events and stop requests again."""
+REQUEST_POLL_S = 1.0
+"""How often the store is read for `sweep stop`, `clone`, `extend` and `resume` requests (one small query each)."""
 
 
 @dataclass
@@ -315,7 +317,7 @@ class Driver:
         self._enforce_time_limits(now)
         if now < self._next_poll:
             return
-        self._next_poll = now + 2.0
+        self._next_poll = now + REQUEST_POLL_S
         whole, trial_ids = self.store.stop_requests(self.sweep_id)
         if whole and not self.stopping:
             self._stop_all("stopped by `sweep stop`")

@@ -287,3 +287,34 @@ def test_the_wilcoxon_pruner_needs_the_same_eval_examples_in_every_trial(raw):
     assert "the Wilcoxon pruner pairs per-example scores, so every trial must score the same eval examples; " \
            "given ['dataset.eval_examples']" in found["search.optuna.pruner"]
     assert "search.optuna.p_threshold" in found  # a p-value is below 1
+
+
+def test_a_live_driver_resumes_a_stopped_trial_when_asked(raw):
+    """`sweep resume` while the driver lives: the stopped trial goes back to pending and runs again."""
+    raw["search"]["grid"] = {"prompt": ["v1", "v2"]}
+    raw["search"]["baselines"] = False
+    spec = parse_spec(raw)
+    store, runs = Store(spec.output.store_url()), []
+
+    class Steer(Recorder):  # another terminal: stop v1, then resume it; stop v2 once v1 has completed
+        def on_transition(self, change):
+            super().on_transition(change)
+            name = change.trial.name
+            if (name, change.new) == ("v1", S.RUNNING) and len(self.path("v1")) == 2:
+                store.request_stop("tiny", "v1")
+            elif (name, change.new) == ("v1", S.INTERRUPTED):
+                store.request_resume("tiny", "v1")
+            elif (name, change.new) == ("v1", S.COMPLETED):
+                store.request_stop("tiny", "v2")
+
+    def script(config):
+        runs.append(config.prompt)
+        return [Finish(SCORES)] if runs.count("v1") == 2 and config.prompt == "v1" else [HANG]
+
+    seen = Steer()
+    outcome = run_sweep(spec, store, ScriptedBackend(script, cpus=2), show_progress=False, sinks=[seen])
+
+    assert seen.path("v1") == ["submitted", "running", "interrupted", "pending", "submitted", "running", "completed"]
+    assert outcome.completed == ["v1"] and outcome.interrupted == ["v2"] and runs.count("v1") == 2
+    [v1] = [t for t in store.summary("tiny").trials if t.name == "v1"]
+    assert (v1.status, v1.attempts) == ("completed", 2)
