@@ -99,7 +99,7 @@ class MlflowView:
         if change.new is S.RUNNING:
             return
         state = change.stored[0] if change.new is S.REUSED else change.new
-        summary = {t.id: t for t in self.store.summary(self.sweep).trials}[change.trial.trial_id]
+        summary, _ = self.store.trial(self.sweep, change.trial.name)  # this row only, not the whole sweep
         self._log_results(run_id, change, summary)
         self.client.set_tag(run_id, "state", state.value)
         if summary.error:

@@ -138,10 +138,11 @@ def resume(store: Store, sweep: str, trial_name: str) -> str:
     return f"{trial_name} will run again from its last checkpoint"
 
 
-def added_plan(store: Store, sweep_id: int) -> list[PlannedTrial]:
-    """The trials added to a sweep while it ran, as the driver plans them (after the spec's own)."""
+def added_plan(store: Store, sweep_id: int, known: set[int] = frozenset()) -> list[PlannedTrial]:
+    """The trials added to a sweep while it ran, as the driver plans them (after the spec's own); the rows in
+    `known` (ids the driver has already) are neither read nor built again."""
     out = []
-    for _, name, params, config, baseline in store.added_trials(sweep_id):
+    for _, name, params, config, baseline in store.added_trials(sweep_id, known):
         ignored: list = []  # written by this version's clone or extend: it builds
         typed = schema.build(TrialConfig, config, "", ignored)
         out.append(PlannedTrial(name, "trial", params, typed, tuple(params), baseline=baseline))

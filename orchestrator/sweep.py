@@ -328,11 +328,9 @@ class Driver:
 
     def _steer(self) -> None:
         """Pick up what `sweep clone`, `sweep extend` and `sweep resume` asked for from another terminal."""
-        known = {t.name for t in self.trials.values()}
-        for planned in steering.added_plan(self.store, self.sweep_id):
-            if planned.name not in known:
-                self.progress.total += 1
-                self._add(planned)
+        for planned in steering.added_plan(self.store, self.sweep_id, known=set(self.trials)):
+            self.progress.total += 1
+            self._add(planned)
         for trial_id in self.store.take_resume_requests(self.sweep_id) & set(self.trials):
             trial = self.trials[trial_id]
             if trial.state is S.INTERRUPTED:

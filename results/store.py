@@ -167,11 +167,12 @@ class Store:
             s.flush()
             return row.id
 
-    def added_trials(self, sweep_id: int) -> list[tuple[int, str, dict, dict, str | None]]:
-        """(id, name, params, config, baseline) of each trial added while the sweep ran (clones, extensions)."""
+    def added_trials(self, sweep_id: int, known: set[int] = frozenset()) -> list[tuple[int, str, dict, dict, str | None]]:
+        """(id, name, params, config, baseline) of each trial added while the sweep ran (clones, extensions), but
+        the `known` ids (those a live driver has already)."""
         with self.session() as s:
-            rows = s.scalars(select(TrialRow).where(TrialRow.sweep_id == sweep_id, TrialRow.origin.is_not(None))
-                             .order_by(TrialRow.id))
+            rows = s.scalars(select(TrialRow).where(TrialRow.sweep_id == sweep_id, TrialRow.origin.is_not(None),
+                                                    TrialRow.id.not_in(known)).order_by(TrialRow.id))
             return [(r.id, r.name, dict(r.params), dict(r.config), r.baseline) for r in rows]
 
     def request_resume(self, sweep_name: str, trial_name: str) -> bool:

@@ -130,6 +130,17 @@ def _with_hparams(spec) -> set[str]:
             if any(b"hparams/rougeL" in f.read_bytes() for f in run.glob("events.out.tfevents.*"))}
 
 
+def _assert_first_completed_and_the_rest_pruned(outcome, store: Store, reason: str):
+    """One trial completed, two pruned with `reason`, and the study agrees; returns the study."""
+    assert len(outcome.completed) == 1 and len(outcome.pruned) == 2
+    trials = {t.name: t for t in store.summary("tiny").trials}
+    for name in outcome.pruned:
+        assert trials[name].error == reason
+    study = optuna.load_study(study_name="tiny", storage=store.url)
+    assert sorted(t.state.name for t in study.trials) == ["COMPLETE", "PRUNED", "PRUNED"]
+    return study
+
+
 def _three_trial_study(raw: dict, eval_interval_steps: int, **pruning):
     """A random-sampler study of 3 trials over lora.rank, 4 steps each, pruned as `pruning` says."""
     raw["search"] = {"type": "optuna", "baselines": False, "space": {"lora.rank": {"choices": [4, 8, 16]}},
@@ -153,13 +164,8 @@ def test_a_study_prunes_through_the_lifecycle_and_the_study_agrees(raw):
 
     outcome = run_sweep(spec, store, ScriptedBackend(script, cpus=1), show_progress=False)
 
-    assert len(outcome.completed) == 1 and len(outcome.pruned) == 2
-    trials = {t.name: t for t in store.summary("tiny").trials}
-    for name in outcome.pruned:
-        assert trials[name].error == "pruned by the median pruner at step 1: eval/rougeL=0.1000"
-    study = optuna.load_study(study_name="tiny", storage=store.url)
-    states = sorted(t.state.name for t in study.trials)
-    assert states == ["COMPLETE", "PRUNED", "PRUNED"]
+    _assert_first_completed_and_the_rest_pruned(outcome, store, "pruned by the median pruner at step 1: "
+                                                                "eval/rougeL=0.1000")
 
 
 def test_stops_interrupt_one_trial_then_the_sweep_and_its_queue(raw):
@@ -266,12 +272,8 @@ def test_the_wilcoxon_pruner_pairs_per_example_scores_with_the_best_trial(raw):
 
     outcome = run_sweep(spec, store, ScriptedBackend(script, cpus=1), show_progress=False)
 
-    assert len(outcome.completed) == 1 and len(outcome.pruned) == 2
-    trials = {t.name: t for t in store.summary("tiny").trials}
-    for name in outcome.pruned:
-        assert trials[name].error == "pruned by the wilcoxon pruner at step 2: eval/rougeL=mean 0.1350 over 8 examples"
-    study = optuna.load_study(study_name="tiny", storage=store.url)
-    assert sorted(t.state.name for t in study.trials) == ["COMPLETE", "PRUNED", "PRUNED"]
+    study = _assert_first_completed_and_the_rest_pruned(
+        outcome, store, "pruned by the wilcoxon pruner at step 2: eval/rougeL=mean 0.1350 over 8 examples")
     assert sorted(study.trials[0].intermediate_values) == [16 + i for i in range(8)]  # step 2 x 8 examples + i
 
 
