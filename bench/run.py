@@ -19,6 +19,12 @@
 - search:   the full grid (grid_2x2x2) vs a pruned TPE study over the same space (optuna_tpe), same
             model, data and steps per trial: compute spent (fine-tune trial-seconds, start to end as the
             driver saw them, pruned trials included) and the best ROUGE-L each found
+- packs:    trials sharing one worker's base (trainer.pack), each against the same trials isolated, side by side:
+            a lockstep step of a pack of 4 grid trials against one trial's step (one thread each: throughput per
+            trial-step, and training FLOP/s over the one-thread matmul FLOP/s); generation of one adapter at batch
+            8 against a pack of 4 mixed (8 prompts each) per call; peak host RSS per trial; then grid_2x2x2 run
+            isolated (trials_per_worker 1) and packed (4), each on a fresh store: wall time (>= 1.3x native
+            bf16, >= 1.15x AVX2) and each fine-tune's ROUGE-L difference against half its bootstrap interval
 - pruners:  on --pruner-spec (smoke: 8 steps, an interim eval at step 4 on 12 examples, a 2x2x2 grid), the
             grid's best ROUGE-L, then two TPE studies over the grid's points (6 of its 8, seed 0) pruned by
             the median pruner and by the Wilcoxon pruner: trial-seconds (in the order trials ended, pruned ones
@@ -223,10 +229,10 @@ def _sft_trainer(kind: str, cfg, model, tokenizer, data):
     from trl import SFTConfig, SFTTrainer
 
     from trainer.sft import SweepSFTTrainer
-    from trainer.trial import _trainer_args, training_rows
+    from trainer.trial import trainer_args, training_rows
 
     rows, _ = training_rows(cfg, tokenizer, data)
-    args = SFTConfig(**_trainer_args(cfg, Path(tempfile.mkdtemp()), cfg.training.max_steps),
+    args = SFTConfig(**trainer_args(cfg, Path(tempfile.mkdtemp()), cfg.training.max_steps),
                      max_length=cfg.training.max_seq_length,
                      completion_only_loss=True)
     family = SFTTrainer if kind == "stock" else SweepSFTTrainer
@@ -302,8 +308,9 @@ def _isolated(fn, *args) -> dict:
         return pool.submit(fn, *args).result()
 
 
-def run_spec(spec_name: str, num_cpus: int | None, baselines: bool = True):
-    """(spec, outcome, store, wall seconds) of one sweep on a fresh store in a scratch dir."""
+def run_spec(spec_name: str, num_cpus: int | None, baselines: bool = True, trials_per_worker=None):
+    """(spec, outcome, store, wall seconds) of one sweep on a fresh store in a scratch dir; `trials_per_worker`
+    replaces the spec's when given."""
     import dataclasses
 
     from orchestrator.ray_backend import RayBackend
@@ -316,6 +323,9 @@ def run_spec(spec_name: str, num_cpus: int | None, baselines: bool = True):
     spec = dataclasses.replace(spec, output=dataclasses.replace(spec.output, run_dir=str(work / "runs"),
                                                                 store=f"sqlite:///{work / 'bench.db'}"),
                                search=dataclasses.replace(spec.search, baselines=baselines))
+    if trials_per_worker is not None:
+        spec = dataclasses.replace(spec, resources=dataclasses.replace(spec.resources,
+                                                                       trials_per_worker=trials_per_worker))
     start = time.perf_counter()
     backend = RayBackend(num_cpus=num_cpus)
     try:
@@ -345,6 +355,98 @@ def bench_sweep(rows: list, run) -> None:
                      max(ratios) <= 0.5))
     if outcome.failed:
         rows.append((f"{spec.name}: failed trials", ", ".join(outcome.failed), 0.0, "none", False))
+
+
+def bench_packs(rows: list, steps: int, num_cpus: int | None) -> None:
+    alone, packed = _isolated(pack_step_seconds, 1, steps), _isolated(pack_step_seconds, 4, steps)
+    peak = _isolated(matmul_flops)
+    rows.append(("train step, 1 thread: 4 trials' steps isolated / one lockstep step of a pack of 4",
+                 f"{4 * alone['s']:.2f} s / {packed['s']:.2f} s", 4 * alone["s"] / packed["s"], "report", True))
+    for label, run in (("isolated trial", alone), ("pack of 4", packed)):
+        achieved = run["flop"] / run["s"]
+        native = run["native_bf16"]
+        target = 0.45 if native else 0.6
+        rows.append((f"training FLOP/s / {peak['dtype']} matmul FLOP/s, 1 thread, {label}",
+                     f"{achieved / 1e9:.1f} / {peak['flops'] / 1e9:.1f} GFLOP/s", achieved / peak["flops"],
+                     f">= {target}", achieved / peak["flops"] >= target))
+    rows.append(("peak host RSS per trial: isolated / pack of 4 (process RSS / 4)",
+                 f"{alone['rss_mib']:.0f} / {packed['rss_mib'] / 4:.0f} MiB", alone["rss_mib"] / (packed["rss_mib"] / 4),
+                 ">= 3x", alone["rss_mib"] / (packed["rss_mib"] / 4) >= 3))
+    rows.append(("generation: one adapter at batch 8 / pack of 4 mixed at batch 32",
+                 f"{packed['one_prompts_s']:.2f} / {packed['mixed_prompts_s']:.2f} prompts/s",
+                 packed["mixed_prompts_s"] / packed["one_prompts_s"], "report", True))
+    isolated_run = run_spec("grid_2x2x2.yaml", num_cpus, trials_per_worker=1)
+    packed_run = run_spec("grid_2x2x2.yaml", num_cpus, trials_per_worker=4)  # `auto` packs on GPU workers only
+    speedup = isolated_run[3] / packed_run[3]
+    target = 1.3 if _native_bf16() else 1.15
+    rows.append(("grid_2x2x2 wall: isolated / packs of 4", f"{isolated_run[3] / 60:.1f} / {packed_run[3] / 60:.1f} min",
+                 speedup, f">= {target}", speedup >= target))
+    for name, difference, half_width in rouge_differences(isolated_run, packed_run):
+        rows.append((f"  ROUGE-L packed - isolated, {name} (points; < half its 95% interval)",
+                     f"{difference:+.2f} / {half_width:.2f}", abs(difference) / half_width, "< 1.0",
+                     abs(difference) < half_width))
+
+
+def rouge_differences(isolated_run, packed_run) -> list[tuple[str, float, float]]:
+    """Per fine-tune: ROUGE-L packed minus isolated, and half the narrower of their bootstrap intervals (points)."""
+    from results.significance import mean_interval
+
+    scores = [run[2].example_scores(run[0].name, "rougeL") for run in (isolated_run, packed_run)]
+    out = []
+    for name in sorted(scores[0]):
+        if name.endswith("zero-shot") or name not in scores[1]:
+            continue
+        a, b = (mean_interval(list(s[name].values())) for s in scores)
+        out.append((name, 100 * (b.estimate - a.estimate), 100 * min(a.high - a.low, b.high - b.low) / 2))
+    return out
+
+
+def pack_step_seconds(trials: int, steps: int) -> dict:
+    """Seconds per lockstep optimizer step (after the first, a warm-up) of grid_2x2x2's first `trials` fine-tunes
+    in one pack (1: a pack of one, the isolated trial's arithmetic), one thread; the pack's training FLOP per step,
+    peak RSS, and generation throughput of one adapter against all of them mixed."""
+    import dataclasses
+
+    import torch
+
+    from evaluation.generate import generate
+    from orchestrator.loading import load_spec
+    from orchestrator.search import expand
+    from trainer import pack
+    from trainer.data import load_trial_data
+    from trainer.hardware import peak_memory_mib, probe_device
+    from trainer.trial import eval_mode, eval_prompts, load
+
+    torch.set_num_threads(1)
+    configs = [p.config for p in expand(load_spec(str(REPO / "sweeps" / STEP_SPEC))) if not p.config.zero_shot]
+    configs = [dataclasses.replace(c, training=dataclasses.replace(c.training, max_steps=steps, checkpoint_interval_steps=0))
+               for c in configs[:trials]]
+    data = load_trial_data(configs[0].dataset)
+    work = Path(tempfile.mkdtemp(prefix="qlora-sweep-pack-"))
+    members = [pack._member(pack.PackTrial(i, c, data, work / str(i), lambda e: None), i) for i, c in enumerate(configs)]
+    tokenizer, model = load(members[0].cfg)
+    model = pack.adapt_all(model, members)
+    for m in members:
+        pack._prepare(m, model, tokenizer)
+    pack._set_trainable(model, members)
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        pack._step(model, tokenizer.pad_token_id, members)
+        times.append(time.perf_counter() - start)
+    batch = next(members[0].groups)[0]
+    flop = trials * configs[0].training.gradient_accumulation_steps * _train_flop(model.config, *batch["input_ids"].shape)
+    texts = eval_prompts(members[0].cfg, tokenizer, data.eval[:8])
+    new_tokens = configs[0].generation.max_new_tokens
+    with eval_mode(model):
+        one = _timed(lambda: generate(model, tokenizer, texts, new_tokens, 8, False, None, [members[0].adapter] * 8))
+        mixed_texts = [t for _ in members for t in texts]
+        names = [m.adapter for m in members for _ in texts]
+        mixed = _timed(lambda: generate(model, tokenizer, mixed_texts, new_tokens, 8 * trials, False, None, names))
+    timed = times[1:] or times
+    return {"s": statistics.median(timed), "flop": flop, "native_bf16": probe_device().bf16_native,
+            "rss_mib": peak_memory_mib()["host_rss_mib"], "one_prompts_s": len(texts) / one,
+            "mixed_prompts_s": len(mixed_texts) / mixed}
 
 
 def bench_search(rows: list, grid_run, study_spec: str, num_cpus: int | None) -> None:
@@ -436,8 +538,8 @@ def _timed(fn) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="step,load,generate,eval,sweep,search,pruners",
-                        help="comma list of step, load, generate, eval, sweep, search, pruners")
+    parser.add_argument("--only", default="step,load,generate,eval,sweep,search,packs,pruners",
+                        help="comma list of step, load, generate, eval, sweep, search, packs, pruners")
     parser.add_argument("--pruner-spec", default="smoke.yaml", help="spec file in sweeps/ for the pruner bench")
     parser.add_argument("--steps", type=int, default=4, help="optimizer steps per step measurement (first = warm-up)")
     parser.add_argument("--spec", default="grid_2x2x2.yaml", help="spec file in sweeps/ for the sweep bench")
@@ -463,6 +565,8 @@ def main() -> int:
         bench_sweep(rows, grid_run)
     if "search" in parts:
         bench_search(rows, grid_run, args.study_spec, args.num_cpus)
+    if "packs" in parts:
+        bench_packs(rows, args.steps, args.num_cpus)
     if "pruners" in parts:
         bench_pruners(rows, args.pruner_spec, args.num_cpus)
     width = max(len(r[0]) for r in rows)

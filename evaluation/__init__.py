@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from statistics import fmean
 
-from evaluation.generate import generate
+from evaluation.generate import Generation, generate
 from evaluation.metrics import BERTSCORE_METRICS
 from evaluation.rouge import mean_scores, provenance, score_examples
 
@@ -45,13 +45,19 @@ def evaluate(model, tokenizer, prompts: list[str], references: list[tuple[str, .
              max_new_tokens: int, batch_size: int, add_special_tokens: bool = True,
              scoring: Scoring = Scoring(), decoding: dict | None = None) -> EvalResult:
     generations = generate(model, tokenizer, prompts, max_new_tokens, batch_size, add_special_tokens, decoding)
+    return score(generations, references, example_ids, scoring)
+
+
+def score(generations: list[Generation], references: list[tuple[str, ...]], example_ids: list[str],
+          scoring: Scoring = Scoring()) -> EvalResult:
+    """ROUGE (and BERTScore when asked) of generated summaries against their references."""
     texts = [g.text for g in generations]
     per_example = score_examples(texts, references, scoring.tokenizer, scoring.aggregation, scoring.use_stemmer)
     metrics = mean_scores(per_example)
     metrics["gen_tokens"] = fmean(g.new_tokens for g in generations)
     metrics["gen_words"] = fmean(len(t.split()) for t in texts)
     how = provenance(scoring.tokenizer, scoring.aggregation, scoring.use_stemmer, list(scoring.reference_columns),
-                     len(prompts))
+                     len(generations))
     how["decoding"] = scoring.decoding
     if scoring.bertscore_model:
         scorer = _bert_scorer(scoring.bertscore_model)

@@ -14,21 +14,24 @@ class Generation:
 
 
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int,
-             add_special_tokens: bool = True, decoding: dict | None = None) -> list[Generation]:
+             add_special_tokens: bool = True, decoding: dict | None = None,
+             adapter_names: list[str] | None = None) -> list[Generation]:
     """Completions of `prompts`, in their order, `batch_size` prompts per forward pass: greedy, or as `decoding`
     says (model.generate options: num_beams, no_repeat_ngram_size, ...); the batch is
-    halved whenever one runs out of memory. The tokenizer's padding side is left as it was found: a T5/BART
+    halved whenever one runs out of memory. `adapter_names` (one per prompt) mixes a PEFT model's adapters in each
+    batch, every prompt through its own adapter (a pack's evaluation). The tokenizer's padding side is left as it was found: a T5/BART
     collator pads its training labels on that side."""
     padding_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     try:
-        return _generate(model, tokenizer, prompts, max_new_tokens, batch_size, add_special_tokens, decoding or {})
+        return _generate(model, tokenizer, prompts, max_new_tokens, batch_size, add_special_tokens, decoding or {},
+                         adapter_names)
     finally:
         tokenizer.padding_side = padding_side
 
 
 def _generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int,
-              add_special_tokens: bool, decoding: dict) -> list[Generation]:
+              add_special_tokens: bool, decoding: dict, adapter_names: list[str] | None) -> list[Generation]:
     import torch
 
     # Longest first, so each batch holds similar lengths (less padding) and OOM shows up at once.
@@ -40,10 +43,11 @@ def _generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_s
         batch = order[start:start + batch_size]
         encoded = tokenizer([prompts[i] for i in batch], return_tensors="pt", padding=True,
                             add_special_tokens=add_special_tokens).to(model.device)
+        routed = {} if adapter_names is None else {"adapter_names": [adapter_names[i] for i in batch]}
         try:
             with torch.inference_mode():
                 output = model.generate(**encoded, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                                        **{"do_sample": False, **decoding})
+                                        **{"do_sample": False, **decoding}, **routed)
         except torch.OutOfMemoryError:
             if batch_size == 1:
                 raise

@@ -42,15 +42,19 @@ class Backend(Protocol):
     def submit(self, key: Any, config: TrialConfig, data_ref: Any, out_dir: Path, cpus: int, gpus: float) -> None:
         """Start trial `key` on a worker when one is free."""
 
+    def submit_pack(self, keys: list, configs: list[TrialConfig], data_refs: list, out_dirs: list[Path], cpus: int,
+                    gpus: float) -> None:
+        """Start trials `keys` together in one worker on one base (trainer.pack); each ends with its own outcome."""
+
     def cancel(self, key: Any) -> None:
-        """Kill trial `key`'s worker; its outcome then arrives as an error."""
+        """End trial `key`: kill its worker, or take it out of its pack; its outcome then arrives as an error."""
 
     def is_pending(self, key: Any) -> bool:
         """Submitted and not yet finished."""
 
     @property
     def running(self) -> int:
-        """Trials submitted and not yet finished."""
+        """Workers busy: each runs one trial or one pack."""
 
     def finished(self, timeout_s: float) -> list[Outcome]:
         """Trials that ended within `timeout_s`, successfully or not."""

@@ -245,6 +245,9 @@ def _plan(args) -> int:
           f"{sum(t.kind == 'baseline' for t in plan)} zero-shot baselines)")
     if search.describe():
         print(search.describe())
+    from orchestrator.packs import plan_lines
+
+    print("\n".join(plan_lines(((t.name, t.config) for t in plan), spec.resources.trials_per_worker)))
     return 0
 
 

@@ -65,6 +65,10 @@ class Trial:
     """The trial step it reported last; the final evaluation comes in Step.EVALUATE."""
     checkpoint_step: int = 0
     """Optimizer step of the last complete checkpoint it reported (0: none yet)."""
+    pack: tuple[int, ...] = ()
+    """The trial ids sharing its worker's base (itself included) when it runs in a pack (trainer.pack)."""
+    pack_limit: int | None = None
+    """The most trials its next pack may hold: halved after a pack ran out of memory."""
 
     @property
     def name(self) -> str:

@@ -34,6 +34,7 @@ class _Events:
 
     def __init__(self):
         self._events: list[tuple[Any, dict]] = []
+        self._leaving: dict[Any, str] = {}
 
     def put(self, item: tuple[Any, dict]) -> None:
         self._events.append(item)
@@ -41,6 +42,14 @@ class _Events:
     def drain(self) -> list[tuple[Any, dict]]:
         drained, self._events = self._events, []
         return drained
+
+    def ask_to_leave(self, key: Any, reason: str) -> None:
+        """The driver ends one trial of a pack; the pack's worker reads it at its next step."""
+        self._leaving[key] = reason
+
+    def leaving(self, keys: list) -> dict[Any, str]:
+        """The requests for `keys` since the last call (each is answered once)."""
+        return {k: self._leaving.pop(k) for k in keys if k in self._leaving}
 
 
 class _Reporter:
@@ -81,6 +90,60 @@ def _trial_task(key, config, data, out_dir: str, num_threads: int, events, trial
     return result, time.perf_counter() - start
 
 
+# One worker, several trials on one base (trainer.pack); each trial still reports under its own key.
+@ray.remote(max_calls=1, max_retries=0)
+def _pack_task(keys: list, configs: list, out_dirs: list[str], num_threads: int, events, *datas):
+    """`datas` (each trial's) are top-level arguments so that Ray resolves them before the task starts."""
+    from trainer.pack import PackTrial, run_pack
+
+    outs = [Path(d) for d in out_dirs]
+    for out in outs:
+        out.mkdir(parents=True, exist_ok=True)
+    _redirect_output(outs[0].parent / f"pack-{'-'.join(map(str, keys))}.log")
+    reports = [_Reporter(key, events) for key in keys]
+    worker = f"{socket.gethostname()}:{os.getpid()}, pack of {len(keys)}"  # `sweep status` shows who shares it
+    for report, config, data, out in zip(reports, configs, datas, outs):
+        report(ev.Started(worker, ray.get_runtime_context().get_node_id()))
+        report(ev.Attempt(last_checkpoint(out, resume_key(config, data))[1]))
+    by_key, left = dict(zip(keys, reports)), set()
+
+    def on_leave(key, error: BaseException) -> None:  # its outcome now: the pack goes on without it
+        left.add(key)
+        by_key[key](ev.Left(str(error), ev.failure_kind(error).value))
+
+    start = time.perf_counter()
+    trials = [PackTrial(*item) for item in zip(keys, configs, datas, outs, reports)]
+    try:
+        results = run_pack(trials, num_threads, _LeavePoll(events, keys), on_leave)
+    except BaseException:
+        traceback.print_exc()
+        raise
+    finally:
+        for report in reports:
+            report.flush()
+    runtime_s = time.perf_counter() - start
+    return {key: ("left",) if key in left else ("failed", str(r), ev.failure_kind(r).value)
+            if isinstance(r, BaseException) else ("ok", r, runtime_s) for key, r in results.items()}
+
+
+class _LeavePoll:
+    """Which of a pack's trials the driver asked to leave, read without blocking: one request in flight, its
+    answer taken when ready (a blocked `ray.get` would give the worker's CPU back to the scheduler)."""
+
+    def __init__(self, events, keys: list):
+        self.events, self.keys, self.pending = events, keys, None
+
+    def __call__(self) -> dict:
+        asked = {}
+        if self.pending is not None:
+            ready, _ = ray.wait([self.pending], timeout=0)
+            if not ready:
+                return {}
+            asked = ray.get(self.pending)
+        self.pending = self.events.leaving.remote(self.keys)
+        return asked
+
+
 def _redirect_output(path: Path) -> None:
     """Send this worker's stdout/stderr (including C-level writes) to the trial's own log file."""
     handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -100,7 +163,8 @@ class RayBackend:
             ray.init(address=address or "local", num_cpus=None if address else num_cpus, include_dashboard=False,
                      log_to_driver=False, logging_level="ERROR", runtime_env={"env_vars": env})
         self.events = _Events.remote()
-        self._pending: dict[Any, Any] = {}  # object ref -> trial key
+        self._pending: dict[Any, list] = {}  # object ref -> the keys of the trials it runs (one, or a pack's)
+        self._left: list[Outcome] = []  # trials that left their pack before it ended: outcomes not yet returned
 
     def total(self, resource: str) -> float:
         return float(ray.cluster_resources().get(resource, 0))
@@ -116,40 +180,68 @@ class RayBackend:
     def submit(self, key: Any, config: Any, data_ref: Any, out_dir: Path, cpus: int, gpus: float) -> None:
         ref = _trial_task.options(num_cpus=cpus, num_gpus=gpus, name=f"trial {key}").remote(
             key, config, data_ref, str(out_dir), cpus, self.events, self.trial_fn)
-        self._pending[ref] = key
+        self._pending[ref] = [key]
+
+    def submit_pack(self, keys: list, configs: list, data_refs: list, out_dirs: list[Path], cpus: int,
+                    gpus: float) -> None:
+        """Start the trials `keys` together in one worker, on one base (trainer.pack)."""
+        ref = _pack_task.options(num_cpus=cpus, num_gpus=gpus, name=f"pack {keys}").remote(
+            keys, configs, [str(d) for d in out_dirs], cpus, self.events, *data_refs)
+        self._pending[ref] = list(keys)
 
     def cancel(self, key: Any) -> None:
-        """Kill the worker running trial `key`; its outcome then arrives as an error."""
-        for ref, pending_key in self._pending.items():
-            if pending_key == key:
+        """End trial `key`: kill its worker, or ask its pack to go on without it; its outcome arrives as an error."""
+        for ref, keys in self._pending.items():
+            if key in keys and len(keys) == 1:
                 ray.cancel(ref, force=True)  # force: the trial runs C code that never checks for a soft cancel
+            elif key in keys:
+                self.events.ask_to_leave.remote(key, "asked to leave its pack by the driver")
 
     def is_pending(self, key: Any) -> bool:
-        return key in self._pending.values()
+        return any(key in keys for keys in self._pending.values())
 
     @property
     def running(self) -> int:
+        """Workers running: one trial each, or one pack each."""
         return len(self._pending)
 
     def finished(self, timeout_s: float) -> list[Outcome]:
-        """Trials that ended within `timeout_s`, successfully or not."""
+        """Trials that ended within `timeout_s`, successfully or not (or left their pack)."""
+        left, self._left = self._left, []
         if not self._pending:
-            return []
-        done, _ = ray.wait(list(self._pending), num_returns=len(self._pending), timeout=timeout_s)
-        return [self._outcome(ref, self._pending.pop(ref)) for ref in done]
+            return left
+        done, _ = ray.wait(list(self._pending), num_returns=len(self._pending), timeout=0 if left else timeout_s)
+        return left + [o for ref in done for o in self._outcomes(ref, self._pending.pop(ref))]
 
     def drain_events(self) -> list[tuple[Any, ev.Event]]:
-        return [(key, ev.decode(raw)) for key, raw in ray.get(self.events.drain.remote())]
+        drained = []
+        for key, raw in ray.get(self.events.drain.remote()):
+            event = ev.decode(raw)
+            if isinstance(event, ev.Left):  # the trial's outcome, not a point
+                self._left.append(Outcome(key, error=event.error, failure=ev.FailureKind(event.failure)))
+                self._pending = {ref: [k for k in keys if k != key] for ref, keys in self._pending.items()}
+            else:
+                drained.append((key, event))
+        return drained
 
     def shutdown(self) -> None:
         if self._owns_ray:
             ray.shutdown()
 
     @staticmethod
-    def _outcome(ref: Any, key: Any) -> Outcome:
+    def _outcomes(ref: Any, keys: list) -> list[Outcome]:
         try:
-            result, runtime_s = ray.get(ref)
+            returned = ray.get(ref)
         except Exception as exc:  # RayTaskError (trial raised), WorkerCrashedError (process died), OOM
-            return Outcome(key, error="\n".join(str(exc).strip().splitlines()[-_ERROR_LINES:]),
-                           failure=ev.failure_kind(exc))
-        return Outcome(key, result=result, runtime_s=runtime_s)
+            error = "\n".join(str(exc).strip().splitlines()[-_ERROR_LINES:])
+            return [Outcome(key, error=error, failure=ev.failure_kind(exc)) for key in keys]
+        if isinstance(returned, tuple):  # one trial's (result, runtime_s)
+            return [Outcome(keys[0], result=returned[0], runtime_s=returned[1])]
+        outcomes = []
+        for key in keys:  # a pack's: each trial's own; one that left had its outcome when it left
+            match returned[key]:
+                case ("ok", result, runtime_s):
+                    outcomes.append(Outcome(key, result=result, runtime_s=runtime_s))
+                case ("failed", error, failure):
+                    outcomes.append(Outcome(key, error=error, failure=ev.FailureKind(failure)))
+        return outcomes

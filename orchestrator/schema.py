@@ -80,7 +80,8 @@ def _convert_union(options: list, value: Any, path: str, problems: list[ConfigPr
             return converted
     if len(options) == 1:
         return convert(options[0], value, path, problems)
-    return _fail(problems, path, "has the wrong type", value, " or ".join(_name(o) for o in options))
+    allowed = " or ".join(_name(o) for o in options)
+    return _fail(problems, path, "has the wrong type", value, allowed, f"write {allowed} instead")
 
 
 def _convert_scalar(hint: Any, value: Any, path: str, problems: list[ConfigProblem]) -> Any:
@@ -140,6 +141,8 @@ def _join(path: str, key: str) -> str:
 
 
 def _name(hint: Any) -> str:
+    if typing.get_origin(hint) is Literal:
+        return " | ".join(map(str, typing.get_args(hint)))
     return getattr(hint, "__name__", str(hint))
 
 

@@ -108,6 +108,12 @@ class ResourcesConfig:
     retry_out_of_memory: bool = False
     """Re-run a trial that ran out of memory (GPU or host) once with half the micro batch and twice the
     gradient accumulation: same effective batch, slightly different numerics."""
+    trials_per_worker: int | Literal["auto"] = field(default=1, metadata={"ge": 1})
+    """Trials that share one worker's base model (a pack, trainer.pack): one copy of the base and one forward
+    and backward of it for all, each trial its own adapter, optimizer, rows and results. 1 = each trial in its
+    own worker (isolated); N = up to N compatible trials (trainer.packing) per worker; `auto` = on GPU workers,
+    the ready compatible trials spread over the free workers (at most 8 each), on CPU workers 1 (packs measured
+    slower there). An out-of-memory error splits a pack in halves, each continuing from its checkpoints."""
 
 
 @dataclass(frozen=True)

@@ -164,7 +164,11 @@ def _sampler(settings: OptunaSettings, space: dict[str, BaseDistribution]) -> op
         return _AskTellGridSampler({k: d.choices for k, d in space.items()}, seed=settings.seed)
     if settings.sampler == "random":
         return optuna.samplers.RandomSampler(seed=settings.seed)
-    return optuna.samplers.TPESampler(seed=settings.seed)
+    with warnings.catch_warnings():  # constant_liar is "experimental": its API, not its behaviour
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        # Trials run side by side (several workers, several trials per pack): a running trial counts as a bad
+        # result while TPE proposes the next, so proposals asked together do not crowd one point.
+        return optuna.samplers.TPESampler(seed=settings.seed, constant_liar=True)
 
 
 def _pruner(settings: OptunaSettings, eval_interval_steps: int) -> optuna.pruners.BasePruner:

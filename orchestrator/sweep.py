@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from orchestrator import mlflow_view, steering
+from orchestrator import mlflow_view, packs, steering
 from orchestrator.backend import Backend, Outcome
 from orchestrator.budget import budget_problems
 from orchestrator.control import HEARTBEAT_INTERVAL_S, StopFlag, SweepBusy, driver_alive, driver_id
@@ -38,6 +38,7 @@ from results.states import TrialState
 from results.store import Store
 from results.tensorboard import TensorBoardSink
 from trainer import events as ev
+from trainer import packing
 from trainer.data import TrialData
 from trainer.identity import content_key
 from trainer.models import model_identity
@@ -198,13 +199,12 @@ class Driver:
             self.queue.append(trial)
 
     def _fill(self) -> bool:
-        """Start queued (then proposed) trials while slots are free; False when nothing is left to start."""
+        """Start queued (then proposed) trials while workers are free, packed where resources.trials_per_worker
+        allows; False when nothing is left to start."""
         while not self.stopping and self.backend.running < self.slots:
+            if not self.queue and not self._ask():
+                break
             if not self.queue:
-                proposed = self.search.ask()
-                if proposed is None:
-                    break
-                self._add(proposed)
                 continue
             trial = self.queue.popleft()
             problems = self._infeasible(trial.planned)
@@ -212,10 +212,50 @@ class Driver:
                 self.lifecycle.transition(trial, S.FAILED, reason="infeasible settings, not run: "
                                           + "; ".join(p.render() for p in problems))
                 continue
-            self.backend.submit(trial.trial_id, trial.planned.config, self.shared[data_key(trial.planned)],
-                                trial_dir(self.sweep_dir, trial.name), self.cpus, self.gpus)
-            self.lifecycle.transition(trial, S.SUBMITTED)
+            self._submit([trial, *self._mates(trial)])
         return bool(self.queue) and not self.stopping
+
+    def _ask(self) -> bool:
+        """Queue the search's next proposals: as many as a pack holds (Optuna's constant liar keeps them apart)."""
+        asked = 0
+        for _ in range(packs.proposals_to_ask(self.spec.resources.trials_per_worker, self._free_workers(),
+                                              self.gpus > 0)):
+            proposed = self.search.ask()
+            if proposed is None:
+                break
+            self._add(proposed)
+            asked += 1
+        return asked > 0
+
+    def _mates(self, trial: Trial) -> list[Trial]:
+        """Queued trials that may share `trial`'s worker (trainer.packing), as many as its pack may hold."""
+        if packing.isolated_reason(trial.planned.config) is not None:
+            return []
+        key = packing.pack_key(trial.planned.config)
+        ready = [t for t in self.queue if packing.isolated_reason(t.planned.config) is None
+                 and packing.pack_key(t.planned.config) == key and not self._infeasible(t.planned)]
+        limit = min((t.pack_limit for t in [trial, *ready] if t.pack_limit), default=None)  # a halved pack's
+        size = packs.pack_size(self.spec.resources.trials_per_worker, 1 + len(ready), self._free_workers(), limit,
+                               self.gpus > 0)
+        mates = ready[:size - 1]
+        for mate in mates:
+            self.queue.remove(mate)
+        return mates
+
+    def _free_workers(self) -> int:
+        return max(self.slots - self.backend.running, 1)
+
+    def _submit(self, pack: list[Trial]) -> None:
+        dirs = [trial_dir(self.sweep_dir, t.name) for t in pack]
+        refs = [self.shared[data_key(t.planned)] for t in pack]
+        if len(pack) == 1:
+            self.backend.submit(pack[0].trial_id, pack[0].planned.config, refs[0], dirs[0], self.cpus, self.gpus)
+        else:
+            self.backend.submit_pack([t.trial_id for t in pack], [t.planned.config for t in pack], refs, dirs,
+                                     self.cpus, self.gpus)
+        for t in pack:
+            t.pack = tuple(m.trial_id for m in pack) if len(pack) > 1 else ()
+            self.lifecycle.transition(t, S.SUBMITTED)
 
     def _infeasible(self, trial: PlannedTrial) -> list:
         """A study proposal checked as every grid point was before the sweep began (spec and token budget)."""
@@ -266,8 +306,8 @@ class Driver:
         points.clear()
 
     def _kill(self, trial: Trial, state: TrialState, reason: str) -> None:
-        """End a submitted or running trial as `state` for `reason` (the first reason wins) by killing its worker;
-        the state is applied when its outcome arrives."""
+        """End a submitted or running trial as `state` for `reason` (the first reason wins) by killing its worker,
+        or taking it out of its pack; the state is applied when its outcome arrives."""
         if trial.planned_end is None and trial.state in (S.SUBMITTED, S.RUNNING):
             trial.planned_end = (state, reason)
             self.backend.cancel(trial.trial_id)
@@ -297,6 +337,12 @@ class Driver:
             self.lifecycle.transition(trial, S.COMPLETED, result=outcome.result, runtime_s=outcome.runtime_s)
 
     def _retry_or_fail(self, trial: Trial, outcome: Outcome) -> None:
+        if outcome.failure is ev.FailureKind.OUT_OF_MEMORY and len(trial.pack) > 1:
+            trial.pack_limit = len(trial.pack) // 2  # each half continues from its checkpoints, config unchanged
+            self.lifecycle.transition(trial, S.PENDING, reason=f"out of memory in a pack of {len(trial.pack)}: "
+                                      f"runs again in a pack of at most {trial.pack_limit}")
+            self.queue.appendleft(trial)
+            return
         retry = retry_config(trial.planned.config, trial.attempts, outcome, self.spec.resources)
         if retry is None:
             self.lifecycle.transition(trial, S.FAILED, reason=outcome.error, runtime_s=outcome.runtime_s)

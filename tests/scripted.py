@@ -40,16 +40,18 @@ class ScriptedBackend:
     """Implements orchestrator.backend.Backend. `script(config)` gives a trial's items; a submitted trial
     reports Started and Attempt(0) first, as RayBackend's workers do."""
 
-    def __init__(self, script: Callable[[TrialConfig], Script], cpus: int = 2, tick_s: float = 0.005):
-        self.script, self.cpus, self.tick_s = script, cpus, tick_s
+    def __init__(self, script: Callable[[TrialConfig], Script], cpus: int = 2, tick_s: float = 0.005, gpus: int = 0):
+        self.script, self.cpus, self.tick_s, self.gpus = script, cpus, tick_s, gpus
         self._scripts: dict[Any, list] = {}
         self._cancelled: set[Any] = set()
         self._events: list[tuple[Any, ev.Event]] = []
         self.submitted: list[tuple[Any, TrialConfig]] = []
+        self.packs: list[list] = []
+        """The keys of each pack submitted, in order."""
         self._out_dirs: dict[Any, Path] = {}
 
     def total(self, resource: str) -> float:
-        return float(self.cpus) if resource == "CPU" else 0.0
+        return float({"CPU": self.cpus, "GPU": self.gpus}.get(resource, 0))
 
     largest_node = total
 
@@ -63,6 +65,14 @@ class ScriptedBackend:
         self._out_dirs[key] = out_dir
         self._scripts[key] = [ev.Started(f"scripted:{len(self.submitted)}"), ev.Attempt(0), *self.script(config)]
 
+    def submit_pack(self, keys: list, configs: list, data_refs: list, out_dirs: list[Path], cpus: int,
+                    gpus: float) -> None:
+        """Each trial of the pack plays its own script; the pack holds one worker until its last trial ends."""
+        self.packs.append(list(keys))
+        for key, config, data_ref, out_dir in zip(keys, configs, data_refs, out_dirs):
+            self.submit(key, config, data_ref, out_dir, cpus, gpus)
+            self._scripts[key][0] = ev.Started(f"scripted pack {self.packs[-1]}")
+
     def cancel(self, key: Any) -> None:
         if key in self._scripts:
             self._cancelled.add(key)
@@ -72,7 +82,8 @@ class ScriptedBackend:
 
     @property
     def running(self) -> int:
-        return len(self._scripts)
+        alone = [k for k in self._scripts if not any(k in pack for pack in self.packs)]
+        return len(alone) + sum(any(k in self._scripts for k in pack) for pack in self.packs)
 
     def finished(self, timeout_s: float) -> list[Outcome]:
         """Every pending trial plays its next item; those that reached their end (or were cancelled) are returned."""

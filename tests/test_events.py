@@ -8,7 +8,7 @@ from trainer import events as ev
 
 EVERY_KIND = [ev.Started("host:1", "node-a"), ev.Attempt(4), ev.Environment({"device": "cpu", "dtype": "bf16"}),
               ev.Phase("evaluate"), ev.Metric("eval/rougeL", 3, 0.25), ev.Checkpoint(8),
-              ev.Budget(32), ev.Scores("eval/rougeL", 4, (0.5, 0.25))]
+              ev.Budget(32), ev.Scores("eval/rougeL", 4, (0.5, 0.25)), ev.Left("asked to leave", "raised")]
 
 
 @pytest.mark.parametrize("event", EVERY_KIND, ids=lambda e: type(e).__name__)
@@ -20,7 +20,7 @@ def test_every_event_survives_its_encoding_and_a_json_round_trip(event):
 
 
 def test_an_unknown_event_tag_is_a_clear_error():
-    with pytest.raises(ValueError, match=r"one of started, attempt, environment, step, metric, scores, checkpoint, budget; given 'nope'"):
+    with pytest.raises(ValueError, match=r"one of started, attempt, environment, step, metric, scores, checkpoint, budget, left; given 'nope'"):
         ev.decode({"event": "nope"})
 
 

@@ -231,11 +231,11 @@ def test_rslora_scales_by_the_root_of_the_rank_and_dora_saves_magnitudes_and_tra
 
 
 def test_weight_decay_and_gradient_clipping_reach_the_optimizer(trial_cfg, tmp_path):
-    from trainer.trial import _trainer_args
+    from trainer.trial import trainer_args
 
     cfg = dataclasses.replace(trial_cfg, training=dataclasses.replace(trial_cfg.training, max_grad_norm=0.5,
                                                                       weight_decay=0.1))
-    args = _trainer_args(cfg, tmp_path, cfg.training.max_steps)
+    args = trainer_args(cfg, tmp_path, cfg.training.max_steps)
     assert (args["max_grad_norm"], args["weight_decay"]) == (0.5, 0.1)
     # Decay pulls every trained weight towards 0: after the same 2 steps the adapter is smaller than without it.
     data = load_trial_data(cfg.dataset)

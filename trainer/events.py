@@ -97,9 +97,20 @@ class Budget:
     total_steps: int
 
 
-Event = Started | Attempt | Environment | Phase | Metric | Scores | Checkpoint | Budget
+@dataclass(frozen=True)
+class Left:
+    """The trial left its pack before the pack ended (stopped, pruned or diverged): its outcome, an error. The
+    backend turns it into that outcome; the driver never sees it as an event."""
+
+    error: str
+    failure: str
+    """A FailureKind value."""
+
+
+Event = Started | Attempt | Environment | Phase | Metric | Scores | Checkpoint | Budget | Left
 _KINDS: dict[str, type] = {"started": Started, "attempt": Attempt, "environment": Environment, "step": Phase,
-                           "metric": Metric, "scores": Scores, "checkpoint": Checkpoint, "budget": Budget}
+                           "metric": Metric, "scores": Scores, "checkpoint": Checkpoint, "budget": Budget,
+                           "left": Left}
 _TAGS = {kind: tag for tag, kind in _KINDS.items()}
 
 

@@ -60,9 +60,11 @@ def _pair(cfg: TrialConfig, tokenizer, encoder_decoder: bool, index: int, dialog
     return Pair(index, prompt_ids + completion_ids, [-100] * len(prompt_ids) + completion_ids)
 
 
-def heldout_loss(model, pairs: list[Pair], examples: int, batch_size: int, pad_id: int) -> list[float | None]:
+def heldout_loss(model, pairs: list[Pair], examples: int, batch_size: int, pad_id: int,
+                 adapter_names: list[str] | None = None) -> list[float | None]:
     """Per example: the mean over its references of the mean cross-entropy of their summary tokens (None when
-    no reference fitted). The batch is halved whenever one runs out of memory, as generation's is."""
+    no reference fitted). The batch is halved whenever one runs out of memory, as generation's is.
+    `adapter_names` (one per pair) routes each pair through its own adapter of a PEFT model (a pack)."""
     import torch
 
     losses: dict[int, list[float]] = {}
@@ -70,7 +72,8 @@ def heldout_loss(model, pairs: list[Pair], examples: int, batch_size: int, pad_i
     while start < len(pairs):
         batch = pairs[start:start + batch_size]
         try:
-            scored = _batch_losses(model, batch, pad_id, torch)
+            routed = {} if adapter_names is None else {"adapter_names": adapter_names[start:start + len(batch)]}
+            scored = _batch_losses(model, batch, pad_id, torch, routed)
         except torch.OutOfMemoryError:
             if len(batch) == 1:
                 raise
@@ -84,7 +87,7 @@ def heldout_loss(model, pairs: list[Pair], examples: int, batch_size: int, pad_i
     return [sum(losses[i]) / len(losses[i]) if i in losses else None for i in range(examples)]
 
 
-def _batch_losses(model, batch: list[Pair], pad_id: int, torch) -> list[float]:
+def _batch_losses(model, batch: list[Pair], pad_id: int, torch, routed: dict) -> list[float]:
     def padded(rows: list[list[int]], value: int):
         width = max(len(r) for r in rows)
         return torch.tensor([r + [value] * (width - len(r)) for r in rows], device=model.device)
@@ -94,15 +97,15 @@ def _batch_losses(model, batch: list[Pair], pad_id: int, torch) -> list[float]:
     labels = padded([p.labels for p in batch], -100)
     with torch.inference_mode():
         if model.config.is_encoder_decoder:
-            logits, targets = model(input_ids=input_ids, attention_mask=attention, labels=labels).logits, labels
+            logits, targets = model(input_ids=input_ids, attention_mask=attention, labels=labels, **routed).logits, labels
         elif slices_logits_by_mask(model):  # the vocabulary projection only where a summary token is predicted
             targets = labels[:, 1:]
             kept = torch.nn.functional.pad(targets != -100, (0, 1))
-            flat = model(input_ids=input_ids, attention_mask=attention, logits_to_keep=kept).logits
+            flat = model(input_ids=input_ids, attention_mask=attention, logits_to_keep=kept, **routed).logits
             token_loss = torch.nn.functional.cross_entropy(flat.float(), targets[targets != -100], reduction="none")
             return [float(part.mean()) for part in token_loss.split((targets != -100).sum(dim=1).tolist())]
         else:  # position t predicts token t + 1
-            logits, targets = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1], labels[:, 1:]
+            logits, targets = model(input_ids=input_ids, attention_mask=attention, **routed).logits[:, :-1], labels[:, 1:]
         token_loss = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none",
                                                        ignore_index=-100)
         counted = (targets != -100).sum(dim=1).clamp(min=1)

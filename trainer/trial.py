@@ -11,6 +11,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from transformers import TrainerCallback, set_seed
@@ -33,7 +34,7 @@ Report = Callable[[Event], None]
 def run_trial(cfg: TrialConfig, data: TrialData, out_dir: Path, report: Report,
               num_threads: int | None = None) -> TrialResult:
     """Run one trial end to end and return its final metrics and predictions."""
-    _set_threads(num_threads)
+    set_threads(num_threads)
     key = checkpoints.resume_key(cfg, data)  # of the config as submitted, as the Ray task computed it
     cfg, environment = resolve_device(cfg, report)
     set_seed(cfg.training.seed)  # LoRA init happens in adapt(), before SFTTrainer would seed
@@ -54,13 +55,13 @@ def run_trial(cfg: TrialConfig, data: TrialData, out_dir: Path, report: Report,
     footprint = parameter_counts(model, trained=not cfg.zero_shot)
     with _step(Step.EVALUATE, timings, report):
         result = evaluator(model)
-        _report_eval(report, result, 0 if cfg.zero_shot else total_steps)
+        report_eval(report, result, 0 if cfg.zero_shot else total_steps)
     if not cfg.zero_shot:
         with _step(Step.SAVE, timings, report):
             adapter_dir = save(model, out_dir)
             if not cfg.training.keep_final_checkpoint:
                 checkpoints.remove_checkpoints(out_dir)
-    footprint["saved_mib"] = _folder_mib(adapter_dir)
+    footprint["saved_mib"] = folder_mib(adapter_dir)
     environment.update(peak_memory_mib())
     return TrialResult({**result.metrics, **footprint}, result.predictions, adapter_dir, timings, result.scoring,
                        environment)
@@ -86,18 +87,23 @@ def load(cfg: TrialConfig):
 def adapt(model, cfg: TrialConfig):
     """Wrap the base model in LoRA adapters; base weights stay frozen (and 4-bit under nf4). A full fine-tune
     trains the model as it is: every weight."""
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
 
     if cfg.training.method == "full":
         model.requires_grad_(True)
         return model
-    task = "SEQ_2_SEQ_LM" if model.config.is_encoder_decoder else "CAUSAL_LM"
-    lora = LoraConfig(r=cfg.lora.rank, lora_alpha=cfg.lora.effective_alpha, lora_dropout=cfg.lora.dropout,
-                      target_modules=cfg.lora.target_modules, task_type=task, use_rslora=cfg.lora.use_rslora,
-                      use_dora=cfg.lora.use_dora)
     # Not prepare_model_for_kbit_training: it upcasts every non-4-bit weight (embeddings, 49k-vocab
     # head) to float32, which costs speed on CPU; PEFT keeps the adapter weights in float32 anyway.
-    return get_peft_model(model, lora)
+    return get_peft_model(model, lora_config(cfg, model.config.is_encoder_decoder))
+
+
+def lora_config(cfg: TrialConfig, encoder_decoder: bool):
+    """The trial's PEFT LoraConfig."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=cfg.lora.rank, lora_alpha=cfg.lora.effective_alpha, lora_dropout=cfg.lora.dropout,
+                      target_modules=cfg.lora.target_modules, task_type="SEQ_2_SEQ_LM" if encoder_decoder else "CAUSAL_LM",
+                      use_rslora=cfg.lora.use_rslora, use_dora=cfg.lora.use_dora)
 
 
 def train(model, tokenizer, cfg: TrialConfig, data: TrialData, out_dir: Path, report: Report,
@@ -121,7 +127,7 @@ def train(model, tokenizer, cfg: TrialConfig, data: TrialData, out_dir: Path, re
 
         rows, skipped = seq2seq_rows(cfg, tokenizer, data)
         total_steps = budget(cfg, len(rows))
-        trainer = Seq2SeqTrainer(model=model, args=Seq2SeqTrainingArguments(**_trainer_args(cfg, out_dir, total_steps)),
+        trainer = Seq2SeqTrainer(model=model, args=Seq2SeqTrainingArguments(**trainer_args(cfg, out_dir, total_steps)),
                                  train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                                  data_collator=DataCollatorForSeq2Seq(tokenizer, model=model), callbacks=callbacks)
     else:
@@ -131,8 +137,8 @@ def train(model, tokenizer, cfg: TrialConfig, data: TrialData, out_dir: Path, re
 
         rows, skipped = training_rows(cfg, tokenizer, data)
         total_steps = budget(cfg, len(rows))
-        # TRL turns activation checkpointing on by default; _trainer_args sets it from the spec.
-        args = SFTConfig(**_trainer_args(cfg, out_dir, total_steps), max_length=cfg.training.max_seq_length,
+        # TRL turns activation checkpointing on by default; trainer_args sets it from the spec.
+        args = SFTConfig(**trainer_args(cfg, out_dir, total_steps), max_length=cfg.training.max_seq_length,
                          completion_only_loss=True)
         trainer = SweepSFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
                                    processing_class=tokenizer, callbacks=callbacks)
@@ -166,7 +172,7 @@ def _optimizer(name: str) -> dict:
     return {"optim": _OPTIMIZERS[name]} if name in _OPTIMIZERS else {}
 
 
-def _trainer_args(cfg: TrialConfig, out_dir: Path, total_steps: int) -> dict:
+def trainer_args(cfg: TrialConfig, out_dir: Path, total_steps: int) -> dict:
     """TrainingArguments shared by both trainers, for a budget of `total_steps` optimizer steps."""
     import torch
 
@@ -224,32 +230,56 @@ def training_rows(cfg: TrialConfig, tokenizer, data: TrialData) -> tuple[list[di
     return rows, skipped
 
 
+@dataclass(frozen=True)
+class EvalSet:
+    """One trial's eval rows, encoded once: the prompts to generate from, the references, the held-out pairs."""
+
+    texts: list[str]
+    references: list[tuple[str, ...]]
+    ids: list[str]
+    pairs: list[heldout.Pair]
+    add_special: bool
+    """Whether the tokenizer adds special tokens (the chat template already wrote them)."""
+    how: Scoring
+
+
+def eval_set(cfg: TrialConfig, tokenizer, data: TrialData, limit: int | None = None,
+             encoder_decoder: bool = False) -> EvalSet:
+    """The first `limit` (default all) eval rows of `data` as `cfg` prompts them."""
+    rows = data.eval[:limit]
+    references = [e.references or (e.summary,) for e in rows]
+    return EvalSet(eval_prompts(cfg, tokenizer, rows), references, [e.id for e in rows],
+                   heldout.heldout_pairs(cfg, tokenizer, encoder_decoder, [e.dialogue for e in rows], references),
+                   not prompts.uses_chat(cfg, tokenizer), scoring(cfg, data))
+
+
 def make_evaluator(cfg: TrialConfig, tokenizer, data: TrialData, limit: int | None = None,
                    encoder_decoder: bool = False) -> Callable[[object], EvalResult]:
     """A function model -> EvalResult over the first `limit` (default all) eval rows, built once: ROUGE of the
     generated summaries, and the held-out loss of the references (`eval_loss`)."""
-    rows = data.eval[:limit]
-    texts = eval_prompts(cfg, tokenizer, rows)
-    references = [e.references or (e.summary,) for e in rows]
-    ids = [e.id for e in rows]
-    add_special = not prompts.uses_chat(cfg, tokenizer)  # the chat template already wrote them
-    how = scoring(cfg, data)
-    pairs = heldout.heldout_pairs(cfg, tokenizer, encoder_decoder, [e.dialogue for e in rows], references)
+    rows = eval_set(cfg, tokenizer, data, limit, encoder_decoder)
+    g = cfg.generation
 
     def run(model) -> EvalResult:
-        was_training = model.training
-        model.eval()
-        try:
-            with dequantized_for_eval(model):  # the frozen 4-bit base dequantized once, not at every token
-                result = evaluate(model, tokenizer, texts, references, ids, cfg.generation.max_new_tokens,
-                                  cfg.generation.eval_batch_size, add_special, how, cfg.generation.generate_kwargs())
-                losses = heldout.heldout_loss(model, pairs, len(rows), cfg.generation.eval_batch_size,
-                                              tokenizer.pad_token_id)
-            return with_heldout_loss(result, losses)
-        finally:
-            model.train(was_training)
+        with eval_mode(model):
+            result = evaluate(model, tokenizer, rows.texts, rows.references, rows.ids, g.max_new_tokens,
+                              g.eval_batch_size, rows.add_special, rows.how, g.generate_kwargs())
+            losses = heldout.heldout_loss(model, rows.pairs, len(rows.ids), g.eval_batch_size, tokenizer.pad_token_id)
+        return with_heldout_loss(result, losses)
 
     return run
+
+
+@contextmanager
+def eval_mode(model) -> Iterator[None]:
+    """Eval mode, with the frozen 4-bit base dequantized once rather than at every token; the mode it was in after."""
+    was_training = model.training
+    model.eval()
+    try:
+        with dequantized_for_eval(model):
+            yield
+    finally:
+        model.train(was_training)
 
 
 def with_heldout_loss(result: EvalResult, losses: list[float | None]) -> EvalResult:
@@ -295,7 +325,7 @@ def parameter_counts(model, trained: bool) -> dict[str, float]:
     return {"trainable_params": float(trainable if trained else 0), "total_params": float(total)}
 
 
-def _folder_mib(folder: str | None) -> float:
+def folder_mib(folder: str | None) -> float:
     return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file()) / 2**20 if folder else 0.0
 
 
@@ -329,8 +359,8 @@ class ReportCallback(TrainerCallback):
         step = state.global_step
         if self.interval and step % self.interval == 0 and step < state.max_steps:
             result = self.evaluator(model)
-            _report_eval(self.report, result, step)
-            _report_scores(self.report, result, step)
+            report_eval(self.report, result, step)
+            report_scores(self.report, result, step)
 
 
 class CheckpointCallback(TrainerCallback):
@@ -350,7 +380,7 @@ class CheckpointCallback(TrainerCallback):
         self.report(Checkpoint(state.global_step))  # not among `points`: an attempt replays curve points only
 
 
-def _report_scores(report: Report, result: EvalResult, step: int) -> None:
+def report_scores(report: Report, result: EvalResult, step: int) -> None:
     """Each interim metric's per-example scores, in eval-example order: what the Wilcoxon pruner pairs."""
     for name in result.metrics:
         values = [row[name] for row in result.predictions if name in row]
@@ -358,7 +388,7 @@ def _report_scores(report: Report, result: EvalResult, step: int) -> None:
             report(Scores(f"eval/{name}", step, tuple(float(v) for v in values)))
 
 
-def _report_eval(report: Report, result: EvalResult, step: int) -> None:
+def report_eval(report: Report, result: EvalResult, step: int) -> None:
     for name, value in result.metrics.items():
         report(Metric(f"eval/{name}", step, float(value)))
     broken = {name: value for name, value in result.metrics.items() if not math.isfinite(value)}
@@ -377,7 +407,7 @@ def _step(step: Step, timings: dict[str, float], report: Report) -> Iterator[Non
         timings[step.value] = time.perf_counter() - start
 
 
-def _set_threads(num_threads: int | None) -> None:
+def set_threads(num_threads: int | None) -> None:
     import torch
 
     if num_threads:

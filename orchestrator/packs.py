@@ -1,0 +1,60 @@
+"""How many trials one worker's pack holds (resources.trials_per_worker), and what the plan says about packs.
+
+Which trials may share a pack is trainer.packing's (one function of their configs); this module only sizes
+packs from the setting, the trials that are ready and the workers there are.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+from trainer import packing
+from trainer.config import TrialConfig
+
+AUTO_TRIALS_PER_WORKER = 8
+"""`auto`'s ceiling per worker. Memory is not predicted: a pack that runs out of it is split in halves."""
+AUTO_STUDY_TRIALS_PER_WORKER = 2
+"""Proposals `auto` asks a study for per free worker. A study learns only from trials that have ended: asking
+for many at once would make TPE propose them blind (the constant liar only keeps them apart)."""
+
+
+def pack_size(setting: int | str, ready: int, free_workers: int, limit: int | None = None,
+              on_gpus: bool = False) -> int:
+    """Trials in the next pack: `setting` (1, N or `auto`) of `ready` compatible trials (the first included),
+    with `free_workers` workers free (this one included). `auto` packs only on GPU workers (`on_gpus`), where
+    one base serves N trials and a bigger batch fills the device; on CPU workers packs measured slower than
+    isolated trials (README, Packs), so there it is 1. It spreads the ready trials evenly over the free
+    workers, so that each gets a pack. At most `limit` (a halved pack, after an out-of-memory error)."""
+    if setting == "auto" and not on_gpus:
+        return 1
+    if setting == "auto":
+        size = min(math.ceil(ready / max(free_workers, 1)), AUTO_TRIALS_PER_WORKER)
+    else:
+        size = int(setting)
+    return max(1, min(size, ready, limit or size))
+
+
+def proposals_to_ask(setting: int | str, free_workers: int, on_gpus: bool = False) -> int:
+    """How many proposals to ask a study for at once: as many as the free workers' packs hold."""
+    if setting == "auto":
+        return AUTO_STUDY_TRIALS_PER_WORKER * max(free_workers, 1) if on_gpus else 1
+    return int(setting)
+
+
+def plan_lines(configs: Iterable[tuple[str, TrialConfig]], setting: int | str) -> list[str]:
+    """For `sweep plan`: the groups of trials that may share a worker, and each trial that must run alone, why."""
+    if setting == 1:
+        return ["packs: none (resources.trials_per_worker: 1, every trial in its own worker)"]
+    groups: dict[tuple, list[str]] = {}
+    alone = []
+    for name, cfg in configs:
+        reason = packing.isolated_reason(cfg)
+        if reason is None:
+            groups.setdefault(packing.pack_key(cfg), []).append(name)
+        else:
+            alone.append(f"  {name}: alone, {reason}")
+    where = " (auto: packs on GPU workers only; on CPU workers every trial runs alone)" if setting == "auto" else ""
+    lines = [f"packs (resources.trials_per_worker: {setting}){where}: {len(groups)} group(s) of compatible trials"]
+    lines += [f"  may share a worker: {', '.join(names)}" for names in groups.values()]
+    return lines + alone
