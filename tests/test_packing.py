@@ -148,7 +148,7 @@ def test_a_trial_stopped_out_of_its_pack_ends_interrupted_and_its_mates_complete
     def script(config):
         if (config.prompt, config.lora.rank) == ("v1", 8):
             return [ev.Metric("train/loss", 1, 2.0), HANG]
-        return [ev.Metric("train/loss", 1, 2.0), *[ev.Phase("train")] * 400, Finish(SCORES)]
+        return [ev.Metric("train/loss", 1, 2.0), *[ev.Phase("train")] * 150, Finish(SCORES)]
 
     backend = ScriptedBackend(script, cpus=1)
     outcome = run_sweep(spec, store, backend, show_progress=False, sinks=[StopOne()])
