@@ -245,20 +245,20 @@ def test_a_sweep_held_by_a_live_driver_is_not_run_twice(raw, tmp_path, capsys):
 
 
 def test_a_pack_loses_one_trial_to_sweep_stop_then_its_worker_then_all_resume_in_a_new_pack(backend, raw):
-    """Four trials in one worker (resources.trials_per_worker): one stopped leaves the pack and the others go on;
-    then the worker is killed; the next `sweep run` resumes all four from their own checkpoints, in a new pack."""
-    raw["search"]["grid"] = {"prompt": ["v1", "v2"], "lora.rank": [4, 8]}
+    """Three trials in one worker (resources.trials_per_worker): one stopped leaves the pack and the others go on;
+    then the worker is killed; the next `sweep run` resumes all three from their own checkpoints, in a new pack."""
+    raw["search"]["grid"] = {"lora.rank": [4, 8, 16]}
     raw["training"].update(max_steps=40, checkpoint_interval_steps=2)
-    raw["resources"] = {"trials_per_worker": 4}
+    raw["resources"] = {"trials_per_worker": 3}
     spec = parse_spec(raw)
     store = Store(spec.output.store_url())
     seen = {}
 
     def stop_one_then_kill_the_worker():
-        stopped = wait_for(lambda: training(store, "v1-r8", 3), what="v1-r8 past its first checkpoint")
-        store.request_stop("tiny", "v1-r8")
-        wait_for(lambda: trials_of(store)["v1-r8"].status == "interrupted", what="v1-r8 out of its pack")
-        mate = wait_for(lambda: training(store, "v2-r4", stopped.last_step + 2), what="its mates going on")
+        stopped = wait_for(lambda: training(store, "r8", 3), what="r8 past its first checkpoint")
+        store.request_stop("tiny", "r8")
+        wait_for(lambda: trials_of(store)["r8"].status == "interrupted", what="r8 out of its pack")
+        mate = wait_for(lambda: training(store, "r4", stopped.last_step + 2), what="its mates going on")
         seen["worker"], seen["mate_step"] = mate.worker, mate.last_step
         os.kill(int(mate.worker.split(",")[0].rsplit(":", 1)[1]), signal.SIGKILL)
 
@@ -267,13 +267,13 @@ def test_a_pack_loses_one_trial_to_sweep_stop_then_its_worker_then_all_resume_in
     outcome = run_sweep(spec, store, backend, show_progress=False)
     killer.join()
 
-    assert outcome.interrupted == ["v1-r8"] and sorted(outcome.failed) == ["v1-r4", "v2-r4", "v2-r8"]
+    assert outcome.interrupted == ["r8"] and sorted(outcome.failed) == ["r16", "r4"]
     trials = trials_of(store)
-    assert trials["v1-r8"].error == "stopped by `sweep stop` for this trial"
-    assert seen["worker"].endswith("pack of 4") and all("died" in trials[n].error.lower() for n in outcome.failed)
+    assert trials["r8"].error == "stopped by `sweep stop` for this trial"
+    assert seen["worker"].endswith("pack of 3") and all("died" in trials[n].error.lower() for n in outcome.failed)
 
     again = run_sweep(spec, store, backend, show_progress=False)
-    assert sorted(again.completed) == ["v1-r4", "v1-r8", "v2-r4", "v2-r8"]
+    assert sorted(again.completed) == ["r16", "r4", "r8"]
     trials = trials_of(store)
     assert len({t.worker for t in trials.values()}) == 1  # one new pack
     for t in trials.values():
