@@ -43,9 +43,8 @@ from trainer.config import TrialConfig
 from trainer.data import TrialData
 from trainer.events import Budget, Checkpoint, Event, Metric, Phase, Step, TrialDiverged
 from trainer.result import TrialResult
-from trainer.trial import (EvalSet, Report, budget, eval_mode, eval_set, folder_mib, load, lora_config, report_eval,
-                           report_scores, resolve_device, run_trial, set_threads, trainer_args, training_rows,
-                           with_heldout_loss)
+from trainer.trial import (EvalSet, Report, eval_mode, eval_set, folder_mib, load, lora_config, report_eval,
+                           report_scores, resolve_device, run_trial, set_threads, sft_trainer, with_heldout_loss)
 
 
 @dataclass
@@ -114,8 +113,11 @@ def run_pack(trials: list[PackTrial], num_threads: int | None = None, leaving: L
              on_leave: OnLeave = lambda key, error: None) -> dict[Any, TrialResult | BaseException]:
     """Run `trials` (compatible: trainer.packing) on one base; each key -> its TrialResult, or why it failed or
     left. A failure of the pack itself (loading, out of memory) raises: it is every remaining trial's."""
+    from trainer.hardware import probe_device
+
     set_threads(num_threads)
-    members = [_member(t, i) for i, t in enumerate(trials)]
+    device = probe_device()  # one worker, one device: measured once for all its trials
+    members = [_member(t, i, device) for i, t in enumerate(trials)]
     if members[0].cfg.quantization.compute_dtype == "float16":
         return {t.key: _alone(t, num_threads) for t in trials}
     with _phase(members, Step.LOAD):
@@ -136,9 +138,9 @@ def run_pack(trials: list[PackTrial], num_threads: int | None = None, leaving: L
     return {m.trial.key: m.error if m.error is not None else m.result for m in members}
 
 
-def _member(trial: PackTrial, index: int) -> _Member:
+def _member(trial: PackTrial, index: int, device=None) -> _Member:
     key = checkpoints.resume_key(trial.cfg, trial.data)
-    cfg, environment = resolve_device(trial.cfg, trial.report)
+    cfg, environment = resolve_device(trial.cfg, trial.report, device)
     return _Member(trial, f"trial_{index}", cfg, environment, key)
 
 
@@ -207,21 +209,12 @@ def _set_trainable(model, members: list[_Member]) -> None:
 def _prepare(m: _Member, model, tokenizer) -> None:
     """The member's own rows, budget, optimizer, schedule and data order, built by TRL and the Trainer exactly as
     they are for it alone; then its last complete checkpoint, if any."""
-    from datasets import Dataset
-    from trl import SFTConfig
-
-    from trainer.sft import SweepSFTTrainer
-
-    rows, m.skipped = training_rows(m.cfg, tokenizer, m.trial.data)
-    m.total_steps = budget(m.cfg, len(rows))
-    args = SFTConfig(**trainer_args(m.cfg, m.trial.out_dir, m.total_steps), max_length=m.cfg.training.max_seq_length,
-                     completion_only_loss=True)
     with _trainable_only(model, m.adapter):
-        trainer = SweepSFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+        trainer, m.skipped, m.total_steps = sft_trainer(model, tokenizer, m.cfg, m.trial.data, m.trial.out_dir)
         trainer.create_optimizer_and_scheduler(m.total_steps)
         m.params = adapter_params(model, m.adapter)
-    m.optimizer, m.scheduler, m.args = trainer.optimizer, trainer.lr_scheduler, args
-    m.groups = _groups(trainer.get_train_dataloader(), args.gradient_accumulation_steps)
+    m.optimizer, m.scheduler, m.args = trainer.optimizer, trainer.lr_scheduler, trainer.args
+    m.groups = _groups(trainer.get_train_dataloader(), trainer.args.gradient_accumulation_steps)
     m.report(Budget(m.total_steps))
     _resume(m, model)
 

@@ -67,9 +67,10 @@ def run_trial(cfg: TrialConfig, data: TrialData, out_dir: Path, report: Report,
                        environment)
 
 
-def resolve_device(cfg: TrialConfig, report: Report) -> tuple[TrialConfig, dict]:
-    """Measure this worker's device, resolve `compute_dtype: auto` on it, and report both once."""
-    device = probe_device()
+def resolve_device(cfg: TrialConfig, report: Report, device=None) -> tuple[TrialConfig, dict]:
+    """Measure this worker's device (unless given, already measured), resolve `compute_dtype: auto` on it, and
+    report both once."""
+    device = device or probe_device()
     precision = resolve_precision(cfg.quantization.compute_dtype, device)
     environment = environment_record(device, precision)
     if precision.note:
@@ -131,20 +132,28 @@ def train(model, tokenizer, cfg: TrialConfig, data: TrialData, out_dir: Path, re
                                  train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                                  data_collator=DataCollatorForSeq2Seq(tokenizer, model=model), callbacks=callbacks)
     else:
-        from trl import SFTConfig
-
-        from trainer.sft import SweepSFTTrainer
-
-        rows, skipped = training_rows(cfg, tokenizer, data)
-        total_steps = budget(cfg, len(rows))
-        # TRL turns activation checkpointing on by default; trainer_args sets it from the spec.
-        args = SFTConfig(**trainer_args(cfg, out_dir, total_steps), max_length=cfg.training.max_seq_length,
-                         completion_only_loss=True)
-        trainer = SweepSFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
-                                   processing_class=tokenizer, callbacks=callbacks)
+        trainer, skipped, total_steps = sft_trainer(model, tokenizer, cfg, data, out_dir, callbacks)
     report(Budget(total_steps))  # the driver's per-trial progress: an epoch budget is known only here
     trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
     return skipped, total_steps
+
+
+def sft_trainer(model, tokenizer, cfg: TrialConfig, data: TrialData, out_dir: Path, callbacks: list = ()):
+    """(trainer, rows skipped as too long, optimizer steps) of a decoder-only trial: its prompt/completion rows
+    in TRL's SFTTrainer, with the loss on summary tokens only (trainer.sft)."""
+    from datasets import Dataset
+    from trl import SFTConfig
+
+    from trainer.sft import SweepSFTTrainer
+
+    rows, skipped = training_rows(cfg, tokenizer, data)
+    total_steps = budget(cfg, len(rows))
+    # TRL turns activation checkpointing on by default; trainer_args sets it from the spec.
+    args = SFTConfig(**trainer_args(cfg, out_dir, total_steps), max_length=cfg.training.max_seq_length,
+                     completion_only_loss=True)
+    trainer = SweepSFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
+                              processing_class=tokenizer, callbacks=list(callbacks))
+    return trainer, skipped, total_steps
 
 
 def budget(cfg: TrialConfig, train_rows: int) -> int:
