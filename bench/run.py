@@ -81,13 +81,13 @@ def _grid_trial(adapted: bool = False):
 
 def bench_generate(rows: list, examples: int, batch_size: int) -> None:
     from evaluation.generate import generate
-    from trainer.fourbit import dequantized_for_eval
+    from trainer.fourbit import dequantized_base
     from trainer.trial import eval_prompts
 
     cfg, tokenizer, model, data = _grid_trial()
     texts = eval_prompts(cfg, tokenizer, data.eval[:examples])
     new_tokens = cfg.generation.max_new_tokens
-    with dequantized_for_eval(model):  # as a trial's evaluation runs it
+    with dequantized_base(model):  # as a trial's evaluation runs it
         one = _timed(lambda: generate(model, tokenizer, texts, new_tokens, 1, add_special_tokens=False))
         batched = _timed(lambda: generate(model, tokenizer, texts, new_tokens, batch_size, add_special_tokens=False))
     rows.append((f"generation, {examples} prompts: batch 1 / batch {batch_size}",
@@ -114,14 +114,14 @@ def eval_seconds(dequantized: bool) -> dict:
 
     from evaluation.generate import generate
     from trainer import heldout
-    from trainer.fourbit import dequantized_for_eval
+    from trainer.fourbit import dequantized_base
     from trainer.trial import eval_prompts
 
     cfg, tokenizer, model, data = _grid_trial(adapted=True)
     rows = data.eval
     pairs = heldout.heldout_pairs(cfg, tokenizer, False, [e.dialogue for e in rows], [e.references for e in rows])
     texts, batch = eval_prompts(cfg, tokenizer, rows), cfg.generation.eval_batch_size
-    with dequantized_for_eval(model) if dequantized else contextlib.nullcontext():
+    with dequantized_base(model) if dequantized else contextlib.nullcontext():
         start = time.perf_counter()
         generated = generate(model, tokenizer, texts, cfg.generation.max_new_tokens, batch, add_special_tokens=False)
         middle = time.perf_counter()

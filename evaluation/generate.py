@@ -34,8 +34,9 @@ def _generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_s
               add_special_tokens: bool, decoding: dict, adapter_names: list[str] | None) -> list[Generation]:
     import torch
 
-    # Longest first, so each batch holds similar lengths (less padding) and OOM shows up at once.
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
+    # Longest first in tokens, so each batch holds similar lengths (less padding) and OOM shows up at once.
+    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=add_special_tokens)["input_ids"]]
+    order = sorted(range(len(prompts)), key=lambda i: lengths[i], reverse=True)
     stop_ids = _stop_ids(model, tokenizer)
     results: dict[int, Generation] = {}
     start = 0

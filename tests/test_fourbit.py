@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from trainer.config import QuantizationConfig
-from trainer.fourbit import dequantized_for_eval, four_bit_layers
+from trainer.fourbit import dequantized_base, four_bit_layers
 from trainer.models import load_model, load_tokenizer
 
 DTYPES = ["float32", "bfloat16"]
@@ -62,7 +62,7 @@ def test_the_dequantized_eval_view_gives_the_4bit_models_logits_and_generations_
     with torch.inference_mode():
         logits = model(**inputs).logits
         tokens = model.generate(**inputs, max_new_tokens=12, do_sample=False, pad_token_id=0)
-        with dequantized_for_eval(model) as used:
+        with dequantized_base(model) as used:
             view_logits = model(**inputs).logits
             view_tokens = model.generate(**inputs, max_new_tokens=12, do_sample=False, pad_token_id=0)
         after = model(**inputs).logits
@@ -74,5 +74,30 @@ def test_the_dequantized_eval_view_gives_the_4bit_models_logits_and_generations_
 
 def test_the_dequantized_view_is_skipped_where_it_would_not_fit(tiny_model_dir):
     model = _model(tiny_model_dir, "float32").eval()
-    with dequantized_for_eval(model, share=0.0) as used:
+    with dequantized_base(model, share=0.0) as used:
         assert not used and all("forward" not in vars(layer) for layer in four_bit_layers(model))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_training_step_on_the_dequantized_base_gives_bitsandbytes_own_loss_and_gradients(tiny_model_dir, dtype):
+    """Training runs inside the view (trainer.trial.train): the loss and every LoRA gradient are bitsandbytes'
+    own to the last bit, an eval nested inside it keeps it, and leaving it restores the layers."""
+    model = _model(tiny_model_dir, dtype)
+    inputs = _batch(tiny_model_dir)
+
+    def step() -> tuple[torch.Tensor, list[torch.Tensor]]:
+        model.train()
+        model.zero_grad()
+        loss = model(**inputs, labels=inputs["input_ids"]).loss
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+    own_loss, own_grads = step()
+    with dequantized_base(model) as used:
+        view_loss, view_grads = step()
+        with dequantized_base(model) as nested:  # an interim eval inside training
+            assert nested
+        assert all("forward" in vars(layer) for layer in four_bit_layers(model))  # the outer view still holds
+    assert used and torch.equal(own_loss, view_loss)
+    assert len(own_grads) > 0 and all(torch.equal(a, b) for a, b in zip(own_grads, view_grads))
+    assert all("forward" not in vars(layer) for layer in four_bit_layers(model))

@@ -269,6 +269,39 @@ def test_heldout_loss_is_the_reference_summaries_cross_entropy(trial_cfg, tmp_pa
     assert result.scoring["eval_loss"].startswith("teacher-forced cross-entropy")
 
 
+@pytest.mark.parametrize("dtype, tolerance", [("float32", 1e-5), ("bfloat16", 2e-2)])
+def test_references_continue_their_shared_prompt_and_score_as_their_whole_sequences(tiny_model_dir, trial_cfg,
+                                                                                   tmp_path, dtype, tolerance):
+    """Three references of different lengths cut the dialogue at three places; each continues from the prompt
+    tokens they share (one KV cache) and scores as the model's own loss of its whole sequence. Tolerance: the
+    order of the arithmetic differs (measured: 5e-7 relative in float32, 5.3e-3 in bfloat16 on SmolLM2)."""
+    from trainer import heldout
+
+    from transformers import AutoModelForCausalLM
+
+    cfg = dataclasses.replace(trial_cfg, training=dataclasses.replace(trial_cfg.training, max_seq_length=96),
+                              quantization=dataclasses.replace(trial_cfg.quantization, compute_dtype=dtype))
+    sharp = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():  # random weights x 8: peaked predictions, so a token at a wrong position shows in the loss
+        for param in sharp.parameters():
+            param.mul_(8.0)
+    sharp.save_pretrained(tmp_path / "sharp")
+    model, tokenizer = load_model(str(tmp_path / "sharp"), cfg.quantization).eval(), load_tokenizer(str(tiny_model_dir))
+    dialogue = " ".join(f"#Person{i % 2 + 1}#: line {i} of a long talk about the weekend plans." for i in range(12))
+    references = [("They plan the weekend.", "The two people talk at length about what to do this weekend, "
+                   "one line after another, and agree on nothing yet.", "Weekend plans are discussed.")] * 2
+    pairs = heldout.heldout_pairs(cfg, tokenizer, False, [dialogue, dialogue[:120]], references)
+    first = [p for p in pairs if p.example == 0]
+    assert len({tuple(p.input_ids[:len(p.input_ids) - sum(l != -100 for l in p.labels)]) for p in first}) == 3
+    assert 0 < heldout.shared_prefix(first) < min(len(p.input_ids) for p in first) - 20
+    with torch.inference_mode():
+        own = [float(model(input_ids=torch.tensor([p.input_ids]), labels=torch.tensor([p.labels])).loss)
+               for p in pairs]
+    expected = [sum(own[:3]) / 3, sum(own[3:]) / 3]
+    assert heldout.heldout_loss(model, pairs, 2, 2, tokenizer.pad_token_id) == pytest.approx(expected, rel=tolerance)
+    assert heldout.heldout_loss(model, pairs, 2, 1, tokenizer.pad_token_id) == pytest.approx(expected, rel=tolerance)
+
+
 def test_an_epoch_budget_counts_steps_as_the_trainer_does_with_warmup_ratio_8bit_adamw_and_an_fp4_base(
         trial_cfg, tmp_path, monkeypatch):
     from bitsandbytes.optim.optimizer import Optimizer8bit

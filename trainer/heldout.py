@@ -63,17 +63,24 @@ def _pair(cfg: TrialConfig, tokenizer, encoder_decoder: bool, index: int, dialog
 def heldout_loss(model, pairs: list[Pair], examples: int, batch_size: int, pad_id: int,
                  adapter_names: list[str] | None = None) -> list[float | None]:
     """Per example: the mean over its references of the mean cross-entropy of their summary tokens (None when
-    no reference fitted). The batch is halved whenever one runs out of memory, as generation's is.
-    `adapter_names` (one per pair) routes each pair through its own adapter of a PEFT model (a pack)."""
+    no reference fitted). `batch_size` examples (with all their references) per forward pass; the batch is
+    halved whenever one runs out of memory, as generation's is. `adapter_names` (one per pair) routes each pair
+    through its own adapter of a PEFT model (a pack).
+
+    A decoder-only model reads the prompt tokens an example's references share once (`shared_prefix`: a KV
+    cache), and each reference continues from it: DialogSum's 3 references cost one prompt, not three. The
+    tokens and positions each reference sees are those of its own whole sequence; only the order of the
+    arithmetic differs (measured in tests/test_trial.py)."""
     import torch
 
+    # Longest continuation first: each batch holds similar lengths (less padding), and OOM shows up at once.
+    groups = sorted(_groups(pairs, adapter_names), key=_rest_tokens, reverse=True)
     losses: dict[int, list[float]] = {}
     start = 0
-    while start < len(pairs):
-        batch = pairs[start:start + batch_size]
+    while start < len(groups):
+        batch = groups[start:start + batch_size]
         try:
-            routed = {} if adapter_names is None else {"adapter_names": adapter_names[start:start + len(batch)]}
-            scored = _batch_losses(model, batch, pad_id, torch, routed)
+            scored = _group_losses(model, batch, pad_id, torch)
         except torch.OutOfMemoryError:
             if len(batch) == 1:
                 raise
@@ -81,32 +88,119 @@ def heldout_loss(model, pairs: list[Pair], examples: int, batch_size: int, pad_i
             print(f"WARNING: the held-out loss ran out of memory; its batch size halved to {batch_size}", flush=True)
             torch.cuda.empty_cache()
             continue
-        for pair, loss in zip(batch, scored):
+        for pair, loss in zip((p for g in batch for p in g.pairs), scored):
             losses.setdefault(pair.example, []).append(loss)
         start += len(batch)
     return [sum(losses[i]) / len(losses[i]) if i in losses else None for i in range(examples)]
 
 
-def _batch_losses(model, batch: list[Pair], pad_id: int, torch, routed: dict) -> list[float]:
-    def padded(rows: list[list[int]], value: int):
-        width = max(len(r) for r in rows)
-        return torch.tensor([r + [value] * (width - len(r)) for r in rows], device=model.device)
+@dataclass(frozen=True)
+class _Group:
+    """The pairs of one example through one adapter: they may share a prompt prefix."""
 
-    input_ids = padded([p.input_ids for p in batch], pad_id)
-    attention = padded([[1] * len(p.input_ids) for p in batch], 0)
-    labels = padded([p.labels for p in batch], -100)
+    pairs: list[Pair]
+    adapter: str | None
+
+
+def _groups(pairs: list[Pair], adapter_names: list[str] | None) -> list[_Group]:
+    names = adapter_names or [None] * len(pairs)
+    groups: list[_Group] = []
+    for pair, name in zip(pairs, names):
+        if groups and groups[-1].pairs[0].example == pair.example and groups[-1].adapter == name:
+            groups[-1].pairs.append(pair)
+        else:
+            groups.append(_Group([pair], name))
+    return groups
+
+
+def _rest_tokens(group: _Group) -> int:
+    return max(len(p.input_ids) for p in group.pairs) - shared_prefix(group.pairs)
+
+
+def shared_prefix(pairs: list[Pair]) -> int:
+    """How many leading tokens every pair has in common, short of the last prompt token of each (whose logits
+    predict the first summary token, so they are computed with the summary)."""
+    limit = min(next(i for i, label in enumerate(p.labels) if label != -100) - 1 for p in pairs)
+    first = pairs[0].input_ids
+    for i in range(max(limit, 0)):
+        if any(p.input_ids[i] != first[i] for p in pairs[1:]):
+            return i
+    return max(limit, 0)
+
+
+def _group_losses(model, batch: list[_Group], pad_id: int, torch) -> list[float]:
+    pairs = [p for g in batch for p in g.pairs]
+    names = [g.adapter for g in batch for _ in g.pairs]
+    routed = {} if batch[0].adapter is None else {"adapter_names": names}
+    prefixes = [shared_prefix(g.pairs) for g in batch]
+    if model.config.is_encoder_decoder or min(prefixes) == 0:
+        return _batch_losses(model, pairs, pad_id, torch, routed)
+    return _continued_losses(model, batch, prefixes, pad_id, torch, routed)
+
+
+def _padded(torch, rows: list[list[int]], value: int, device):
+    """Right padded: a padded query still sees its row's real tokens (no row is masked out whole)."""
+    width = max(len(r) for r in rows)
+    return torch.tensor([r + [value] * (width - len(r)) for r in rows], device=device)
+
+
+def _continued_losses(model, batch: list[_Group], prefixes: list[int], pad_id: int, torch, routed: dict) -> list[float]:
+    """One forward over each group's shared prefix, then one over every pair's rest on a copy of its group's KV
+    cache, at the positions the pair's whole sequence gives them (the prefix's padding masked out between)."""
+    device = model.device
+    heads = [g.pairs[0].input_ids[:n] for g, n in zip(batch, prefixes)]
+    head_ids = _padded(torch, heads, pad_id, device)
+    head_mask = _padded(torch, [[1] * len(h) for h in heads], 0, device)
+    head_routed = {} if not routed else {"adapter_names": [g.adapter for g in batch]}
+    owner = [k for k, g in enumerate(batch) for _ in g.pairs]
+    pairs = [(p, n) for g, n in zip(batch, prefixes) for p in g.pairs]
+    rest_ids = _padded(torch, [p.input_ids[n:] for p, n in pairs], pad_id, device)
+    rest_mask = _padded(torch, [[1] * (len(p.input_ids) - n) for p, n in pairs], 0, device)
+    labels = _padded(torch, [p.labels[n:] for p, n in pairs], -100, device)
+    rest_positions = torch.tensor([n for _, n in pairs], device=device)[:, None] + torch.arange(rest_ids.shape[1],
+                                                                                               device=device)
+    cache_arg = _cache_argument(model)
     with torch.inference_mode():
-        if model.config.is_encoder_decoder:
-            logits, targets = model(input_ids=input_ids, attention_mask=attention, labels=labels, **routed).logits, labels
-        elif slices_logits_by_mask(model):  # the vocabulary projection only where a summary token is predicted
-            targets = labels[:, 1:]
-            kept = torch.nn.functional.pad(targets != -100, (0, 1))
-            flat = model(input_ids=input_ids, attention_mask=attention, logits_to_keep=kept, **routed).logits
-            token_loss = torch.nn.functional.cross_entropy(flat.float(), targets[targets != -100], reduction="none")
-            return [float(part.mean()) for part in token_loss.split((targets != -100).sum(dim=1).tolist())]
-        else:  # position t predicts token t + 1
-            logits, targets = model(input_ids=input_ids, attention_mask=attention, **routed).logits[:, :-1], labels[:, 1:]
-        token_loss = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none",
+        head = model(input_ids=head_ids, attention_mask=head_mask, use_cache=True, **head_routed)
+        cache = head[cache_arg] if cache_arg in head else head.past_key_values
+        cache.batch_select_indices(torch.tensor(owner, device=device))  # each pair continues its own group's prompt
+        continued = {"input_ids": rest_ids, "attention_mask": torch.cat([head_mask[owner], rest_mask], dim=1),
+                     "position_ids": rest_positions, cache_arg: cache, "use_cache": True, **routed}
+        return _token_losses(model, continued, labels, torch)
+
+
+def _cache_argument(model) -> str:
+    """The KV cache's name in the model's forward: `cache` since transformers 5.25, `past_key_values` before."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def _token_losses(model, inputs: dict, labels, torch) -> list[float]:
+    """Mean cross-entropy of each row's labelled tokens, position t predicting token t + 1."""
+    targets = labels[:, 1:]
+    if slices_logits_by_mask(model):  # the vocabulary projection only where a summary token is predicted
+        kept = torch.nn.functional.pad(targets != -100, (0, 1))
+        flat = model(**inputs, logits_to_keep=kept).logits
+        token_loss = torch.nn.functional.cross_entropy(flat.float(), targets[targets != -100], reduction="none")
+        return [float(part.mean()) for part in token_loss.split((targets != -100).sum(dim=1).tolist())]
+    logits = model(**inputs).logits[:, :-1]
+    token_loss = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none",
+                                                   ignore_index=-100)
+    return (token_loss.sum(dim=1) / (targets != -100).sum(dim=1).clamp(min=1)).tolist()
+
+
+def _batch_losses(model, batch: list[Pair], pad_id: int, torch, routed: dict) -> list[float]:
+    """Each pair's whole sequence in one forward: encoder-decoder models, and prompts that share nothing."""
+    device = model.device
+    input_ids = _padded(torch, [p.input_ids for p in batch], pad_id, device)
+    attention = _padded(torch, [[1] * len(p.input_ids) for p in batch], 0, device)
+    labels = _padded(torch, [p.labels for p in batch], -100, device)
+    with torch.inference_mode():
+        if not model.config.is_encoder_decoder:
+            return _token_losses(model, dict(input_ids=input_ids, attention_mask=attention, **routed), labels, torch)
+        logits = model(input_ids=input_ids, attention_mask=attention, labels=labels, **routed).logits
+        token_loss = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), labels, reduction="none",
                                                        ignore_index=-100)
-        counted = (targets != -100).sum(dim=1).clamp(min=1)
-        return (token_loss.sum(dim=1) / counted).tolist()
+        return (token_loss.sum(dim=1) / (labels != -100).sum(dim=1).clamp(min=1)).tolist()

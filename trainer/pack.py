@@ -39,6 +39,7 @@ from typing import Any
 from evaluation import EvalResult, score
 from evaluation.generate import generate
 from trainer import checkpoints, heldout
+from trainer.fourbit import dequantized_base
 from trainer.config import TrialConfig
 from trainer.data import TrialData
 from trainer.events import Budget, Checkpoint, Event, Metric, Phase, Step, TrialDiverged
@@ -133,7 +134,8 @@ def run_pack(trials: list[PackTrial], num_threads: int | None = None, leaving: L
         for m in members:
             _prepare(m, model, tokenizer)
         _set_trainable(model, members)
-        _train(model, tokenizer, members, interims, _Exits(members, leaving, on_leave))
+        with dequantized_base(model):  # as an isolated trial trains (trainer.fourbit)
+            _train(model, tokenizer, members, interims, _Exits(members, leaving, on_leave))
     _finish(model, tokenizer, [m for m in members if m.error is None], finals)
     return {m.trial.key: m.error if m.error is not None else m.result for m in members}
 

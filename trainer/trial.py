@@ -23,7 +23,7 @@ from trainer.augment import training_examples
 from trainer.config import TrialConfig, paged_optimizer_problem
 from trainer.data import TrialData
 from trainer.events import Budget, Checkpoint, Environment, Event, Metric, Phase, Scores, Step, TrialDiverged
-from trainer.fourbit import dequantized_for_eval
+from trainer.fourbit import dequantized_base
 from trainer.hardware import environment_record, peak_memory_mib, probe_device, resolve_precision
 from trainer.models import load_model, load_tokenizer, resolve_model_path
 from trainer.result import TrialResult
@@ -134,7 +134,8 @@ def train(model, tokenizer, cfg: TrialConfig, data: TrialData, out_dir: Path, re
     else:
         trainer, skipped, total_steps = sft_trainer(model, tokenizer, cfg, data, out_dir, callbacks)
     report(Budget(total_steps))  # the driver's per-trial progress: an epoch budget is known only here
-    trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
+    with dequantized_base(model):  # the frozen 4-bit base dequantized once, not at every call (trainer.fourbit)
+        trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
     return skipped, total_steps
 
 
@@ -285,7 +286,7 @@ def eval_mode(model) -> Iterator[None]:
     was_training = model.training
     model.eval()
     try:
-        with dequantized_for_eval(model):
+        with dequantized_base(model):
             yield
     finally:
         model.train(was_training)
