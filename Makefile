@@ -10,10 +10,12 @@ export QLORA_SWEEP_DATA_DIR ?= $(if $(wildcard $(DATA_DIR)/dialogsum/test.jsonl)
 # Optional extra index for torch (e.g. a CPU-only wheel index on a machine without pip's local torch file).
 TORCH_INDEX ?=
 
+QUICK_TIER := QLORA_SWEEP_QUICK_TIER=1
+
 # Debian's Chromium renders the HTML report in the tests; installed once (root, else sudo).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup browser run smoke test bench clean
+.PHONY: setup browser run smoke test check bench gpu-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,11 +39,22 @@ browser:
 	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium; }
 
+# Everything, as CI runs it: the 15 slowest tests, then the suite's wall time.
 test: setup browser
-	$(BIN)/pytest -q --durations=15
+	@start=$$(date +%s); $(BIN)/pytest -q --durations=15; status=$$?; \
+	  echo "make test: pytest wall time $$(( $$(date +%s) - start )) s"; exit $$status
+
+# The edit loop: every test that needs neither Ray nor a real pretrained model (a few minutes).
+check: setup browser
+	@start=$$(date +%s); $(QUICK_TIER) $(BIN)/pytest -q -m "not slow" --durations=10; status=$$?; \
+	  echo "make check: pytest wall time $$(( $$(date +%s) - start )) s"; exit $$status
 
 bench: setup
 	$(BIN)/python bench/run.py
+
+# The GPU check (bench/gpu_check.py): on a GPU box, about 8 minutes; see the README's "A GPU check".
+gpu-check: setup
+	$(BIN)/python bench/run.py --only gpu
 
 clean:
 	rm -rf runs

@@ -25,6 +25,11 @@
             8 against a pack of 4 mixed (8 prompts each) per call; peak host RSS per trial; then grid_2x2x2 run
             isolated (trials_per_worker 1) and packed (4), each on a fresh store: wall time (>= 1.3x native
             bf16, >= 1.15x AVX2) and each fine-tune's ROUGE-L difference against half its bootstrap interval
+- gpu:      the GPU check (bench/gpu_check.py): memory across 3 trials in one process, bf16 and fp16 steps,
+            paged_adamw_8bit, the out-of-memory retry, packs of 1/4/8 on two model shapes, `auto` pack sizing;
+            --tiny runs it on tiny shapes (the suite does, on CPU)
+- suite:    `make check` and `pytest` (what `make test` runs) on this clone, each timed in its own process,
+            against their budgets
 - pruners:  on --pruner-spec (smoke: 8 steps, an interim eval at step 4 on 12 examples, a 2x2x2 grid), the
             grid's best ROUGE-L, then two TPE studies over the grid's points (6 of its 8, seed 0) pruned by
             the median pruner and by the Wilcoxon pruner: trial-seconds (in the order trials ended, pruned ones
@@ -539,7 +544,7 @@ def _timed(fn) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="step,load,generate,eval,sweep,search,packs,pruners",
-                        help="comma list of step, load, generate, eval, sweep, search, packs, pruners")
+                        help="comma list of step, load, generate, eval, sweep, search, packs, pruners, gpu, suite")
     parser.add_argument("--pruner-spec", default="smoke.yaml", help="spec file in sweeps/ for the pruner bench")
     parser.add_argument("--steps", type=int, default=4, help="optimizer steps per step measurement (first = warm-up)")
     parser.add_argument("--spec", default="grid_2x2x2.yaml", help="spec file in sweeps/ for the sweep bench")
@@ -547,6 +552,7 @@ def main() -> int:
     parser.add_argument("--examples", type=int, default=16, help="prompts in the generation bench")
     parser.add_argument("--batch-size", type=int, default=16, help="batch of the batched generation")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs for the local Ray instance")
+    parser.add_argument("--tiny", action="store_true", help="gpu: tiny model shapes (as the suite runs it on CPU)")
     args = parser.parse_args()
     parts = set(args.only.split(","))
     rows: list = []
@@ -569,12 +575,47 @@ def main() -> int:
         bench_packs(rows, args.steps, args.num_cpus)
     if "pruners" in parts:
         bench_pruners(rows, args.pruner_spec, args.num_cpus)
+    if "gpu" in parts:
+        from bench.gpu_check import main_rows
+
+        rows += main_rows(args.tiny)
+    if "suite" in parts:
+        bench_suite(rows)
+    print_table(hardware, rows)
+    return 0 if all(r[4] for r in rows if r[3] in GATING_TARGETS) else 1
+
+
+GATING_TARGETS = {"after = first before", "finite", "refused (GPU only)", "caught, retried", "estimate covers"}
+"""The GPU check's targets: a NO in one of these rows makes `--only gpu` exit 1 (the others are measurements)."""
+
+
+def print_table(hardware: str, rows: list) -> None:
     width = max(len(r[0]) for r in rows)
     print(f"\n{hardware}")
     print(f"{'measurement'.ljust(width)}  {'values':<32} {'ratio':>8}  {'target':<16} ok")
     for name, values, ratio, target, ok in rows:
         print(f"{name.ljust(width)}  {values:<32} {ratio:>8.2f}  {target:<16} {'yes' if ok else 'NO'}")
-    return 0
+
+
+SUITE_BUDGET_S = {"check": 3 * 60, "test_native_bf16": 12 * 60, "test_avx2": 15 * 60}
+"""`make check` on either CPU; `make test` with set-up: 12 minutes on a native-bf16 CPU, 15 on an AVX2-only one."""
+
+
+def bench_suite(rows: list) -> None:
+    """The quick tier and the whole suite of this clone, each in its own pytest process (set-up not included)."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "QLORA_SWEEP_QUICK_TIER": "1"}
+    for name, args, extra in (("make check (-m 'not slow')", ["-m", "not slow"], env), ("pytest (make test)", [], None)):
+        start = time.perf_counter()
+        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args], cwd=REPO,
+                              env=extra, capture_output=True, text=True)
+        seconds = time.perf_counter() - start
+        summary = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr[-200:]
+        budget = SUITE_BUDGET_S["check" if extra else "test_native_bf16" if _native_bf16() else "test_avx2"]
+        rows.append((f"suite wall: {name}, {summary[:40]}", f"{seconds / 60:.1f} / {budget / 60:.0f} min",
+                     seconds / budget, "<= 1 (set-up apart)", done.returncode == 0 and seconds <= budget))
 
 
 if __name__ == "__main__":

@@ -59,5 +59,8 @@ class Backend(Protocol):
     def finished(self, timeout_s: float) -> list[Outcome]:
         """Trials that ended within `timeout_s`, successfully or not."""
 
+    def free_gpu_bytes(self, gpus: float) -> int:
+        """Free memory of the GPU a worker with `gpus` GPUs would train on, as that worker measures it (bytes)."""
+
     def drain_events(self) -> list[tuple[Any, ev.Event]]:
         """Every event reported since the last call, in order, with its trial's key."""

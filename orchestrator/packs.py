@@ -11,12 +11,26 @@ from collections.abc import Iterable
 
 from trainer import packing
 from trainer.config import TrialConfig
+from trainer.packing import PackMemory
 
 AUTO_TRIALS_PER_WORKER = 8
-"""`auto`'s ceiling per worker. Memory is not predicted: a pack that runs out of it is split in halves."""
+"""`auto`'s ceiling per worker; below it, as many as the free GPU memory holds (memory_limit). A pack that runs
+out of memory all the same is split in halves."""
 AUTO_STUDY_TRIALS_PER_WORKER = 2
 """Proposals `auto` asks a study for per free worker. A study learns only from trials that have ended: asking
 for many at once would make TPE propose them blind (the constant liar only keeps them apart)."""
+
+
+AUTO_MEMORY_HEADROOM = 0.2
+"""Share of a GPU's free memory `auto` leaves unplanned: allocator fragmentation, the CUDA context of the
+trial's own process, and the estimate's error (trainer.packing.pack_memory)."""
+
+
+def memory_limit(free_bytes: int, need: PackMemory, headroom: float = AUTO_MEMORY_HEADROOM) -> int:
+    """How many trials of a pack fit in `free_bytes` of one GPU with `headroom` left free (at least 1: a trial
+    too big for the device fails alone, and the out-of-memory retry halves its batch)."""
+    usable = free_bytes * (1 - headroom) - need.base_bytes
+    return max(1, int(usable // max(need.per_trial_bytes, 1)))
 
 
 def pack_size(setting: int | str, ready: int, free_workers: int, limit: int | None = None,

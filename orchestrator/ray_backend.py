@@ -92,6 +92,14 @@ def _trial_task(key, config, data, out_dir: str, num_threads: int, events, trial
 
 # One worker, several trials on one base (trainer.pack); each trial still reports under its own key.
 @ray.remote(max_calls=1, max_retries=0)
+def _free_gpu_bytes() -> int:
+    """Free memory of the GPU Ray gives this task, measured there (a fresh process, as a trial's worker is)."""
+    import torch
+
+    return int(torch.cuda.mem_get_info()[0])
+
+
+@ray.remote(max_calls=1, max_retries=0)
 def _pack_task(keys: list, configs: list, out_dirs: list[str], num_threads: int, events, *datas):
     """`datas` (each trial's) are top-level arguments so that Ray resolves them before the task starts."""
     from trainer.pack import PackTrial, run_pack
@@ -212,6 +220,9 @@ class RayBackend:
             return left
         done, _ = ray.wait(list(self._pending), num_returns=len(self._pending), timeout=0 if left else timeout_s)
         return left + [o for ref in done for o in self._outcomes(ref, self._pending.pop(ref))]
+
+    def free_gpu_bytes(self, gpus: float) -> int:
+        return ray.get(_free_gpu_bytes.options(num_gpus=gpus).remote())
 
     def drain_events(self) -> list[tuple[Any, ev.Event]]:
         drained = []

@@ -41,7 +41,7 @@ from trainer import events as ev
 from trainer import packing
 from trainer.data import TrialData
 from trainer.identity import content_key
-from trainer.models import model_identity
+from trainer.models import model_config, model_identity
 
 S = TrialState
 POLL_S = 1.0
@@ -159,6 +159,7 @@ class Driver:
                                     progress, self.outcome, *sinks])
         self.trials: dict[int, Trial] = {}
         self.queue: deque[Trial] = deque()
+        self._gpu_fit: dict[str, int] = {}  # model name -> trials one GPU's free memory holds (`auto`)
         self.stopping: str | None = None
         self._next_beat = self._next_poll = 0.0
 
@@ -234,13 +235,24 @@ class Driver:
         key = packing.pack_key(trial.planned.config)
         ready = [t for t in self.queue if packing.isolated_reason(t.planned.config) is None
                  and packing.pack_key(t.planned.config) == key and not self._infeasible(t.planned)]
-        limit = min((t.pack_limit for t in [trial, *ready] if t.pack_limit), default=None)  # a halved pack's
+        halved = [t.pack_limit for t in [trial, *ready] if t.pack_limit]  # a halved pack's
+        limit = min([*halved, *self._memory_limit(trial.planned.config)], default=None)
         size = packs.pack_size(self.spec.resources.trials_per_worker, 1 + len(ready), self._free_workers(), limit,
                                self.gpus > 0)
         mates = ready[:size - 1]
         for mate in mates:
             self.queue.remove(mate)
         return mates
+
+    def _memory_limit(self, config) -> list[int]:
+        """`auto` on GPU workers: as many trials as one GPU's free memory holds, with headroom (once per model)."""
+        if self.spec.resources.trials_per_worker != "auto" or self.gpus <= 0:
+            return []
+        name = config.model.name
+        if name not in self._gpu_fit:
+            need = packing.pack_memory(config, model_config(name))
+            self._gpu_fit[name] = packs.memory_limit(self.backend.free_gpu_bytes(self.gpus), need)
+        return [self._gpu_fit[name]]
 
     def _free_workers(self) -> int:
         return max(self.slots - self.backend.running, 1)

@@ -13,6 +13,27 @@ from orchestrator.environment import quiet_third_party
 REPO = Path(__file__).resolve().parents[1]
 quiet_third_party()
 
+SLOW_FIXTURES = frozenset({"backend", "scripted_backend", "two_nodes"})
+"""Fixtures that start Ray: a test that asks for one is `slow` without saying so."""
+QUICK_TIER_ENV = "QLORA_SWEEP_QUICK_TIER"
+"""Set by `make check`: Ray refuses to start, so a test that reaches it unmarked fails instead of slowing the tier."""
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+def pytest_configure(config):
+    if os.environ.get(QUICK_TIER_ENV):
+        import ray
+
+        def refuse(*args, **kwargs):
+            raise RuntimeError("`make check` runs no Ray: mark this test `@pytest.mark.slow` (it runs in `make test`)")
+
+        ray.init = refuse
+
 DIALOGUES = [
     ("#Person1#: Can you pick up milk on the way home?\n#Person2#: Sure, do we need bread too?\n#Person1#: Yes, one loaf.",
      "#Person1# asks #Person2# to buy milk and a loaf of bread on the way home."),
@@ -25,13 +46,15 @@ DIALOGUES = [
 ]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def backend():
-    """A local Ray instance (2 CPUs) per test module, shut down when the module is done."""
-    from orchestrator.ray_backend import RayBackend
+    """One local Ray instance (2 CPUs) for the whole session (a start costs seconds), shut down at its end. A test
+    that runs stand-in trials sets `trial_fn` with monkeypatch, so the next test gets the real trial again."""
+    from orchestrator.ray_backend import DEFAULT_TRIAL_FN, RayBackend
 
     ray_backend = RayBackend(num_cpus=2)
     yield ray_backend
+    assert ray_backend.trial_fn == DEFAULT_TRIAL_FN
     ray_backend.shutdown()
 
 

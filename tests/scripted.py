@@ -40,8 +40,10 @@ class ScriptedBackend:
     """Implements orchestrator.backend.Backend. `script(config)` gives a trial's items; a submitted trial
     reports Started and Attempt(0) first, as RayBackend's workers do."""
 
-    def __init__(self, script: Callable[[TrialConfig], Script], cpus: int = 2, tick_s: float = 0.005, gpus: int = 0):
+    def __init__(self, script: Callable[[TrialConfig], Script], cpus: int = 2, tick_s: float = 0.005, gpus: int = 0,
+                 gpu_free_bytes: int = 80 * 2**30):
         self.script, self.cpus, self.tick_s, self.gpus = script, cpus, tick_s, gpus
+        self.gpu_free_bytes = gpu_free_bytes
         self._scripts: dict[Any, list] = {}
         self._cancelled: set[Any] = set()
         self._events: list[tuple[Any, ev.Event]] = []
@@ -54,6 +56,9 @@ class ScriptedBackend:
         return float({"CPU": self.cpus, "GPU": self.gpus}.get(resource, 0))
 
     largest_node = total
+
+    def free_gpu_bytes(self, gpus: float) -> int:
+        return self.gpu_free_bytes
 
     def share(self, value: Any) -> Any:
         return value

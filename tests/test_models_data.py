@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import torch
 
 from trainer.config import DatasetConfig
@@ -11,6 +12,7 @@ from trainer.data import load_trial_data, split_source
 from trainer.models import EMBEDDED_GGUF_FILE, convert_gguf, embedded_gguf_dir, model_problem
 
 
+@pytest.mark.slow  # loads the real SmolLM2 from its GGUF (~18 s)
 def test_gguf_conversion_matches_the_gguf_model(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

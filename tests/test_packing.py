@@ -109,6 +109,30 @@ def test_auto_on_gpus_packs_compatible_fine_tunes_and_runs_baselines_alone(raw):
     assert cpu_only.packs == [] and len(cpu_only.submitted) == len(names)
 
 
+def test_auto_on_a_gpu_packs_as_many_trials_as_its_free_memory_holds_with_headroom(raw, tiny_model_dir):
+    """The same 6 compatible fine-tunes: a GPU whose free memory holds 3 of them (after the 20% headroom) gets
+    packs of at most 3; one that holds fewer than 2 runs each alone; a large one packs up to AUTO's ceiling."""
+    from orchestrator.packs import AUTO_MEMORY_HEADROOM, memory_limit
+    from orchestrator.search import expand
+    from trainer.models import model_config
+    from trainer.packing import pack_memory
+
+    raw["search"] = {"grid": {"prompt": ["v1", "v2"], "lora.rank": [4, 8, 16]}, "baselines": False}
+    raw["resources"] = {"trials_per_worker": "auto"}
+    spec = parse_spec(raw)
+    need = pack_memory(expand(spec)[-1].config, model_config(str(tiny_model_dir)))  # rank 16: the largest
+    assert need.base_bytes > 0 and need.per_trial_bytes > 0
+    holds_3 = int(need.total(3) / (1 - AUTO_MEMORY_HEADROOM)) + 1
+    assert memory_limit(holds_3, need) == 3 and memory_limit(holds_3 - 2 * need.per_trial_bytes, need) == 1
+    for name, free, largest in (("fits-3", holds_3, 3), ("fits-1", need.total(1), 1), ("roomy", 2**40, 6)):
+        backend = ScriptedBackend(_finishing, cpus=1, gpus=1, gpu_free_bytes=free)
+        outcome = run_sweep(parse_spec({**raw, "name": name}), Store(spec.output.store_url()), backend,
+                            show_progress=False)
+        assert len(outcome.completed) == 6
+        sizes = [len(p) for p in backend.packs] or [1]
+        assert max(sizes) == largest, (name, backend.packs)
+
+
 def test_an_out_of_memory_pack_splits_in_halves_with_the_same_configs(raw):
     raw["search"] = {"grid": {"prompt": ["v1", "v2"], "lora.rank": [4, 8]}, "baselines": False}
     raw["resources"] = {"trials_per_worker": 4, "retry_out_of_memory": True}

@@ -9,24 +9,30 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.browser import drawn_at_right_edge, layout, screenshot
 
 REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # the real SmolLM2 through `sweep run` and its own Ray
 
 
-def test_sweep_run_smoke_then_leaderboard(data_root, tmp_path):
+def test_sweep_run_smoke_then_leaderboard(data_root, tmp_path, monkeypatch, capsys):
     store = f"sqlite:///{tmp_path / 'smoke.db'}"
     env = {**os.environ, "QLORA_SWEEP_DATA_DIR": str(data_root), "QLORA_SWEEP_STORE": store}
     sweep = [sys.executable, "-m", "orchestrator.cli"]
-    # cwd is a scratch dir, so runs/ lands there; the spec is found by path.
+    # cwd is a scratch dir, so runs/ lands there; the spec is found by path. The run is a real `sweep` process;
+    # the read commands after it run in this process (the same `main`, no second interpreter to start).
     run = subprocess.run(sweep + ["run", str(REPO / "sweeps" / "smoke.yaml"), "--quiet"], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "6 completed, 0 reused, 0 pruned, 0 failed, 0 interrupted" in run.stdout
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("QLORA_SWEEP_STORE", store)
+    monkeypatch.setenv("QLORA_SWEEP_DATA_DIR", str(data_root))
+    capsys.readouterr()
 
-    board = subprocess.run(sweep + ["leaderboard", "smoke", "--format", "csv"], cwd=tmp_path, env=env,
-                           capture_output=True, text=True, timeout=120)
-    rows = list(csv.DictReader(io.StringIO(board.stdout)))
+    rows = list(csv.DictReader(io.StringIO(cli(capsys, "leaderboard", "smoke", "--format", "csv"))))
     assert len(rows) == 6 and {r["status"] for r in rows} == {"completed"}
     assert sum(r["best"] == "yes" for r in rows) == 1
     assert all(0 <= float(r["RL"]) <= 100 and float(r["gen_tok"]) > 0 for r in rows)
@@ -37,26 +43,32 @@ def test_sweep_run_smoke_then_leaderboard(data_root, tmp_path):
     for r in rows:
         if r["kind"] == "trial":
             assert loss[r["trial"]] < loss[f"{r['prompt']}-zero-shot"], loss
-    table = subprocess.run(sweep + ["leaderboard", "smoke"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                           timeout=120).stdout
+    table = cli(capsys, "leaderboard", "smoke")
     assert "references max over summary1, summary2, summary3" in table and "tokenizer ascii" in table
-    show = subprocess.run(sweep + ["show", "smoke", "v1-r8-lr5e-4", "--examples", "1"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=120).stdout
+    show = cli(capsys, "show", "smoke", "v1-r8-lr5e-4", "--examples", "1")
     assert "reference 3:" in show and "worst 1 by rougeL" in show and "train/loss:" in show
     for name in ("v1-r8-lr5e-4", "v2-r16-lr5e-4"):
         assert (tmp_path / "runs" / "smoke" / "trials" / name / "adapter" / "adapter_config.json").exists()
         assert list((tmp_path / "runs" / "smoke" / "tensorboard" / name).glob("events.out.tfevents.*"))
 
-    check_report(sweep, tmp_path, env)
-    check_export_reproduces_the_leaderboard(sweep, tmp_path, env)
+    check_report(tmp_path, capsys)
+    check_export_reproduces_the_leaderboard(tmp_path, capsys)
 
 
-def check_report(sweep: list[str], tmp_path: Path, env: dict) -> None:
+def cli(capsys, *args: str) -> str:
+    """`sweep ARGS` in this process: its standard output; exit 0 asserted."""
+    from orchestrator.cli import main
+
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    assert code == 0, err[-3000:]
+    return out
+
+
+def check_report(tmp_path: Path, capsys) -> None:
     """Every chart is there, and at 1400 and 800 pixels nothing reaches past the page in Chromium."""
     report = tmp_path / "report.html"
-    made = subprocess.run(sweep + ["report", "smoke", "--out", str(report)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert made.returncode == 0, made.stderr[-3000:]
+    cli(capsys, "report", "smoke", "--out", str(report))
     html = report.read_text(encoding="utf-8")
     for chart in ("train/loss: every trial", "The grid: rougeL by lora.rank and prompt", "Parallel coordinates",
                   "Hyperparameter importance for rougeL (4 trials)", "rougeL against generated tokens"):
@@ -68,7 +80,7 @@ def check_report(sweep: list[str], tmp_path: Path, env: dict) -> None:
         assert drawn_at_right_edge(screenshot(report, width)) == 0
 
 
-def check_export_reproduces_the_leaderboard(sweep: list[str], tmp_path: Path, env: dict) -> None:
+def check_export_reproduces_the_leaderboard(tmp_path: Path, capsys) -> None:
     """Plain transformers on `merged/` (no PEFT, no bitsandbytes), loaded in the dtype the card's snippet names,
     one prompt at a time: the predictions it reproduces are exactly those `verification.json` counts; in float32
     every stored prediction of the best trial."""
@@ -78,9 +90,7 @@ def check_export_reproduces_the_leaderboard(sweep: list[str], tmp_path: Path, en
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out = tmp_path / "export"
-    exported = subprocess.run(sweep + ["export", "smoke", "--best", "--merged", "--out", str(out)], cwd=tmp_path,
-                              env=env, capture_output=True, text=True, timeout=600)
-    assert exported.returncode == 0, exported.stderr[-3000:]
+    cli(capsys, "export", "smoke", "--best", "--merged", "--out", str(out))
     card = (out / "README.md").read_text()
     assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card and "AutoModelForCausalLM" in card
     dtype = re.search(r"AutoModelForCausalLM\.from_pretrained\('merged', dtype='(\w+)'\)", card).group(1)

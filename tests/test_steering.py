@@ -125,7 +125,8 @@ def check_extension(store: Store, spec, dtype: str, tmp_path: Path) -> None:
     assert gap == 0.0, f"{dtype}: steps 5-8 differ by {gap:.2e} relative"
 
 
-def test_a_live_driver_picks_up_a_clone(backend, raw):
+def test_a_live_driver_picks_up_a_clone(backend, raw, monkeypatch):
+    monkeypatch.setattr(backend, "trial_fn", "tests.faults:scripted")  # the driver's handling: no model needed
     raw["search"]["grid"] = {"training.max_steps": [5000]}  # keeps the driver alive until it is stopped
     raw["prompt"] = "v1"
     raw["training"]["checkpoint_interval_steps"] = 0

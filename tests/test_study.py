@@ -8,7 +8,6 @@ from pathlib import Path
 import optuna
 import pytest
 
-from orchestrator.ray_backend import RayBackend
 from orchestrator.loading import parse_spec
 from orchestrator.study import SWEEP_TRIAL_ATTR
 from orchestrator.sweep import run_sweep
@@ -19,11 +18,11 @@ from tests.conftest import tiny_spec
 _STATE = {"COMPLETE": "completed", "PRUNED": "pruned", "FAIL": "failed"}
 
 
-@pytest.fixture(scope="module")
-def scripted_backend():
-    backend = RayBackend(num_cpus=2, trial_fn="tests.faults:scripted")
-    yield backend
-    backend.shutdown()
+@pytest.fixture
+def scripted_backend(backend, monkeypatch):
+    """The session's Ray, running the stand-in trial (tests.faults.scripted) for this test."""
+    monkeypatch.setattr(backend, "trial_fn", "tests.faults:scripted")
+    return backend
 
 
 def study_spec(tiny_model_dir, local_data, tmp_path, **optuna_settings) -> dict:
@@ -104,7 +103,7 @@ def _row_id(store: Store, name: str) -> int:
     return trial.id
 
 
-def test_shipped_optuna_spec_runs_on_the_embedded_model(data_root, tmp_path, monkeypatch):
+def test_shipped_optuna_spec_runs_on_the_embedded_model(backend, data_root, tmp_path, monkeypatch):
     """sweeps/optuna_tpe.yaml as shipped, on a smaller budget: real SmolLM2 (NF4), DialogSum, TPE, median pruner."""
     import dataclasses
 
@@ -119,11 +118,7 @@ def test_shipped_optuna_spec_runs_on_the_embedded_model(data_root, tmp_path, mon
                  search=small(spec.search, baselines=False, optuna=small(spec.search.optuna, n_trials=2)),
                  output=small(spec.output, run_dir=str(tmp_path / "runs"), store=f"sqlite:///{tmp_path / 's.db'}"))
     store = Store(spec.output.store_url())
-    backend = RayBackend(num_cpus=2)
-    try:
-        outcome = run_sweep(spec, store, backend, show_progress=False)
-    finally:
-        backend.shutdown()
+    outcome = run_sweep(spec, store, backend, show_progress=False)
     assert len(outcome.completed) == 2 and not outcome.failed  # 2 startup trials: neither can be pruned
     study = load_study(spec)
     assert_study_matches_store(study, store, "optuna_tpe")

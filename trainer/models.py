@@ -155,6 +155,13 @@ def convert_gguf(gguf_dir: Path, gguf_file: str, target: Path, gguf_model=None) 
     staging.rename(target)
 
 
+def model_config(name: str):
+    """transformers' config of a model (a spec's `model.name`): its shapes, read from config.json alone."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(resolve_model_path(name))
+
+
 def is_encoder_decoder(path: str) -> bool:
     """T5, FLAN-T5, BART, KoBART, ...: the config says so."""
     from transformers import AutoConfig

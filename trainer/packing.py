@@ -70,3 +70,46 @@ def pack_conflicts(a: TrialConfig, b: TrialConfig) -> list[str]:
         return reasons
     left, right = leaves(a), leaves(b)
     return [k for k in left if k not in OWN_KEYS and left[k] != right.get(k)]
+
+
+@dataclasses.dataclass(frozen=True)
+class PackMemory:
+    """Device memory a pack needs, in bytes: the base it shares, and what each trial adds to it."""
+
+    base_bytes: int
+    per_trial_bytes: int
+
+    def total(self, trials: int) -> int:
+        return self.base_bytes + trials * self.per_trial_bytes
+
+
+ACTIVATION_BYTES_PER_TOKEN_LAYER_HIDDEN = 34
+"""Activations kept for backward per token, layer and hidden unit, in bytes (16-bit, no recomputation): the
+usual transformer-block estimate (Korthikanti et al. 2022, 34 s b h per layer), attention scores left out
+because SDPA does not keep them."""
+ADAPTER_BYTES_PER_PARAM = 16
+"""float32 adapter weight, its gradient and AdamW's two moments."""
+
+
+def pack_memory(cfg: TrialConfig, model_config) -> PackMemory:
+    """An upper-side estimate from the model's config (transformers' PretrainedConfig of a decoder-only model)
+    and the trial's settings: the NF4 base (half a byte a weight, plus block constants) and 16-bit embeddings;
+    per trial its LoRA adapters with their optimizer, its activations at `micro_batch_size` x `max_seq_length`,
+    and its float32 logits over the vocabulary."""
+    hidden, layers = model_config.hidden_size, model_config.num_hidden_layers
+    inner, vocab = model_config.intermediate_size, model_config.vocab_size
+    heads, kv_heads = model_config.num_attention_heads, getattr(model_config, "num_key_value_heads", None)
+    head_dim = getattr(model_config, "head_dim", None) or hidden // heads
+    kv = (kv_heads or heads) * head_dim
+    # (in, out) of each projection of one block: q, k, v, o, gate, up, down.
+    shapes = [(hidden, heads * head_dim), (hidden, kv), (hidden, kv), (heads * head_dim, hidden),
+              (hidden, inner), (hidden, inner), (inner, hidden)]
+    linear_weights = layers * sum(i * o for i, o in shapes)
+    embeddings = vocab * hidden * (1 if getattr(model_config, "tie_word_embeddings", True) else 2)
+    base = int(linear_weights * (0.5 + 4 / 64)) + embeddings * 2  # 4-bit + a float32 absmax per 64 weights
+    t = cfg.training
+    tokens = t.micro_batch_size * t.max_seq_length
+    adapters = layers * sum(cfg.lora.rank * (i + o) for i, o in shapes) * ADAPTER_BYTES_PER_PARAM
+    activations = tokens * layers * hidden * ACTIVATION_BYTES_PER_TOKEN_LAYER_HIDDEN
+    logits = tokens * vocab * (2 + 4 + 4)  # 16-bit logits, their float32 copy and its gradient
+    return PackMemory(base, adapters + activations + logits)
