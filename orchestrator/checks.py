@@ -83,7 +83,7 @@ def _prompt_problems(spec: SweepSpec) -> list[ConfigProblem]:
             problems.append(ConfigProblem(
                 f"prompts.{key}", "a template must contain {dialogue} and no other placeholder", template,
                 "exactly one placeholder, {dialogue}",
-                f"unknown: {sorted(found - {PROMPT_PLACEHOLDER})}" if found - {PROMPT_PLACEHOLDER}
+                _placeholder_fix(template, found) if found - {PROMPT_PLACEHOLDER}
                 else "add {dialogue} where the dialogue goes"))
     swept = "prompt" in spec.search.grid or "prompt" in spec.search.space
     if spec.prompt is not None and spec.prompt not in spec.prompts:
@@ -294,3 +294,15 @@ def _output_problems(output: OutputConfig) -> list[ConfigProblem]:
     return []
 
 
+
+
+def _placeholder_fix(template: str, found: set[str]) -> str:
+    """An action: each unknown placeholder rewritten as {dialogue}, or its braces doubled to be literal text."""
+    unknown = sorted(found - {PROMPT_PLACEHOLDER})
+    rewritten = template
+    for name in unknown:
+        rewritten = rewritten.replace("{" + name + "}", "{" + PROMPT_PLACEHOLDER + "}")
+    if PROMPT_PLACEHOLDER in found:  # {dialogue} is there already: the others were meant as literal text
+        return "write " + ", ".join("{{" + n + "}}" for n in unknown) + " for literal braces, or remove " + \
+            ", ".join("{" + n + "}" for n in unknown)
+    return f"replace {unknown} with {{{PROMPT_PLACEHOLDER}}}: {rewritten!r}"

@@ -30,16 +30,48 @@ def find_spec(name: str) -> Path:
 def load_spec(name: str, overrides: list[str] = ()) -> SweepSpec:
     """The spec file `name`, with `--set key=value` overrides applied before it is validated as a whole."""
     path = find_spec(name)
+    text = path.read_text(encoding="utf-8")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.safe_load(text)
+        problems: list[ConfigProblem] = duplicate_keys(text)
     except yaml.YAMLError as exc:
         raise SpecError(str(path), [ConfigProblem("<yaml>", "the file must be valid YAML", str(exc).splitlines()[0],
                                                   "YAML 1.1", str(exc).replace("\n", " "))]) from None
-    problems: list[ConfigProblem] = []
     raw = apply_overrides(raw if isinstance(raw, dict) else {}, overrides, problems)
-    if problems:
+    label = str(path) + "".join(f" --set {o}" for o in overrides)
+    if problems:  # with the spec's own problems, so that every one is told at once
+        try:
+            parse_spec(raw, label)
+        except SpecError as exc:
+            problems += exc.problems
         raise SpecError(str(path), problems)
-    return parse_spec(raw, str(path) + "".join(f" --set {o}" for o in overrides))
+    return parse_spec(raw, label)
+
+
+def duplicate_keys(text: str) -> list[ConfigProblem]:
+    """Every key given twice in one mapping of the YAML `text`, at any depth, with both line numbers (YAML itself
+    keeps the last one silently)."""
+    problems: list[ConfigProblem] = []
+
+    def walk(node, path: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[str, int] = {}
+            for key_node, value_node in node.value:
+                key, line = str(key_node.value), key_node.start_mark.line + 1
+                dotted = f"{path}.{key}" if path else key
+                if key in seen and key != "<<":
+                    problems.append(ConfigProblem(
+                        dotted, "a key is given once in its section (YAML would keep the last one silently)",
+                        f"lines {seen[key]} and {line}", "one of them",
+                        f"delete the line you do not mean (line {seen[key]} or {line})"))
+                seen.setdefault(key, line)
+                walk(value_node, dotted)
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                walk(item, f"{path}[{index}]")
+
+    walk(yaml.compose(text, Loader=yaml.SafeLoader), "")
+    return problems
 
 
 # Mappings whose keys are themselves dotted trial keys (`search.grid.lora.rank`).

@@ -369,3 +369,22 @@ def test_paged_optimizers_are_refused_for_trials_without_a_gpu(spec):
     with pytest.raises(Unschedulable, match="this Ray cluster has no GPU; given 'paged_adamw_32bit'; allowed: adamw"):
         check_placement(parse_spec(spec).resources, CpuOnlyCluster(), {"adamw", "paged_adamw_32bit"})
     check_placement(parse_spec(spec).resources, CpuOnlyCluster(), {"adamw", "adamw_8bit"})
+
+
+def test_a_key_given_twice_at_any_depth_is_refused_with_both_lines(tmp_path, capsys):
+    from orchestrator.cli import main
+
+    path = tmp_path / "twice.yaml"
+    path.write_text("name: twice\nname: again\ntraining:\n  max_steps: 4\n  learning_rate: 1e-3\n  max_steps: 8\n"
+                    "prompts:\n  v1: \"Summarize: {dialog}\"\n  v2: \"{dialogue} in {lang}\"\n", encoding="utf-8")
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "name: a key is given once in its section (YAML would keep the last one silently); given 'lines 1 and 2'" \
+        in err
+    assert "training.max_steps: a key is given once in its section" in err and "lines 4 and 6" in err
+    assert "delete the line you do not mean (line 4 or 6)" in err
+    # Told with the spec's other problems, at once: the placeholder typo and its fix.
+    assert "prompts.v1: a template must contain {dialogue}" in err
+    assert "Fix: replace ['dialog'] with {dialogue}: 'Summarize: {dialogue}'" in err
+    assert "Fix: write {{lang}} for literal braces, or remove {lang}" in err
+    assert "Traceback" not in err
