@@ -294,8 +294,6 @@ def _output_problems(output: OutputConfig) -> list[ConfigProblem]:
     return []
 
 
-
-
 def _placeholder_fix(template: str, found: set[str]) -> str:
     """An action: each unknown placeholder rewritten as {dialogue}, or its braces doubled to be literal text."""
     unknown = sorted(found - {PROMPT_PLACEHOLDER})

@@ -90,7 +90,6 @@ def _trial_task(key, config, data, out_dir: str, num_threads: int, events, trial
     return result, time.perf_counter() - start
 
 
-# One worker, several trials on one base (trainer.pack); each trial still reports under its own key.
 @ray.remote(max_calls=1, max_retries=0)
 def _free_gpu_bytes() -> int:
     """Free memory of the GPU Ray gives this task, measured there (a fresh process, as a trial's worker is)."""
@@ -99,6 +98,7 @@ def _free_gpu_bytes() -> int:
     return int(torch.cuda.mem_get_info()[0])
 
 
+# One worker, several trials on one base (trainer.pack); each trial still reports under its own key.
 @ray.remote(max_calls=1, max_retries=0)
 def _pack_task(keys: list, configs: list, out_dirs: list[str], num_threads: int, events, *datas):
     """`datas` (each trial's) are top-level arguments so that Ray resolves them before the task starts."""
