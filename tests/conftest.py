@@ -16,13 +16,27 @@ quiet_third_party()
 SLOW_FIXTURES = frozenset({"backend", "scripted_backend", "two_nodes"})
 """Fixtures that start Ray: a test that asks for one is `slow` without saying so."""
 QUICK_TIER_ENV = "QLORA_SWEEP_QUICK_TIER"
-"""Set by `make check`: Ray refuses to start, so a test that reaches it unmarked fails instead of slowing the tier."""
+"""Set by `make check`: Ray refuses to start, so a test that reaches it unmarked fails instead of slowing the tier;
+and on a CPU that emulates bfloat16, the bfloat16 variants of model tests wait for `make test` (tens of times
+slower there: they made the tier 4 minutes on an AVX2-only CPU). `make test` and CI run every one."""
 
 
 def pytest_collection_modifyitems(config, items):
+    emulated_bf16 = bool(os.environ.get(QUICK_TIER_ENV)) and not _native_bf16()
     for item in items:
-        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+        names = set(getattr(item, "fixturenames", ()))
+        if SLOW_FIXTURES & names:
             item.add_marker(pytest.mark.slow)
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if emulated_bf16 and "bfloat16" in params.values() and "tiny_model_dir" in names:
+            item.add_marker(pytest.mark.slow)
+
+
+def _native_bf16() -> bool:
+    """Whether this CPU runs bfloat16 matmuls natively, measured as trials measure it (trainer.hardware)."""
+    from trainer.hardware import probe_device
+
+    return probe_device().bf16_native
 
 
 def pytest_configure(config):
