@@ -39,15 +39,13 @@ browser:
 	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium; }
 
-# Everything, as CI runs it: the 15 slowest tests, then the suite's wall time.
+# Everything, as CI runs it: the 15 slowest tests, then pytest's closing line with the suite's wall time.
 test: setup browser
-	@start=$$(date +%s); $(BIN)/pytest -q --durations=15; status=$$?; \
-	  echo "make test: pytest wall time $$(( $$(date +%s) - start )) s"; exit $$status
+	$(BIN)/pytest -q --durations=15
 
 # The edit loop: every test that needs neither Ray nor a real pretrained model (a few minutes).
 check: setup browser
-	@start=$$(date +%s); $(QUICK_TIER) $(BIN)/pytest -q -m "not slow" --durations=10; status=$$?; \
-	  echo "make check: pytest wall time $$(( $$(date +%s) - start )) s"; exit $$status
+	$(QUICK_TIER) $(BIN)/pytest -q -m "not slow" --durations=10
 
 bench: setup
 	$(BIN)/python bench/run.py

@@ -202,6 +202,8 @@ def test_ctrl_c_then_sigkill_of_the_orchestrator_then_rerun_loses_nothing(raw, t
     driver.wait(timeout=60)
     before = trials_of(store)
     assert before["max_steps2"].status == "completed" and before["max_steps400"].status == "running"
+    resumed = before["max_steps400"].resumed_from_step  # the second run resumed from the Ctrl-C's checkpoint
+    assert resumed and resumed % 50 == 0 and resumed <= first["max_steps400"].last_step
     assert (before["max_steps2"].runtime_s, before["max_steps2"].started_at) == \
         (first["max_steps2"].runtime_s, first["max_steps2"].started_at)  # the second run kept it as it was
     status = cli("status", "tiny", "--store", store.url)
