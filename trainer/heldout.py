@@ -74,7 +74,7 @@ def heldout_loss(model, pairs: list[Pair], examples: int, batch_size: int, pad_i
     import torch
 
     # Longest continuation first: each batch holds similar lengths (less padding), and OOM shows up at once.
-    groups = sorted(_groups(pairs, adapter_names), key=_rest_tokens, reverse=True)
+    groups = sorted(_groups(pairs, adapter_names), key=lambda g: g.rest_tokens, reverse=True)
     losses: dict[int, list[float]] = {}
     start = 0
     while start < len(groups):
@@ -96,25 +96,26 @@ def heldout_loss(model, pairs: list[Pair], examples: int, batch_size: int, pad_i
 
 @dataclass(frozen=True)
 class _Group:
-    """The pairs of one example through one adapter: they may share a prompt prefix."""
+    """The pairs of one example through one adapter, and the prompt tokens they share (`shared_prefix`)."""
 
-    pairs: list[Pair]
+    pairs: tuple[Pair, ...]
     adapter: str | None
+    prefix: int
+
+    @property
+    def rest_tokens(self) -> int:
+        """The most tokens a pair adds after the shared prefix."""
+        return max(len(p.input_ids) for p in self.pairs) - self.prefix
 
 
 def _groups(pairs: list[Pair], adapter_names: list[str] | None) -> list[_Group]:
-    names = adapter_names or [None] * len(pairs)
-    groups: list[_Group] = []
-    for pair, name in zip(pairs, names):
-        if groups and groups[-1].pairs[0].example == pair.example and groups[-1].adapter == name:
-            groups[-1].pairs.append(pair)
+    runs: list[tuple[list[Pair], str | None]] = []  # consecutive pairs of one example and one adapter
+    for pair, name in zip(pairs, adapter_names or [None] * len(pairs)):
+        if runs and runs[-1][0][0].example == pair.example and runs[-1][1] == name:
+            runs[-1][0].append(pair)
         else:
-            groups.append(_Group([pair], name))
-    return groups
-
-
-def _rest_tokens(group: _Group) -> int:
-    return max(len(p.input_ids) for p in group.pairs) - shared_prefix(group.pairs)
+            runs.append(([pair], name))
+    return [_Group(tuple(run), name, shared_prefix(run)) for run, name in runs]
 
 
 def shared_prefix(pairs: list[Pair]) -> int:
@@ -132,10 +133,9 @@ def _group_losses(model, batch: list[_Group], pad_id: int, torch) -> list[float]
     pairs = [p for g in batch for p in g.pairs]
     names = [g.adapter for g in batch for _ in g.pairs]
     routed = {} if batch[0].adapter is None else {"adapter_names": names}
-    prefixes = [shared_prefix(g.pairs) for g in batch]
-    if model.config.is_encoder_decoder or min(prefixes) == 0:
+    if model.config.is_encoder_decoder or min(g.prefix for g in batch) == 0:
         return _batch_losses(model, pairs, pad_id, torch, routed)
-    return _continued_losses(model, batch, prefixes, pad_id, torch, routed)
+    return _continued_losses(model, batch, pad_id, torch, routed)
 
 
 def _padded(torch, rows: list[list[int]], value: int, device):
@@ -144,16 +144,16 @@ def _padded(torch, rows: list[list[int]], value: int, device):
     return torch.tensor([r + [value] * (width - len(r)) for r in rows], device=device)
 
 
-def _continued_losses(model, batch: list[_Group], prefixes: list[int], pad_id: int, torch, routed: dict) -> list[float]:
+def _continued_losses(model, batch: list[_Group], pad_id: int, torch, routed: dict) -> list[float]:
     """One forward over each group's shared prefix, then one over every pair's rest on a copy of its group's KV
     cache, at the positions the pair's whole sequence gives them (the prefix's padding masked out between)."""
     device = model.device
-    heads = [g.pairs[0].input_ids[:n] for g, n in zip(batch, prefixes)]
+    heads = [g.pairs[0].input_ids[:g.prefix] for g in batch]
     head_ids = _padded(torch, heads, pad_id, device)
     head_mask = _padded(torch, [[1] * len(h) for h in heads], 0, device)
     head_routed = {} if not routed else {"adapter_names": [g.adapter for g in batch]}
     owner = [k for k, g in enumerate(batch) for _ in g.pairs]
-    pairs = [(p, n) for g, n in zip(batch, prefixes) for p in g.pairs]
+    pairs = [(p, g.prefix) for g in batch for p in g.pairs]
     rest_ids = _padded(torch, [p.input_ids[n:] for p, n in pairs], pad_id, device)
     rest_mask = _padded(torch, [[1] * (len(p.input_ids) - n) for p, n in pairs], 0, device)
     labels = _padded(torch, [p.labels[n:] for p, n in pairs], -100, device)
@@ -185,7 +185,11 @@ def _token_losses(model, inputs: dict, labels, torch) -> list[float]:
         flat = model(**inputs, logits_to_keep=kept).logits
         token_loss = torch.nn.functional.cross_entropy(flat.float(), targets[targets != -100], reduction="none")
         return [float(part.mean()) for part in token_loss.split((targets != -100).sum(dim=1).tolist())]
-    logits = model(**inputs).logits[:, :-1]
+    return _mean_token_losses(model(**inputs).logits[:, :-1], targets, torch)
+
+
+def _mean_token_losses(logits, targets, torch) -> list[float]:
+    """Per row: the mean cross-entropy of `logits` against `targets` where the target is not -100."""
     token_loss = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none",
                                                    ignore_index=-100)
     return (token_loss.sum(dim=1) / (targets != -100).sum(dim=1).clamp(min=1)).tolist()
@@ -201,6 +205,4 @@ def _batch_losses(model, batch: list[Pair], pad_id: int, torch, routed: dict) ->
         if not model.config.is_encoder_decoder:
             return _token_losses(model, dict(input_ids=input_ids, attention_mask=attention, **routed), labels, torch)
         logits = model(input_ids=input_ids, attention_mask=attention, labels=labels, **routed).logits
-        token_loss = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), labels, reduction="none",
-                                                       ignore_index=-100)
-        return (token_loss.sum(dim=1) / (labels != -100).sum(dim=1).clamp(min=1)).tolist()
+        return _mean_token_losses(logits, labels, torch)

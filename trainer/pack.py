@@ -39,10 +39,10 @@ from typing import Any
 from evaluation import EvalResult, score
 from evaluation.generate import generate
 from trainer import checkpoints, heldout
-from trainer.fourbit import dequantized_base
 from trainer.config import TrialConfig
 from trainer.data import TrialData
 from trainer.events import Budget, Checkpoint, Event, Metric, Phase, Step, TrialDiverged
+from trainer.fourbit import dequantized_base
 from trainer.result import TrialResult
 from trainer.trial import (EvalSet, Report, eval_mode, eval_set, folder_mib, load, lora_config, report_eval,
                            report_scores, resolve_device, run_trial, set_threads, sft_trainer, with_heldout_loss)
