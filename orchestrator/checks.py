@@ -10,10 +10,10 @@ from typing import Any
 
 from evaluation.metrics import BERTSCORE_METRICS, OBJECTIVES, metric
 from orchestrator import schema
+from orchestrator.datachecks import data_problems
 from orchestrator.spec import Dimension, OutputConfig, SweepSpec
 from trainer import prompts as prompt_rules
-from trainer.config import PROMPT_PLACEHOLDER, ConfigProblem, DatasetConfig, TrialConfig, paged_optimizer_problem
-from trainer.data import read_rows, reference_columns, split_source
+from trainer.config import PROMPT_PLACEHOLDER, ConfigProblem, TrialConfig, paged_optimizer_problem
 from trainer.models import is_local, model_problem
 
 # TrialConfig paths a grid may not set: they are derived per trial.
@@ -28,7 +28,7 @@ _READS = {"grid": "grid", "optuna": "space"}
 
 def semantic_problems(spec: SweepSpec) -> list[ConfigProblem]:
     problems = _name_problems(spec) + _prompt_problems(spec) + _grid_problems(spec) + _study_problems(spec)
-    problems += _model_problems(spec) + _data_problems(spec.dataset) + _output_problems(spec.output)
+    problems += _model_problems(spec) + data_problems(spec.dataset) + _output_problems(spec.output)
     problems += _optimizer_problems(spec)
     bert = spec.scoring.bertscore_model
     if bert is not None and is_local(bert) and not (Path(bert).expanduser() / "config.json").exists():
@@ -242,37 +242,6 @@ def _model_problems(spec: SweepSpec) -> list[ConfigProblem]:
         if reason:
             problems.append(ConfigProblem(path, "the model must be loadable", name,
                                           "smollm2-135m-instruct, a local model directory, or a hub id", reason))
-    return problems
-
-
-def _data_problems(cfg: DatasetConfig) -> list[ConfigProblem]:
-    if cfg.name is None and not (cfg.train_file and cfg.eval_file):
-        return []  # reported by DatasetConfig.problems
-    problems = []
-    for which in ("train", "eval"):
-        source = split_source(cfg, which)
-        if source.path is None:  # a hub split: only checkable online, at load time
-            if cfg.mirror_dir:  # ...unless the user named a mirror, which must then hold it
-                split = cfg.train_split if which == "train" else cfg.eval_split
-                problems.append(ConfigProblem("dataset.mirror_dir", "an explicit mirror must hold the split",
-                                              cfg.mirror_dir, f"a folder with {cfg.name}/{split}.jsonl",
-                                              "fix the path, or set mirror_dir: null to use "
-                                              "$QLORA_SWEEP_DATA_DIR or the hub"))
-            continue
-        key = f"dataset.{which}_file" if (cfg.train_file if which == "train" else cfg.eval_file) else "dataset.name"
-        if not source.path.is_file() or source.path.suffix not in (".jsonl", ".csv"):
-            problems.append(ConfigProblem(key, "the data file must exist and be .jsonl or .csv", str(source.path),
-                                          "an existing .jsonl or .csv file", "check the path (relative to cwd)"))
-            continue
-        rows = read_rows(source, limit=1)
-        columns = list(rows[0]) if rows else []
-        wanted = [cfg.dialogue_column] + ([cfg.summary_column] if which == "train"
-                                          else reference_columns(cfg, columns)[:1] or [cfg.summary_column])
-        for column in wanted:
-            if column not in columns:
-                problems.append(ConfigProblem(f"dataset ({which}: {source.path.name})", "the column must exist",
-                                              column, ", ".join(columns) or "no rows",
-                                              "set dataset.dialogue_column / summary_column / reference_columns"))
     return problems
 
 

@@ -233,10 +233,15 @@ def _validate(args) -> int:
 
 def _plan(args) -> int:
     spec = load_spec(args.spec, args.set)
+    from orchestrator.datachecks import data_lines, data_problems
     from orchestrator.search import search_for
 
     search = search_for(spec)
     plan = search.planned()
+    datasets = list(dict.fromkeys(t.config.dataset for t in search.checked()))
+    problems = [p for cfg in datasets if cfg != spec.dataset for p in data_problems(cfg)]  # spec's own: at load
+    if problems:
+        raise SpecError(args.spec, problems)
     width = max((len(t.name) for t in plan), default=0)
     for t in plan:
         shown = ", ".join(f"{k}={v}" for k, v in t.params.items())
@@ -248,6 +253,8 @@ def _plan(args) -> int:
     from orchestrator.packs import plan_lines
 
     print("\n".join(plan_lines(((t.name, t.config) for t in plan), spec.resources.trials_per_worker)))
+    for lines in map(data_lines, datasets):
+        print("\n".join(["data:", *lines]) if lines else "data: from the hub, checked as it loads")
     return 0
 
 

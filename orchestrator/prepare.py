@@ -10,13 +10,14 @@ import sys
 
 from evaluation.rouge import resolve_tokenizer
 from orchestrator.budget import budget_problems
+from orchestrator.datachecks import data_problems
 from orchestrator.plan import PlannedTrial
 from orchestrator.search import search_for
 from orchestrator.spec import SpecError, SweepSpec
 from trainer import paraphrase
 from trainer.augment import training_examples
 from trainer.config import AugmentationConfig, ConfigProblem
-from trainer.data import DATA_DIR_ENV, TrialData, load_trial_data, split_source
+from trainer.data import DATA_DIR_ENV, TrialData, load_trial_data, normalised, split_source
 from trainer.models import cache_root, model_identity, resolve_model_path
 
 
@@ -39,6 +40,8 @@ def prepare(spec: SweepSpec) -> tuple[list[PlannedTrial], dict[str, TrialData]]:
     except Exception as exc:  # a hub tokenizer offline, a broken local folder: the trials could not load it either
         raise PrepareError(f"the prompts' token budgets could not be checked, because a tokenizer did not load: "
                            f"{type(exc).__name__}: {exc}") from exc
+    datasets = list(dict.fromkeys(t.config.dataset for t in targets))  # every row of every file, once
+    problems += [p for cfg in datasets for p in data_problems(cfg)]
     if problems:
         raise SpecError(spec.name, problems)
     data: dict[str, TrialData] = {}
@@ -97,17 +100,31 @@ def _with_paraphrases(data: TrialData, aug: AugmentationConfig) -> TrialData:
     return dataclasses.replace(data, paraphrased=rows, paraphrase_source=paraphrase.describe(aug, cache))
 
 
-def sweep_notes(data: dict[str, TrialData]) -> dict:
-    first = next(iter(data.values()))
-    notes = {"eval_examples": len(first.eval), "train_examples": len(first.train),
+def sweep_notes(data: dict[str, TrialData], spec: SweepSpec) -> dict:
+    """The leaderboard header's lines about the data: rows used (and asked, where a file had fewer), skipped
+    rows, eval rows that are also training rows (allowed by dataset.eval_overlap), paraphrases."""
+    first_key = next(iter(data))
+    first = data[first_key]
+    cfg = next(t.config.dataset for t in search_for(spec).checked() if data_key(t) == first_key)
+    notes = {"eval_examples": _used(len(first.eval), cfg.eval_examples),
+             "train_examples": _used(len(first.train), cfg.train_examples),
              "reference_columns": ", ".join(first.reference_columns)}
     if any(first.skipped_rows):
         notes["skipped_rows"] = (f"{first.skipped_rows[0]} train, {first.skipped_rows[1]} eval "
                                  "(empty or missing dialogue or summary)")
+    if cfg.eval_overlap == "allow":
+        trained = {normalised(e.dialogue) for e in first.train}
+        overlap = sum(normalised(e.dialogue) in trained for e in first.eval)
+        notes["eval_overlap"] = (f"allowed (dataset.eval_overlap): {overlap} of {len(first.eval)} scored eval rows "
+                                 "are also training rows")
     sources = sorted({d.paraphrase_source for d in data.values() if d.paraphrase_source})
     if sources:
         notes["paraphrase"] = "; ".join(sources)
     return notes
+
+
+def _used(used: int, asked: int) -> int | str:
+    return used if used >= asked else f"{used} (all usable rows; {asked} asked)"
 
 
 def data_key(trial: PlannedTrial) -> str:

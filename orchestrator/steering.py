@@ -25,6 +25,7 @@ from results.states import TrialState
 from results.store import Store, TrialSummary
 from results.stored_spec import stored_spec
 from trainer import checkpoints
+from trainer.augment import training_examples
 from trainer.config import ConfigProblem, TrialConfig, WarmStart
 from trainer.identity import affects_baseline, content_key
 from trainer.models import model_identity, model_problem
@@ -207,9 +208,29 @@ def _warm(store: Store, sweep: str, parent: TrialSummary, child: TrialConfig, na
              "training.checkpoint_interval_steps set, or a finished one with training.keep_final_checkpoint: true",
              "set those keys in the spec and run the parent again, or clone cold"))
         raise SpecError(source, [ConfigProblem(parent.name, what, "none kept", allowed, fix)])
+    no_steps = _zero_step_problem(child, name, step, extension)
+    if no_steps:
+        raise SpecError(source, [no_steps])
     snapshot = checkpoints.snapshot(checkpoint, run_dir / "trials" / name / _FORK_DIR)
     warm = WarmStart(str(snapshot), step, parent.content_key or "", fresh)
     return dataclasses.replace(child, warm_start=warm), step
+
+
+def _zero_step_problem(child: TrialConfig, name: str, step: int, extension: bool) -> ConfigProblem | None:
+    """A warm child resumes at its parent's `step` and trains up to its own budget: a budget at or below that step
+    trains nothing, and its row would repeat the parent's scores under the child's settings."""
+    t = child.training
+    if t.max_steps is not None:
+        total, flag = t.max_steps, "--steps" if extension else "--set training.max_steps"
+    else:
+        rows = len(training_examples(load_data(PlannedTrial(name, "trial", {}, child)), child.augmentation))
+        total, flag = t.total_steps(rows), "--epochs" if extension else "--set training.epochs"
+    if total > step:
+        return None
+    value = 2 * step if t.max_steps is not None else round(2 * (t.epochs or 1), 2)
+    return ConfigProblem(flag, f"a warm start goes on from the parent's step {step} to the child's budget, so the "
+                         "budget must be above it (else no step runs and the child repeats its parent's scores)",
+                         f"{total} steps", f"> {step} steps", f"{flag}{' ' if extension else '='}{value}")
 
 
 def _add(store: Store, sweep: str, name: str, params: dict, child: TrialConfig, origin: str, parent: TrialSummary,

@@ -93,7 +93,7 @@ def run_sweep(spec: SweepSpec, store: Store, backend: Backend, stream: TextIO = 
     seen = live_driver_check(store, spec.name)
     sweep_dir = Path(spec.output.run_dir).resolve() / spec.name  # absolute: read commands run from anywhere
     me = driver_id()
-    sweep_id = store.open_sweep(spec.name, to_plain(spec), str(sweep_dir), sweep_notes(data), me, seen)
+    sweep_id = store.open_sweep(spec.name, to_plain(spec), str(sweep_dir), sweep_notes(data, spec), me, seen)
     if sweep_id is None:
         raise SweepBusy(f"sweep {spec.name!r} was claimed by another driver just now; nothing was run")
     try:

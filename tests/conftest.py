@@ -58,6 +58,18 @@ DIALOGUES = [
     ("#Person1#: How much is this jacket?\n#Person2#: It is forty dollars, on sale today.\n#Person1#: I will take it.",
      "#Person1# buys a jacket on sale for forty dollars."),
 ]
+# Held-out eval dialogues: the shapes of DIALOGUES with other facts, so no eval row is a training row
+# (orchestrator.datachecks refuses that).
+EVAL_DIALOGUES = [
+    ("#Person1#: Can you pick up eggs on the way home?\n#Person2#: Sure, do we need rice too?\n#Person1#: Yes, one bag.",
+     "#Person1# asks #Person2# to buy eggs and a bag of rice on the way home."),
+    ("#Person1#: The dentist moved to Monday at nine.\n#Person2#: Thanks, I will tell my boss.",
+     "#Person1# tells #Person2# the dentist moved to Monday at nine."),
+    ("#Person1#: I lost my wallet again.\n#Person2#: Check the car, you left it there last month.",
+     "#Person1# lost the wallet and #Person2# suggests the car."),
+    ("#Person1#: How much is this lamp?\n#Person2#: It is twenty dollars, on sale today.\n#Person1#: I will take it.",
+     "#Person1# buys a lamp on sale for twenty dollars."),
+]
 
 
 @pytest.fixture(scope="session")
@@ -109,8 +121,13 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 @pytest.fixture
 def local_data(tmp_path) -> tuple[Path, Path]:
     """(train.jsonl, eval.jsonl) of short English dialogues."""
-    rows = [{"id": f"d{i}", "dialogue": d, "summary": s} for i, (d, s) in enumerate(DIALOGUES * 3)]
-    return write_jsonl(tmp_path / "train.jsonl", rows[:8]), write_jsonl(tmp_path / "eval.jsonl", rows[8:12])
+    return write_tiny_data(tmp_path)
+
+
+def write_tiny_data(folder: Path) -> tuple[Path, Path]:
+    """train.jsonl (DIALOGUES twice, 8 rows) and eval.jsonl (EVAL_DIALOGUES, 4 rows) in `folder`."""
+    rows = [{"id": f"d{i}", "dialogue": d, "summary": s} for i, (d, s) in enumerate(DIALOGUES * 2 + EVAL_DIALOGUES)]
+    return write_jsonl(folder / "train.jsonl", rows[:8]), write_jsonl(folder / "eval.jsonl", rows[8:12])
 
 
 def tiny_spec(model_dir: Path, train: Path, evals: Path, tmp_path: Path, **overrides) -> dict:

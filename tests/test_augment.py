@@ -70,7 +70,7 @@ def test_paraphrases_are_made_once_per_sweep_keep_speaker_tags_and_a_rerun_reads
     assert data[_data_key(baseline)].paraphrased == () and half.eval == data[_data_key(baseline)].eval
     trial = next(t for t in plan if t.config.augmentation.paraphrase == 0.5)
     assert len(training_examples(half, trial.config.augmentation)) == 8 + 4
-    notes = sweep_notes(data)["paraphrase"]
+    notes = sweep_notes(data, spec)["paraphrase"]
     assert str(tiny_model_dir) in notes and "seed 3" in notes and repr(trial.config.augmentation.paraphrase_prompt) in notes
 
     def no_generator(*args):

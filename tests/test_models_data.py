@@ -75,7 +75,7 @@ def test_mapped_csv_columns_and_empty_rows_skipped_with_a_count(tmp_path):
     assert data.skipped_rows == (2, 2)  # train: rows 1 and 2; eval: row 1 (dialogue) and row 3 (both refs)
     assert len(data.train) == 4 and len(data.eval) == 4
     assert [e.references for e in data.eval if e.dialogue.endswith("hi 2\nB: hello")] == [("B answers.",)]
-    with pytest.raises(ValueError, match=r"2 of 6 do not, the first is row 1 .*dataset.empty_rows: skip"):
+    with pytest.raises(ValueError, match=r"2 of 6 rows without, the first row 1 .*dataset.empty_rows: skip"):
         load_trial_data(DatasetConfig(**{**cfg.__dict__, "empty_rows": "error"}))
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from orchestrator.loading import parse_spec
 from orchestrator.search import expand
-from tests.conftest import DIALOGUES, tiny_spec, write_jsonl
+from tests.conftest import tiny_spec, write_tiny_data
 from trainer.data import load_trial_data
 from trainer.events import Metric, TrialDiverged
 from trainer.pack import LeftPack, PackTrial, run_pack
@@ -52,8 +52,7 @@ def alone(tiny_model_dir, tmp_path_factory):
     def runs(dtype: str):
         if dtype not in made:
             tmp = tmp_path_factory.mktemp(f"alone-{dtype}")
-            rows = [{"id": f"d{i}", "dialogue": d, "summary": s} for i, (d, s) in enumerate(DIALOGUES * 3)]
-            files = write_jsonl(tmp / "train.jsonl", rows[:8]), write_jsonl(tmp / "eval.jsonl", rows[8:12])
+            files = write_tiny_data(tmp)
             configs = _three(tiny_model_dir, files, tmp, dtype)
             data = load_trial_data(configs[0].dataset)
             done = []

@@ -76,7 +76,8 @@ def test_settings_added_later_keep_stored_keys_at_their_defaults_and_change_them
     data = TrialData((Example("a", "d", "s", ("s",)),), (Example("b", "d2", "s2", ("s2",)),), ("summary",))
     before = {"config": dataclasses.asdict(config), "data": dataclasses.asdict(data), "model": None}
     for section, names in (("training", ("epochs", "warmup_ratio", "optimizer", "keep_final_checkpoint")),
-                           ("augmentation", ("paraphrase", "paraphrase_model", "paraphrase_prompt"))):
+                           ("augmentation", ("paraphrase", "paraphrase_model", "paraphrase_prompt")),
+                           ("dataset", ("encoding", "eval_overlap"))):
         for name in names:  # the payload as stores written before these settings hashed it
             del before["config"][section][name]
     del before["config"]["warm_start"]  # added with clone and extend; keep_final_checkpoint never counts

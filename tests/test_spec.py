@@ -113,17 +113,19 @@ def test_bare_spec_name_is_found_in_sweeps_dir(monkeypatch):
 
 KOREAN_ROWS = [("#Person1#: 내일 회의가 몇 시예요?\n#Person2#: 오전 열 시로 바뀌었어요.", "#Person2#는 회의가 오전 열 시로 바뀌었다고 알려준다."),
                ("#Person1#: 우유 좀 사다 줄래요?\n#Person2#: 네, 빵도 살까요?", "#Person1#는 #Person2#에게 우유를 부탁한다.")]
+KOREAN_DEV_ROWS = [("#Person1#: 점심 뭐 먹을까요?\n#Person2#: 김치찌개 어때요?", "#Person2#는 점심으로 김치찌개를 제안한다."),
+                   ("#Person1#: 주말에 등산 갈래요?\n#Person2#: 좋아요, 토요일에 가요.", "두 사람은 토요일에 등산을 가기로 한다.")]
 
 
 def korean_files(folder: Path) -> list[str]:
     """--set options pointing the Korean spec at two small CSV files in the competition's layout."""
     import csv
 
-    for name in ("train.csv", "dev.csv"):
+    for name, rows in (("train.csv", KOREAN_ROWS), ("dev.csv", KOREAN_DEV_ROWS)):
         with (folder / name).open("w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
             writer.writerow(["fname", "dialogue", "summary"])
-            writer.writerows([f"{name}_{i}", d, s] for i, (d, s) in enumerate(KOREAN_ROWS))
+            writer.writerows([f"{name}_{i}", d, s] for i, (d, s) in enumerate(rows))
     return ["--set", f"dataset.train_file={folder / 'train.csv'}", "--set", f"dataset.eval_file={folder / 'dev.csv'}"]
 
 

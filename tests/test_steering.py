@@ -16,6 +16,7 @@ from orchestrator.loading import parse_spec
 from orchestrator.search import expand
 from orchestrator.sweep import run_sweep
 from results.store import Store
+from trainer import checkpoints
 from tests.conftest import tiny_spec
 from tests.test_faults import training, trials_of, wait_for
 from trainer.data import load_trial_data
@@ -193,3 +194,28 @@ def test_steering_requests_name_every_problem_and_write_nothing(scripted_store, 
     assert [t.name for t in scripted_store.summary("tiny").trials] == ["v1"]
     assert main(["clone", "tiny", "v1", "--set", "lora.rank=8", *url]) == 0  # and a valid one is written
     assert [t.name for t in scripted_store.summary("tiny").trials] == ["v1", "v1-r8"]
+
+
+def test_warm_children_that_would_train_no_step_are_refused(scripted_store, capsys):
+    """A warm clone or extension goes on from its parent's checkpoint step: a budget at or below it would run no
+    step and repeat the parent's scores under the child's settings, so it is refused, and nothing is written."""
+    run_dir = Path(scripted_store.summary("tiny").run_dir)
+    kept = run_dir / "trials" / "v1" / checkpoints.TRAINER_DIR / "checkpoint-4"  # as keep_final_checkpoint leaves it
+    kept.mkdir(parents=True)
+    checkpoints.mark_complete(kept, "parent-key", [])
+    url = ["--store", scripted_store.url]
+    refused = [(["clone", "tiny", "v1", "--set", "training.learning_rate=1e-4", "--warm-start"],
+                "--set training.max_steps: a warm start goes on from the parent's step 4", "--set training.max_steps=8"),
+               (["clone", "tiny", "v1", "--set", "training.epochs=1", "--warm-start"],  # 8 rows, batch 2: 4 steps
+                "--set training.epochs: a warm start goes on from the parent's step 4", "given '4 steps'"),
+               (["extend", "tiny", "v1", "--epochs", "0.5"], "--epochs: a warm start goes on from the parent's step 4",
+                "Fix: --epochs 1.0")]
+    for argv, invariant, detail in refused:
+        assert main([*argv, *url]) == 2, argv
+        err = capsys.readouterr().err
+        assert invariant in err and detail in err and "nothing was run or written" in err, err
+    assert [t.name for t in scripted_store.summary("tiny").trials] == ["v1"]
+    assert not (run_dir / "trials" / "v1-lr1e-4-warm").exists()  # no snapshot taken either
+    assert main(["clone", "tiny", "v1", "--set", "training.learning_rate=1e-4", "--set", "training.max_steps=8",
+                 "--warm-start", *url]) == 0
+    assert "warm from its checkpoint of step 4" in capsys.readouterr().out

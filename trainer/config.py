@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
+from trainer.datafiles import known_encoding
+
 EMBEDDED_MODEL_ALIAS = "smollm2-135m-instruct"
 PROMPT_PLACEHOLDER = "dialogue"
 DEFAULT_MAX_STEPS = 32
@@ -102,6 +104,14 @@ class DatasetConfig:
     empty_rows: Literal["skip", "error"] = "skip"
     """Rows with an empty or missing dialogue, training summary or every reference: skipped (and
     counted in the sweep's notes) before sampling, or an error naming the first such row."""
+    encoding: str | None = field(default=None, metadata={"identity": False})
+    """Text encoding of the data files, e.g. cp949 (Korean Windows) or cp1252; null reads UTF-8, with or without
+    a byte-order mark, and detects any other (charset-normalizer; `sweep plan` names what it chose). The rows
+    decoded, not this key, are part of a trial's identity."""
+    eval_overlap: Literal["refuse", "allow"] = field(default="refuse", metadata={"identity": False})
+    """Eval rows whose dialogue (whitespace normalised) is also a training row's: `refuse` stops validate, plan
+    and run, naming them; `allow` scores them anyway (their scores then partly measure memorisation) and the
+    leaderboard header says how many."""
 
     def problems(self, path: str) -> list[ConfigProblem]:
         if self.name is None and not (self.train_file and self.eval_file):
@@ -109,6 +119,10 @@ class DatasetConfig:
                                   {"name": None, "train_file": self.train_file, "eval_file": self.eval_file},
                                   "name: dialogsum|samsum, or two local .jsonl/.csv files",
                                   "set dataset.name or dataset.train_file and dataset.eval_file")]
+        if self.encoding is not None and not known_encoding(self.encoding):
+            return [ConfigProblem(f"{path}.encoding", "must name a text encoding Python knows", self.encoding,
+                                  "utf-8, cp949, euc-kr, cp1252, utf-16, ... (Python's codec names)",
+                                  "fix the name, or set encoding: null to detect it")]
         if self.name is not None and self.train_split == self.eval_split and not self.train_file:
             return [ConfigProblem(f"{path}.eval_split", "the eval split must differ from the train split",
                                   self.eval_split, f"any split but {self.train_split!r}",

@@ -6,15 +6,14 @@ data files and every trial sees the same seeded train sample and eval subset.
 
 from __future__ import annotations
 
-import csv
-import json
 import os
 import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trainer.config import SINCE_AUGMENTATION, DatasetConfig
+from trainer.config import SINCE_AUGMENTATION, ConfigProblem, DatasetConfig
+from trainer.datafiles import DataFileError, read_file
 
 DATA_DIR_ENV = "QLORA_SWEEP_DATA_DIR"
 HUB_IDS = {"dialogsum": "knkarthick/dialogsum", "samsum": "knkarthick/samsum"}
@@ -47,11 +46,12 @@ class TrialData:
 
 @dataclass(frozen=True)
 class Source:
-    """One split: a local file, or a hub dataset id and split name."""
+    """One split: a local file (and its encoding; None: UTF-8 or detected), or a hub dataset id and split name."""
 
     path: Path | None = None
     hub_id: str | None = None
     split: str | None = None
+    encoding: str | None = None
 
     def describe(self) -> str:
         return str(self.path) if self.path else f"hub {self.hub_id} split {self.split}"
@@ -66,25 +66,25 @@ def split_source(cfg: DatasetConfig, which: str) -> Source:
     """Where the `train` or `eval` rows come from: local file, else mirror, else hub."""
     local = cfg.train_file if which == "train" else cfg.eval_file
     if local:
-        return Source(path=Path(local))
+        return Source(path=Path(local), encoding=cfg.encoding)
     split = cfg.train_split if which == "train" else cfg.eval_split
     root = mirror_root(cfg)
     if root is not None and (root / cfg.name / f"{split}.jsonl").exists():
-        return Source(path=root / cfg.name / f"{split}.jsonl")
+        return Source(path=root / cfg.name / f"{split}.jsonl", encoding=cfg.encoding)
     return Source(hub_id=HUB_IDS.get(cfg.name, cfg.name), split=split)
 
 
-def read_rows(source: Source, limit: int | None = None) -> list[dict]:
-    """Rows of a JSONL or CSV file, or of a hub split (needs network or the HF cache)."""
+def read_rows(source: Source) -> list[dict]:
+    """Rows of a JSONL or CSV file (DataFileError lists its every problem), or of a hub split (needs network or
+    the HF cache)."""
     if source.path is None:
         import datasets  # only here: hub loading is the slow, networked path
 
-        return [dict(r) for r in datasets.load_dataset(source.hub_id, split=source.split)][:limit]
-    if source.path.suffix == ".csv":
-        with source.path.open(newline="", encoding="utf-8") as handle:
-            return [row for _, row in zip(range(limit or 10**9), csv.DictReader(handle))]
-    with source.path.open(encoding="utf-8") as handle:
-        return [json.loads(line) for _, line in zip(range(limit or 10**9), handle) if line.strip()]
+        return [dict(r) for r in datasets.load_dataset(source.hub_id, split=source.split)]
+    read = read_file(source.path, source.encoding)
+    if read.problems:
+        raise DataFileError(source.path, read.problems)
+    return list(read.rows)
 
 
 def reference_columns(cfg: DatasetConfig, columns: list[str]) -> list[str]:
@@ -105,7 +105,12 @@ def seeded_sample(rows: list, count: int, seed: int) -> list:
 
 
 def load_trial_data(cfg: DatasetConfig) -> TrialData:
-    train_all, eval_all = read_rows(split_source(cfg, "train")), read_rows(split_source(cfg, "eval"))
+    return select_rows(cfg, read_rows(split_source(cfg, "train")), read_rows(split_source(cfg, "eval")))
+
+
+def select_rows(cfg: DatasetConfig, train_all: list[dict], eval_all: list[dict]) -> TrialData:
+    """The usable rows of both splits, then the seeded train sample and eval subset (RowsError: empty rows with
+    `empty_rows: error`)."""
     refs = reference_columns(cfg, list(eval_all[0]) if eval_all else [])
     train_ok, train_skipped = usable_rows(train_all, cfg, [cfg.summary_column], "train")
     eval_ok, eval_skipped = usable_rows(eval_all, cfg, refs, "eval")
@@ -115,6 +120,14 @@ def load_trial_data(cfg: DatasetConfig) -> TrialData:
     evals = tuple(_example(r, i, cfg, refs) for i, r in eval_rows)
     return TrialData(train=train, eval=evals, reference_columns=tuple(refs),
                      skipped_rows=(train_skipped, eval_skipped))
+
+
+class RowsError(ValueError):
+    """Rows a setting refuses (`empty_rows: error`), as one problem."""
+
+    def __init__(self, problem: ConfigProblem):
+        self.problem = problem
+        super().__init__(problem.render())
 
 
 def usable_rows(rows: list[dict], cfg: DatasetConfig, summaries: list[str], which: str
@@ -129,12 +142,25 @@ def usable_rows(rows: list[dict], cfg: DatasetConfig, summaries: list[str], whic
             bad.append(i)
     if bad and cfg.empty_rows == "error":
         first = rows[bad[0]]
-        raise ValueError(f"every {which} row needs a non-empty {cfg.dialogue_column!r} and {' or '.join(summaries)}; "
-                         f"{len(bad)} of {len(rows)} do not, the first is row {bad[0]} (id "
-                         f"{first.get('fname') or first.get('id') or '-'}) with columns {sorted(first)}. Fix: clean "
-                         "the data, map the columns (dataset.dialogue_column / summary_column / reference_columns), "
-                         "or set dataset.empty_rows: skip")
+        raise RowsError(ConfigProblem(
+            "dataset.empty_rows", f"every {which} row needs a non-empty {cfg.dialogue_column!r} and "
+            f"{' or '.join(summaries)}", f"{len(bad)} of {len(rows)} rows without, the first row {bad[0]} (id "
+            f"{first.get('fname') or first.get('id') or '-'}) with columns {sorted(first)}", "error: none such",
+            "clean the data, map the columns (dataset.dialogue_column / summary_column / reference_columns), "
+            "or set dataset.empty_rows: skip"))
     return kept, len(bad)
+
+
+def normalised(dialogue: str) -> str:
+    """A dialogue as the leakage check compares it: whitespace runs as one space, no ends."""
+    return " ".join(dialogue.split())
+
+
+def scored_in_training(data: TrialData, train_all: list[dict], cfg: DatasetConfig) -> list[Example]:
+    """The eval rows a trial scores whose dialogue is also a training row's (any usable row of the training file:
+    a clone or a larger train_examples may use any of them)."""
+    trained = {normalised(str(r.get(cfg.dialogue_column) or "")) for r in train_all}
+    return [e for e in data.eval if normalised(e.dialogue) in trained]
 
 
 def _example(row: dict, index: int, cfg: DatasetConfig, columns: list[str]) -> Example:
