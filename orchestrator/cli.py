@@ -13,6 +13,7 @@ import sys
 from orchestrator.environment import quiet_third_party
 from orchestrator.loading import load_spec
 from orchestrator.spec import STORE_ENV, OutputConfig, SpecError, store_url
+from results.busy import StoreLocked
 
 DEFAULT_STORE = OutputConfig().store_url()
 SET_HELP = ("override one dotted key of the spec, e.g. model.name=./tiny or search.grid.lora.rank=[4,8] "
@@ -30,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as exc:
         print(exc, file=sys.stderr)
         return 2
+    except StoreLocked as exc:  # another process held the store past the wait limit (results.busy)
+        print(exc, file=sys.stderr)
+        return 1
 
 
 def _run(args) -> int:

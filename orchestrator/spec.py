@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from results.store import driver_url
 from trainer.config import (AugmentationConfig, ConfigProblem, DatasetConfig, GenerationConfig, LoraSettings,
                             ModelConfig, QuantizationConfig, ScoringConfig, TrainingConfig)
 
@@ -127,13 +128,13 @@ class OutputConfig:
     child run, as a view of the store. null: $MLFLOW_TRACKING_URI when set, else no MLflow."""
 
     def store_url(self) -> str:
-        return self.store or f"sqlite:///{self.run_dir}/results.db"
+        return driver_url(self.store or f"sqlite:///{self.run_dir}/results.db")
 
 
 def store_url(given: str | None, output: OutputConfig | None = None) -> str:
     """The results store a command uses: `--store`, else $QLORA_SWEEP_STORE, else the spec's `output`, else
     sqlite:///runs/results.db (the default `output`'s)."""
-    return given or os.environ.get(STORE_ENV) or (output or OutputConfig()).store_url()
+    return driver_url(given or os.environ.get(STORE_ENV) or (output or OutputConfig()).store_url())
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from results import migrate
+from results.busy import LOCK_POLL_S, wait_limit_s, waiting, waits_when_locked
 from results.models import MetricRow, PredictionRow, SweepRow, TrialRow, utcnow
 from results.states import KEPT_STATES, UNFINISHED_STATES, TrialState
 from trainer.result import TrialResult
@@ -80,15 +81,26 @@ class SweepSummary:
     """Absolute folder of its trials, TensorBoard events and reports (relative in stores written before 0.4)."""
 
 
+def driver_url(url: str) -> str:
+    """`postgresql://...` means psycopg (3), the driver the `postgres` extra installs (SQLAlchemy's default for
+    the bare scheme is psycopg2); every other URL as given."""
+    return "postgresql+psycopg://" + url.removeprefix("postgresql://") if url.startswith("postgresql://") else url
+
+
+@waits_when_locked
 class Store:
-    def __init__(self, url: str):
+    def __init__(self, url: str, lock_wait_s: float | None = None):
+        """`lock_wait_s`: how long a call waits while another process holds the store locked (default
+        $QLORA_SWEEP_STORE_WAIT_S, else 300 s; results.busy)."""
+        url = driver_url(url)
         if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
             Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        self.url = url
-        self.engine = create_engine(url)
+        self.url, self.lock_wait_s = url, lock_wait_s if lock_wait_s is not None else wait_limit_s()
+        self.engine = create_engine(url, connect_args=_lock_poll(url))
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        migrate.upgrade(self.engine)  # a new store is created at the newest revision; an older one upgraded
+        # A new store is created at the newest revision; an older one upgraded.
+        waiting(lambda: migrate.upgrade(self.engine), url, self.lock_wait_s, "opening")
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
@@ -383,6 +395,15 @@ def _last_train_steps(s: Session, *where) -> dict[int, int]:
 def _aware(moment: datetime | None) -> datetime | None:
     """SQLite hands datetimes back without their zone; every time stored here is UTC."""
     return moment.replace(tzinfo=timezone.utc) if moment is not None and moment.tzinfo is None else moment
+
+
+def _lock_poll(url: str) -> dict:
+    """One attempt's wait on another process's lock, after which results.busy retries (and says so)."""
+    if url.startswith("sqlite"):
+        return {"timeout": LOCK_POLL_S}
+    if url.startswith("postgresql"):
+        return {"options": f"-c lock_timeout={int(LOCK_POLL_S * 1000)}"}
+    return {}
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:

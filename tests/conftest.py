@@ -73,6 +73,31 @@ EVAL_DIALOGUES = [
 
 
 @pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server for the session (about a second to start); each test takes its own database
+    with `postgres.new_database()`."""
+    import tempfile
+
+    from tests.postgres import PostgresServer
+
+    server = PostgresServer(Path(tempfile.mkdtemp(prefix="qlora-sweep-postgres-"))).start()
+    yield server
+    server.stop()
+
+
+STORE_BACKENDS = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(params=STORE_BACKENDS)
+def store_url(request, tmp_path) -> str:
+    """An empty store's URL on each backend a team may share: a SQLite file, a PostgreSQL database."""
+    if request.param == "sqlite":
+        (tmp_path / "store").mkdir()
+        return f"sqlite:///{tmp_path / 'store' / 'results.db'}"
+    return request.getfixturevalue("postgres").new_database()
+
+
+@pytest.fixture(scope="session")
 def backend():
     """One local Ray instance (2 CPUs) for the whole session (a start costs seconds), shut down at its end. A test
     that runs stand-in trials sets `trial_fn` with monkeypatch, so the next test gets the real trial again."""

@@ -33,7 +33,15 @@ class Fail:
     failure: ev.FailureKind = ev.FailureKind.RAISED
 
 
-Script = list  # of ev.Event, Finish, Fail or HANG
+@dataclass(frozen=True)
+class Call:
+    """A script item that reports nothing: `action()` runs when the trial reaches it (another process locking
+    the store mid-trial, say)."""
+
+    action: Callable[[], Any]
+
+
+Script = list  # of ev.Event, Finish, Fail, Call or HANG
 
 
 class ScriptedBackend:
@@ -105,6 +113,8 @@ class ScriptedBackend:
                 done.append(Outcome(key, result=self._result(key, item), runtime_s=item.runtime_s))
             elif isinstance(item, Fail):
                 done.append(Outcome(key, error=item.error, failure=item.failure))
+            elif isinstance(item, Call):
+                item.action()
             elif item != HANG:
                 self._events.append((key, item))
         for outcome in done:

@@ -34,9 +34,10 @@ def test_a_seed_axis_plans_a_trial_per_seed_and_one_baseline_per_prompt(monkeypa
 
 
 @pytest.fixture
-def seeded(tmp_path) -> tuple[Store, str]:
-    url = f"sqlite:///{tmp_path / 'seeds.db'}"
-    store = Store(url)
+def seeded(store_url) -> tuple[Store, str]:
+    """Six seeded fine-tunes and a baseline, in a store on each backend (SQLite, PostgreSQL)."""
+    store = Store(store_url)
+    url = store.url
     sweep_id = store.open_sweep("seeds", {}, "runs/seeds", {})
     for (config, seed), score in SCORES.items():
         rank = int(config.split("-r")[1])

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
+import subprocess
 
 import pytest
 import torch
@@ -53,11 +55,22 @@ def test_killed_trial_resumes_from_its_last_checkpoint_with_identical_results(cf
         run(cfg, data, out, kill_at_step=5)  # checkpoints at 2 and 4; 5 is lost
     key = checkpoints.resume_key(cfg, data)
     path, step = checkpoints.last_checkpoint(out, key)
-    assert step == 4 and [p.name for p in (out / "trainer").glob("checkpoint-*")] == ["checkpoint-4"]  # only the last
+    assert step == 4 and sorted(p.name for p in (out / "trainer").glob("checkpoint-*")) == [
+        "checkpoint-2", "checkpoint-4"]  # the last, and the one before it as a fallback
+    damaged = tmp_path / "damaged"
+    shutil.copytree(out, damaged)
+    with (damaged / "trainer" / "checkpoint-4" / "optimizer.pt").open("r+b") as handle:
+        handle.truncate(100)  # a copy cut short, a bad disk
 
-    resumed, events = run(cfg, data, out)
-    # It reports the checkpoint's points again (the driver may have missed them), then steps 5 and 6: every
-    # point once, each equal to the uninterrupted run's.
+    for folder in (out, damaged):  # the damaged copy goes on from step 2: the same results either way
+        resumed, events = run(cfg, data, folder)
+        check_same_as_uninterrupted(resumed, events, reference, straight_events)
+        assert not list((folder / "trainer").glob("checkpoint-*"))  # a finished trial keeps no checkpoint
+
+
+def check_same_as_uninterrupted(resumed, events, reference, straight_events) -> None:
+    """The resumed attempt reports the checkpoint's points again (the driver may have missed them), then the
+    steps after it: every point once, each equal to the uninterrupted run's; the same adapter, bit for bit."""
     def points(reported: list[Event]) -> list[tuple]:
         return [(e.name, e.step, e.value) for e in reported if isinstance(e, Metric)]
 
@@ -68,7 +81,87 @@ def test_killed_trial_resumes_from_its_last_checkpoint_with_identical_results(cf
     mine, theirs = load_file(f"{resumed.adapter_dir}/adapter_model.safetensors"), \
         load_file(f"{reference.adapter_dir}/adapter_model.safetensors")
     assert all(torch.equal(mine[k], theirs[k]) for k in theirs)  # bit for bit, on CPU in float32 and bfloat16
-    assert not list((out / "trainer").glob("checkpoint-*"))  # a finished trial keeps no checkpoint
+
+
+def test_damaged_checkpoints_are_found_and_the_one_before_or_step_0_is_said_and_used(cfg, tmp_path, capsys):
+    data = load_trial_data(cfg.dataset)
+    out = tmp_path / "t"
+    with pytest.raises(Killed):
+        run(cfg, data, out, kill_at_step=5)
+    key, ckpt = checkpoints.resume_key(cfg, data), out / "trainer"
+    capsys.readouterr()
+    with (ckpt / "checkpoint-4" / "adapter_model.safetensors").open("r+b") as handle:
+        handle.seek(-1, os.SEEK_END)
+        last = handle.read(1)
+        handle.seek(-1, os.SEEK_END)
+        handle.write(bytes([last[0] ^ 0xFF]))  # one flipped byte, same size: only the CRC sees it
+    assert checkpoints.latest_complete(out)[1] == 2  # a warm start would snapshot the good one
+    assert checkpoints.last_checkpoint(out, key) == (ckpt / "checkpoint-2", 2)
+    assert "checkpoint of step 4 is damaged (adapter_model.safetensors changed since it was saved (CRC-32)); " \
+           "it is deleted and the trial resumes from the checkpoint of step 2" in capsys.readouterr().err
+    (ckpt / "checkpoint-2" / "scheduler.pt").unlink()
+    assert checkpoints.last_checkpoint(out, key) == (None, 0)
+    assert "checkpoint of step 2 is damaged (scheduler.pt is missing); it is deleted and the trial resumes " \
+           "from step 0" in capsys.readouterr().err
+    (ckpt / "checkpoint-6").mkdir(parents=True)
+    (ckpt / "checkpoint-6" / "complete.json").write_text('{"resume_key": "')  # a marker cut short
+    assert checkpoints.last_checkpoint(out, key) == (None, 0) and not list(ckpt.glob("checkpoint-*"))
+
+
+def test_a_save_that_runs_out_of_space_fails_the_trial_naming_the_step_and_the_one_before_resumes(
+        tiny_model_dir, local_data, tmp_path, capsys, monkeypatch):
+    """The trial's folder on a 6 MiB tmpfs: a tiny trial's checkpoint is about 3.7 MB (mostly its tokenizer), so
+    the save of step 4 cannot fit beside step 2's. Where mounting is not allowed (no root), the second save's
+    write fails with ENOSPC as a full disk's would."""
+    from trainer.events import FailureKind, failure_kind
+
+    raw = tiny_spec(tiny_model_dir, *local_data, tmp_path)
+    raw["training"].update(max_steps=6, checkpoint_interval_steps=2)
+    cfg = expand(parse_spec(raw))[0].config
+    data = load_trial_data(cfg.dataset)
+    reference, straight_events = run(cfg, data, tmp_path / "straight")
+    out = tmp_path / "small"
+    out.mkdir()
+    mounted = _mount(out, "size=6m")
+    if not mounted:
+        _fail_writes_into(monkeypatch, "checkpoint-4")
+    try:
+        with pytest.raises(checkpoints.DiskFull) as info:
+            run(cfg, data, out)
+        assert str(info.value).startswith(f"[Errno 28] disk full while saving step 4 under {out}; the checkpoint "
+                                          "of step 2 stays resumable. Fix: free space there")
+        assert failure_kind(info.value) is FailureKind.DISK_FULL
+        assert [p.name for p in (out / "trainer").glob("checkpoint-*")] == ["checkpoint-2"]  # the partial: removed
+        if mounted:
+            assert _mount(out, "remount,size=64m")  # space freed
+        else:
+            monkeypatch.undo()
+        capsys.readouterr()
+        resumed, events = run(cfg, data, out)
+        assert "resuming from the checkpoint of step 2" in capsys.readouterr().out
+        check_same_as_uninterrupted(resumed, events, reference, straight_events)
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(out)], check=False)
+
+
+def _mount(folder, options: str) -> bool:
+    """A tmpfs at `folder` with `options` (needs root); False where mounting is not allowed."""
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True)
+    return done.returncode == 0
+
+
+def _fail_writes_into(monkeypatch, folder_name: str) -> None:
+    import errno
+
+    real_save = torch.save
+
+    def full_disk_save(obj, f, *args, **kwargs):
+        if folder_name in str(f):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", full_disk_save)
 
 
 def test_checkpoint_of_another_config_or_incomplete_is_never_resumed(cfg, tmp_path):

@@ -151,10 +151,12 @@ def test_a_live_driver_picks_up_a_clone(backend, raw, monkeypatch):
 
 
 @pytest.fixture
-def scripted_store(raw) -> Store:
-    """A finished one-trial sweep (no Ray: the requests below are refused before anything would run)."""
+def scripted_store(raw, store_url) -> Store:
+    """A finished one-trial sweep (no Ray: the requests below are refused before anything would run), in a
+    store on each backend (SQLite, PostgreSQL)."""
     from tests.scripted import Finish, ScriptedBackend
 
+    raw["output"]["store"] = store_url
     spec = parse_spec(raw)
     store = Store(spec.output.store_url())
     steps = [Metric("train/loss", step, 1.0) for step in range(1, 5)]

@@ -1,4 +1,5 @@
-"""The results store, the same tests on every backend: SQLite file (WAL) and SQLite in memory."""
+"""The results store, the same tests on every backend: SQLite file (WAL), SQLite in memory, and a real
+PostgreSQL server."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from results.store import Store
 from trainer.result import TrialResult
 
 
-@pytest.fixture(params=["file", "memory"])
+@pytest.fixture(params=["file", "memory", "postgresql"])
 def store(request, tmp_path) -> Store:
+    if request.param == "postgresql":
+        return Store(request.getfixturevalue("postgres").new_database())
     url = f"sqlite:///{tmp_path / 'sub' / 'r.db'}" if request.param == "file" else "sqlite:///:memory:"
     return Store(url)
 
@@ -157,12 +160,12 @@ def _columns(url: str) -> dict[str, set[str]]:
 
 
 def _revision(url: str) -> str | None:
-    import sqlite3
+    from sqlalchemy import create_engine
 
     from results.migrate import VERSION_TABLE
 
-    with sqlite3.connect(url.removeprefix("sqlite:///")) as db:
-        return db.execute(f"SELECT version_num FROM {VERSION_TABLE}").fetchone()[0]
+    with create_engine(url).connect() as connection:
+        return connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
 
 
 def _layout_at(revision: str, url: str) -> None:
@@ -178,12 +181,19 @@ def _layout_at(revision: str, url: str) -> None:
         connection.execute(text(f"DROP TABLE {VERSION_TABLE}"))
 
 
-def test_a_store_written_before_migrations_is_stamped_and_upgraded_to_the_orm_layout(tmp_path):
+def _second_url(url: str, request) -> str:
+    """Another empty store on the same backend as `url`."""
+    if url.startswith("sqlite"):
+        return url.replace("results.db", "second.db")
+    return request.getfixturevalue("postgres").new_database()
+
+
+def test_a_store_written_before_migrations_is_stamped_and_upgraded_to_the_orm_layout(store_url, request):
     from results.migrate import head
 
-    before = f"sqlite:///{tmp_path / 'before.db'}"  # the layout of the version before Alembic: 0003's, no stamp
+    before = store_url  # the layout of the version before Alembic: 0003's, no stamp
     _layout_at("0003", before)
-    fresh = f"sqlite:///{tmp_path / 'fresh.db'}"
+    fresh = _second_url(store_url, request)
     Store(fresh)
     store = Store(before)
     sweep_id = store.open_sweep("s", {}, "runs/s", {})
@@ -212,10 +222,10 @@ def test_sweep_stop_never_clears_a_driver_that_claimed_the_sweep_after_it_looked
     assert store.summary("s").driver == "h:new" and store.summary("s").trials[0].status == "running"
 
 
-def test_two_first_runs_at_the_same_instant_have_one_winner(tmp_path):
+def test_two_first_runs_at_the_same_instant_have_one_winner(store_url):
     import threading
 
-    url = f"sqlite:///{tmp_path / 'race.db'}"
+    url = store_url
     Store(url)  # the tables exist; the sweep does not
     barrier, results = threading.Barrier(2), {}
 

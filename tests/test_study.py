@@ -183,3 +183,30 @@ def test_integer_settings_get_integer_distributions_and_infeasible_proposals_fai
     assert sorted(outcome.failed) == sorted(f.user_attrs[SWEEP_TRIAL_ATTR] for f in infeasible)
     assert len(outcome.completed) == len(feasible)
     assert_study_matches_store(study, store, "tiny")
+
+
+def test_the_study_lives_in_the_store_database_on_every_backend(store_url, tiny_model_dir, local_data, tmp_path):
+    """Optuna's tables beside the store's, in one SQLite file or one PostgreSQL database: the median pruner
+    stops the worse prompt, and the study and the store agree trial by trial (in-process, no Ray)."""
+    from tests.scripted import Finish, ScriptedBackend
+    from trainer.events import Metric
+
+    def script(cfg):
+        score = 0.9 if cfg.prompt == "v1" else 0.1
+        return [item for step in range(1, 7) for item in (Metric("train/loss", step, 1.0 / step),
+                                                           *([Metric("eval/rougeL", step, score)] if step % 2 == 0
+                                                             and step < 6 else []))] + \
+            [Finish({"rouge1": score, "rouge2": score / 2, "rougeL": score, "rougeLsum": score, "gen_tokens": 9.0})]
+
+    raw = study_spec(tiny_model_dir, local_data, tmp_path, pruner="median", pruner_startup_trials=1)
+    raw["output"]["store"] = store_url
+    spec = parse_spec(raw)
+    store = Store(spec.output.store_url())
+    outcome = run_sweep(spec, store, ScriptedBackend(script, cpus=2), show_progress=False)
+    study = load_study(spec)
+    trials = {t.name: t for t in store.summary("tiny").trials}
+    assert [trials[n].params["prompt"] for n in outcome.completed] == ["v1", "v1"]  # seed 2: v1, v1, then v2 x 4
+    assert [trials[n].params["prompt"] for n in outcome.pruned] == ["v2"] * 4 and len(study.trials) == 6
+    assert_study_matches_store(study, store, "tiny")
+    again = run_sweep(spec, Store(store_url), ScriptedBackend(script, cpus=2), show_progress=False)
+    assert not again.completed and len(load_study(spec).trials) == 6  # a rerun resumes the study: nothing new

@@ -122,6 +122,7 @@ class FailureKind(str, Enum):
     TIMED_OUT = "timed out"
     STALLED = "stalled"
     WORKER_DIED = "worker died"
+    DISK_FULL = "disk full"
     RAISED = "raised"
 
 
@@ -136,6 +137,8 @@ def failure_kind(error: BaseException) -> FailureKind:
     names = {k.__name__ for e in causes if e is not None for k in type(e).__mro__}
     if any(isinstance(e, TrialDiverged) for e in causes):
         return FailureKind.DIVERGED
+    if "DiskFull" in names:  # trainer.checkpoints.DiskFull (by name: no import of the trainer's checkpoints here)
+        return FailureKind.DISK_FULL
     if "OutOfMemoryError" in names:  # torch.OutOfMemoryError, or Ray's memory monitor (ray.exceptions)
         return FailureKind.OUT_OF_MEMORY
     if names & {"WorkerCrashedError", "NodeDiedError", "LocalRayletDiedError"}:

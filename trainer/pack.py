@@ -482,17 +482,18 @@ def save_checkpoint(m: _Member, model) -> None:
     from transformers import TrainerControl, TrainerState
 
     folder = m.trial.out_dir / checkpoints.TRAINER_DIR / f"checkpoint-{m.step}"
-    save_adapter(model, m.adapter, folder)
-    torch.save(m.optimizer.state_dict(), folder / "optimizer.pt")
-    torch.save(m.scheduler.state_dict(), folder / "scheduler.pt")
-    torch.save({"python": random.getstate(), "numpy": np.random.get_state(), "cpu": torch.random.get_rng_state()},
-               folder / "rng_state.pth")
-    t = m.cfg.training
-    TrainerState(global_step=m.step, max_steps=m.total_steps, logging_steps=t.logging_steps,
-                 save_steps=t.checkpoint_interval_steps or 500, train_batch_size=t.micro_batch_size,
-                 num_train_epochs=m.args.num_train_epochs, stateful_callbacks=[TrainerControl()],
-                 ).save_to_json(str(folder / "trainer_state.json"))
-    checkpoints.mark_complete(folder, m.resume_key, m.points)
+    with checkpoints.disk_full_named(m.trial.out_dir, lambda: m.step):  # as a trial alone names a full disk
+        save_adapter(model, m.adapter, folder)
+        torch.save(m.optimizer.state_dict(), folder / "optimizer.pt")
+        torch.save(m.scheduler.state_dict(), folder / "scheduler.pt")
+        torch.save({"python": random.getstate(), "numpy": np.random.get_state(),
+                    "cpu": torch.random.get_rng_state()}, folder / "rng_state.pth")
+        t = m.cfg.training
+        TrainerState(global_step=m.step, max_steps=m.total_steps, logging_steps=t.logging_steps,
+                     save_steps=t.checkpoint_interval_steps or 500, train_batch_size=t.micro_batch_size,
+                     num_train_epochs=m.args.num_train_epochs, stateful_callbacks=[TrainerControl()],
+                     ).save_to_json(str(folder / "trainer_state.json"))
+        checkpoints.mark_complete(folder, m.resume_key, m.points)
     m.report(Checkpoint(m.step))
 
 

@@ -134,7 +134,8 @@ def train(model, tokenizer, cfg: TrialConfig, data: TrialData, out_dir: Path, re
     else:
         trainer, skipped, total_steps = sft_trainer(model, tokenizer, cfg, data, out_dir, callbacks)
     report(Budget(total_steps))  # the driver's per-trial progress: an epoch budget is known only here
-    with dequantized_base(model):  # the frozen 4-bit base dequantized once, not at every call (trainer.fourbit)
+    # The frozen 4-bit base dequantized once, not at every call (trainer.fourbit); a full disk named as such.
+    with dequantized_base(model), checkpoints.disk_full_named(out_dir, lambda: trainer.state.global_step):
         trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
     return skipped, total_steps
 
