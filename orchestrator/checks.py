@@ -77,7 +77,8 @@ def _prompt_problems(spec: SweepSpec) -> list[ConfigProblem]:
             found = prompt_rules.placeholders(template)
         except ValueError as exc:
             problems.append(ConfigProblem(f"prompts.{key}", f"a template must parse ({exc})", template,
-                                          "{dialogue} and doubled braces {{ }} for literal ones"))
+                                          "{dialogue} and doubled braces {{ }} for literal ones",
+                                          "close the brace, or double literal braces ({{ and }})"))
             continue
         if found != {PROMPT_PLACEHOLDER}:
             problems.append(ConfigProblem(
@@ -103,7 +104,8 @@ def _grid_problems(spec: SweepSpec) -> list[ConfigProblem]:
         if swept_key_problem(key, path, problems):
             continue
         if not values:
-            problems.append(ConfigProblem(path, "a grid axis needs at least one value", values, "a non-empty list"))
+            problems.append(ConfigProblem(path, "a grid axis needs at least one value", values, "a non-empty list",
+                                          f"list one or more values, or remove {path}"))
         _value_problems(spec, key, values, path, problems)
     return problems
 
@@ -159,10 +161,12 @@ def _dimension_problems(spec: SweepSpec, key: str, dim: Dimension, path: str) ->
     ranged = dim.low is not None or dim.high is not None
     if (dim.choices is not None) == ranged or (ranged and (dim.low is None or dim.high is None)):
         return [ConfigProblem(path, "a dimension is either `choices` or a range with both `low` and `high`",
-                              dataclasses.asdict(dim), "{choices: [...]} or {low: L, high: H, log: bool}")]
+                              dataclasses.asdict(dim), "{choices: [...]} or {low: L, high: H, log: bool}",
+                              "keep either choices or low and high")]
     if dim.choices is not None:
         if not dim.choices:
-            problems.append(ConfigProblem(f"{path}.choices", "needs at least one value", [], "a non-empty list"))
+            problems.append(ConfigProblem(f"{path}.choices", "needs at least one value", [], "a non-empty list",
+                                          f"list one or more values, or remove {path}"))
         _value_problems(spec, key, dim.choices, f"{path}.choices", problems)
         if dim.log or dim.step is not None:
             problems.append(ConfigProblem(path, "log and step apply to ranges only", dataclasses.asdict(dim),
@@ -174,12 +178,14 @@ def _dimension_problems(spec: SweepSpec, key: str, dim: Dimension, path: str) ->
         problems.append(ConfigProblem(f"{path}.step", f"{key} is an integer setting, so its step must be whole",
                                       dim.step, "a whole number such as 1 or 4", f"step: {max(round(dim.step), 1)}"))
     if dim.low >= dim.high:
-        problems.append(ConfigProblem(path, "low must be below high", [dim.low, dim.high], "low < high"))
+        problems.append(ConfigProblem(path, "low must be below high", [dim.low, dim.high], "low < high",
+                                      f"swap them: low: {dim.high}, high: {dim.low}"))
     if dim.log and dim.low <= 0:
-        problems.append(ConfigProblem(f"{path}.low", "a log range must be positive", dim.low, "> 0"))
+        problems.append(ConfigProblem(f"{path}.low", "a log range must be positive", dim.low, "> 0",
+                                      "raise low above 0 (e.g. 1e-5), or set log: false"))
     if dim.log and dim.step is not None:
         problems.append(ConfigProblem(f"{path}.step", "Optuna cannot step a log range", dim.step,
-                                      "step: null with log: true"))
+                                      "step: null with log: true", "remove step, or set log: false"))
     if spec.search.optuna.sampler == "grid":
         problems.append(ConfigProblem(path, "the grid sampler needs `choices` on every dimension",
                                       dataclasses.asdict(dim), "{choices: [...]}", "list the values, or use tpe"))
@@ -195,7 +201,8 @@ def _objective_problems(spec: SweepSpec) -> list[ConfigProblem]:
     settings, problems = spec.search.optuna, []
     if not settings.objectives:
         problems.append(ConfigProblem("search.optuna.objectives", "a study needs an objective", [],
-                                      "e.g. [{metric: rougeL, direction: maximize}]"))
+                                      "one or more {metric, direction}",
+                                      "add objectives: [{metric: rougeL, direction: maximize}]"))
     for i, objective in enumerate(settings.objectives):
         known = metric(objective.metric)
         if objective.metric not in OBJECTIVES:
@@ -259,7 +266,8 @@ def _output_problems(output: OutputConfig) -> list[ConfigProblem]:
         url = make_url(output.store_url())
     except Exception as exc:  # sqlalchemy raises ArgumentError and others for malformed URLs
         return [ConfigProblem("output.store", "must be a SQLAlchemy URL", output.store,
-                              "e.g. sqlite:///runs/results.db or postgresql://user@host/db", str(exc))]
+                              "e.g. sqlite:///runs/results.db or postgresql://user@host/db",
+                              f"write it as dialect://user@host/db or sqlite:///path ({exc})")]
     try:
         url.get_dialect().import_dbapi()
     except Exception as exc:  # an unknown dialect, or its driver not installed

@@ -100,7 +100,7 @@ def parse_override(override: str, problems: list[ConfigProblem]) -> tuple[str, A
     """(dotted key, value read as YAML) of one `key=value`; None after appending the problem."""
     key, sep, text = override.partition("=")
     if not sep or not key.strip():
-        problems.append(ConfigProblem("--set", "an override is dotted.key=value", override,
+        problems.append(ConfigProblem("--set", "an override is dotted.key=value", override, "dotted.key=value",
                                       "e.g. --set model.name=./tiny-llama or --set lora.rank=16"))
         return None
     try:

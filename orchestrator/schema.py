@@ -28,7 +28,8 @@ def build(cls: type, data: Any, path: str, problems: list[ConfigProblem]) -> Any
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        problems.append(ConfigProblem(path, "must be a mapping", data, f"keys of {cls.__name__}"))
+        problems.append(ConfigProblem(path or "the spec", "must be a mapping", data, f"keys of {cls.__name__}",
+                                      f"write {path or 'the file'} as indented `key: value` lines"))
         return cls()
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}

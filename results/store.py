@@ -96,7 +96,7 @@ class Store:
         if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
             Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
         self.url, self.lock_wait_s = url, lock_wait_s if lock_wait_s is not None else wait_limit_s()
-        self.engine = create_engine(url, connect_args=_lock_poll(url))
+        self.engine = create_engine(url, connect_args=_lock_poll(url, min(LOCK_POLL_S, self.lock_wait_s)))
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         # A new store is created at the newest revision; an older one upgraded.
@@ -397,12 +397,12 @@ def _aware(moment: datetime | None) -> datetime | None:
     return moment.replace(tzinfo=timezone.utc) if moment is not None and moment.tzinfo is None else moment
 
 
-def _lock_poll(url: str) -> dict:
+def _lock_poll(url: str, poll_s: float) -> dict:
     """One attempt's wait on another process's lock, after which results.busy retries (and says so)."""
     if url.startswith("sqlite"):
-        return {"timeout": LOCK_POLL_S}
+        return {"timeout": poll_s}
     if url.startswith("postgresql"):
-        return {"options": f"-c lock_timeout={int(LOCK_POLL_S * 1000)}"}
+        return {"options": f"-c lock_timeout={max(int(poll_s * 1000), 1)}"}
     return {}
 
 

@@ -30,6 +30,10 @@ def pytest_collection_modifyitems(config, items):
         params = getattr(getattr(item, "callspec", None), "params", {})
         if emulated_bf16 and "bfloat16" in params.values() and "tiny_model_dir" in names:
             item.add_marker(pytest.mark.slow)
+    # The modules with slow tests first, each kept whole (its module fixtures set up once): `make test` runs two
+    # workers (pytest-xdist), and the long tests then start early instead of leaving one worker idle at the end.
+    slow_modules = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.module.__name__ not in slow_modules)
 
 
 def _native_bf16() -> bool:

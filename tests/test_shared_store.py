@@ -74,6 +74,7 @@ def test_a_live_driver_acts_on_status_clone_and_stop_from_another_process(store_
     assert outcome["done"].completed == ["short"] and outcome["done"].interrupted == ["max_steps5000"]
     short = trials_of(store)["short"]
     assert short.metrics == {"rougeL": 0.5} and short.origin == "clone" and short.last_step == 3
+    assert [step for name, step, _ in store.curves(short.id) if name == "train/loss"] == [1, 2, 3]
 
 
 def _hold_lock(url: str, seconds: float) -> subprocess.Popen:

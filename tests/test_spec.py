@@ -390,3 +390,23 @@ def test_a_key_given_twice_at_any_depth_is_refused_with_both_lines(tmp_path, cap
     assert "Fix: replace ['dialog'] with {dialogue}: 'Summarize: {dialogue}'" in err
     assert "Fix: write {{lang}} for literal braces, or remove {lang}" in err
     assert "Traceback" not in err
+
+
+def test_every_fix_is_an_action(spec):
+    """Each problem ends with a `Fix:` the user can act on: the bad cases below once had none."""
+    spec["prompts"]["v3"] = "Summarize {dialogue"
+    spec["lora"] = "rank 8"
+    spec["search"] = {"type": "optuna", "space": {
+        "training.learning_rate": {"low": 1e-2, "high": 1e-3, "log": True, "step": 1e-4},
+        "training.warmup_steps": {"low": -1.0, "high": 4.0, "log": True},
+        "lora.dropout": {"choices": []}, "training.max_steps": {"choices": [2], "low": 1, "high": 4}},
+        "optuna": {"objectives": []}}
+    with pytest.raises(SpecError) as info:
+        parse_spec(spec)
+    found = {p.path: p for p in info.value.problems}
+    assert {"prompts.v3", "lora", "search.space.training.learning_rate", "search.space.training.warmup_steps.low",
+            "search.space.training.learning_rate.step", "search.space.lora.dropout.choices",
+            "search.space.training.max_steps", "search.optuna.objectives"} <= set(found), sorted(found)
+    assert all(p.fix for p in found.values()), [p.render() for p in found.values() if not p.fix]
+    assert found["search.space.training.learning_rate"].fix == "swap them: low: 0.001, high: 0.01"
+    assert "close the brace" in found["prompts.v3"].fix and "indented `key: value`" in found["lora"].fix

@@ -1,12 +1,11 @@
 """Steering a sweep from another terminal, with real Ray, real SQLite and real tiny trials: a warm clone
 continues its parent's checkpoint, a cold one starts over, a warm start that its checkpoint cannot carry is
-refused, an extension continues exactly as a longer trial resumed at the same step, and a live driver picks up
-a clone and a resume."""
+refused, and an extension continues exactly as a longer trial resumed at the same step. A live driver acting on
+a clone issued by another process: tests/test_shared_store.py, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
 import dataclasses
-import threading
 from pathlib import Path
 
 import pytest
@@ -16,9 +15,9 @@ from orchestrator.loading import parse_spec
 from orchestrator.search import expand
 from orchestrator.sweep import run_sweep
 from results.store import Store
-from trainer import checkpoints
 from tests.conftest import tiny_spec
-from tests.test_faults import training, trials_of, wait_for
+from tests.test_faults import trials_of
+from trainer import checkpoints
 from trainer.data import load_trial_data
 from trainer.events import Metric
 from trainer.trial import run_trial
@@ -124,30 +123,6 @@ def check_extension(store: Store, spec, dtype: str, tmp_path: Path) -> None:
     # Exact in both dtypes: the extension resumes through the same code path as the resumed trial (measured
     # on the AVX512-BF16 EPYC natively and under the AVX2 imitation: a relative gap of 0 in float32 and bfloat16).
     assert gap == 0.0, f"{dtype}: steps 5-8 differ by {gap:.2e} relative"
-
-
-def test_a_live_driver_picks_up_a_clone(backend, raw, monkeypatch):
-    monkeypatch.setattr(backend, "trial_fn", "tests.faults:scripted")  # the driver's handling: no model needed
-    raw["search"]["grid"] = {"training.max_steps": [5000]}  # keeps the driver alive until it is stopped
-    raw["prompt"] = "v1"
-    raw["training"]["checkpoint_interval_steps"] = 0
-    spec = parse_spec(raw)
-    store = Store(spec.output.store_url())
-    url = ["--store", store.url]
-
-    def steer():
-        wait_for(lambda: training(store, "max_steps5000"), what="the long trial to train")
-        assert main(["clone", "tiny", "max_steps5000", "--set", "training.max_steps=3", "--name", "short", *url]) == 0
-        wait_for(lambda: trials_of(store).get("short") and trials_of(store)["short"].status == "completed",
-                 what="the clone, run by the live driver")
-        assert main(["stop", "tiny", "max_steps5000", *url]) == 0
-
-    steering = threading.Thread(target=steer, daemon=True)
-    steering.start()
-    outcome = run_sweep(spec, store, backend, show_progress=False)
-    steering.join()
-    assert outcome.completed == ["short"] and outcome.interrupted == ["max_steps5000"]
-    assert sorted(losses(store, trials_of(store)["short"].id)) == [1, 2, 3]
 
 
 @pytest.fixture

@@ -104,11 +104,11 @@ class DatasetConfig:
     empty_rows: Literal["skip", "error"] = "skip"
     """Rows with an empty or missing dialogue, training summary or every reference: skipped (and
     counted in the sweep's notes) before sampling, or an error naming the first such row."""
-    encoding: str | None = field(default=None, metadata={"identity": False})
+    encoding: str | None = field(default=None, metadata={"identity": False, "baseline": False})
     """Text encoding of the data files, e.g. cp949 (Korean Windows) or cp1252; null reads UTF-8, with or without
     a byte-order mark, and detects any other (charset-normalizer; `sweep plan` names what it chose). The rows
     decoded, not this key, are part of a trial's identity."""
-    eval_overlap: Literal["refuse", "allow"] = field(default="refuse", metadata={"identity": False})
+    eval_overlap: Literal["refuse", "allow"] = field(default="refuse", metadata={"identity": False, "baseline": False})
     """Eval rows whose dialogue (whitespace normalised) is also a training row's: `refuse` stops validate, plan
     and run, naming them; `allow` scores them anyway (their scores then partly measure memorisation) and the
     leaderboard header says how many."""

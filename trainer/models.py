@@ -55,7 +55,7 @@ def model_problem(name: str) -> str | None:
             return str(exc)
         return None
     if is_local(name) and not (Path(name).expanduser() / "config.json").exists():
-        return f"no model directory with a config.json at {name}"
+        return f"no model directory with a config.json at {name}: fix the path, or give a hub id"
     return None
 
 
