@@ -112,6 +112,7 @@ def _report(args) -> int:
     from pathlib import Path
 
     from results import leaderboard, report
+    from results.provenance import scoring_groups
 
     store, sweep = _open_sweep(args, "report")
     summary = _selected(store, sweep, args.where, "report")
@@ -120,7 +121,7 @@ def _report(args) -> int:
     rows = leaderboard.build(summary, args.metric, store.example_scores(sweep, args.metric))
     html = report.render(summary, rows, args.metric, {t.name: store.curves(t.id) for t in summary.trials},
                          {t.name: store.predictions(sweep, t.name) for t in summary.trials},
-                         leaderboard.scoring_groups(summary.trials), args.examples, storage_url=store.url)
+                         scoring_groups(summary.trials), args.examples, storage_url=store.url)
     out = Path(args.out or _sweep_dir(summary) / "report.html")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(html, encoding="utf-8")
@@ -332,10 +333,11 @@ def _open_sweep(args, command: str):
 
 def _leaderboard_text(store, summary, metric: str, fmt: str, samples: int = 1000) -> str:
     from results import environment, leaderboard, repeats
+    from results.provenance import scoring_groups
 
     sweep = summary.name
     rows = leaderboard.build(summary, metric, store.example_scores(sweep, metric), samples)
-    return leaderboard.render(rows, fmt, metric, summary.notes, sweep, leaderboard.scoring_groups(summary.trials),
+    return leaderboard.render(rows, fmt, metric, summary.notes, sweep, scoring_groups(summary.trials),
                               environment.sweep_lines(summary.trials), repeats.of_sweep(summary, metric))
 
 

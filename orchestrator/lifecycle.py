@@ -95,9 +95,13 @@ class Change:
 
 
 class Sink(Protocol):
+    """Everything a trial emits reaches its subscribers here, as Ray Tune's callbacks do: its state changes and its
+    events. Optional methods: `on_event(trial, event)` for each event a trial reports (a curve point, an
+    environment, a resume point, interim scores), in the order it reported them; `flush()` after each batch of
+    events (a sink may buffer them until then); `close()` once, when the run ends."""
+
     def on_transition(self, change: Change) -> None:
-        """React to one legal move (write, tell, count); raise only on a bug. A sink may also have `close()`,
-        called once when the run ends."""
+        """React to one legal move (write, tell, count); raise only on a bug."""
 
 
 class Lifecycle:
@@ -118,7 +122,21 @@ class Lifecycle:
             sink.on_transition(change)
         return change
 
+    def report(self, trial: Trial, event: Any) -> None:
+        """One event a trial reported, to every sink that takes events (`on_event`, optional)."""
+        for sink in self.sinks:
+            getattr(sink, "on_event", _ignore)(trial, event)
+
+    def flush(self) -> None:
+        """A batch of events is over: sinks that buffer them (`flush()`, optional) write them now."""
+        for sink in self.sinks:
+            getattr(sink, "flush", _ignore)()
+
     def close(self) -> None:
         """The run is over: sinks that hold something open (`close()`, optional) release it."""
         for sink in self.sinks:
-            getattr(sink, "close", lambda: None)()
+            getattr(sink, "close", _ignore)()
+
+
+def _ignore(*args: Any) -> None:
+    """A sink's optional method it does not have."""

@@ -85,8 +85,8 @@ class Progress:
             self.expected_steps.pop(trial.trial_id, None)
         self.show()
 
-    def on_event(self, trial_id: int, event: ev.Event) -> None:
-        line, now = self._running.get(trial_id), time.monotonic()
+    def on_event(self, trial, event: ev.Event) -> None:
+        line, now = self._running.get(trial.trial_id), time.monotonic()
         if line is None:
             return
         match event:

@@ -32,11 +32,10 @@ from orchestrator.prepare import data_key, load_data, prepare, sweep_notes
 from orchestrator.progress import Progress
 from orchestrator.retry import retry_config
 from orchestrator.search import Search, search_for
-from orchestrator.sinks import HParamsSink, StoreSink, StudySink
+from orchestrator.sinks import StoreSink, StudySink, TensorBoardView
 from orchestrator.spec import SweepSpec, to_plain
 from results.states import TrialState
 from results.store import Store
-from results.tensorboard import TensorBoardSink
 from trainer import events as ev
 from trainer import packing
 from trainer.data import TrialData
@@ -154,9 +153,8 @@ class Driver:
         self.outcome = SweepOutcome(spec.name, slots=self.slots)
         self.shared = {key: backend.share(value) for key, value in data.items()}
         self.search: Search = search_for(spec)
-        self.tensorboard = TensorBoardSink(sweep_dir / "tensorboard")
-        self.lifecycle = Lifecycle([StoreSink(store), StudySink(self.search), HParamsSink(self.tensorboard),
-                                    progress, self.outcome, *sinks])
+        self.lifecycle = Lifecycle([StoreSink(store), StudySink(self.search, self._kill),
+                                    TensorBoardView(sweep_dir / "tensorboard"), progress, self.outcome, *sinks])
         self.trials: dict[int, Trial] = {}
         self.queue: deque[Trial] = deque()
         self._gpu_fit: dict[str, int] = {}  # model name -> trials one GPU's free memory holds (`auto`)
@@ -185,8 +183,7 @@ class Driver:
             raise
         finally:
             self._interrupt_queued()
-            self.tensorboard.close()
-            self.lifecycle.close()  # the progress line's last word, the MLflow parent run
+            self.lifecycle.close()  # TensorBoard's files, the progress line's last word, the MLflow parent run
 
     def _add(self, planned: PlannedTrial) -> None:
         """Register a trial and queue it; one finished with the same content key is reused instead."""
@@ -283,7 +280,8 @@ class Driver:
         return self.data[key]
 
     def _record_events(self, events: list[tuple[int, ev.Event]]) -> None:
-        points: dict[int, list[tuple[str, int, float]]] = {}
+        """What the driver itself does with a trial's events (its lifecycle, its kill on divergence); then every
+        event goes to the sinks (store, study, TensorBoard, progress, ...), and the batch is flushed."""
         now = time.monotonic()
         for trial_id, event in events:
             trial = self.trials[trial_id]
@@ -292,30 +290,14 @@ class Driver:
                 case ev.Started(worker=worker, node=node) if trial.state is S.SUBMITTED:
                     trial.started_at, trial.where = now, {"node": node} if node else {}
                     self.lifecycle.transition(trial, S.RUNNING, worker=worker)
-                case ev.Attempt(resume_step=step):  # before any point of this attempt, which reports them all again
-                    self._flush(points)
-                    self.store.resume_from(trial_id, step)
                 case ev.Phase(name=step):
                     trial.phase = step
                 case ev.Checkpoint(step=step):
                     trial.checkpoint_step = step
-                case ev.Environment(environment=environment):
-                    self.store.set_environment(trial_id, {**environment, **trial.where})
                 case ev.Metric(name=name, step=step, value=value) if not math.isfinite(value):
                     self._kill(trial, S.FAILED, f"diverged at step {step} ({name.split('/')[-1]} {value})")
-                case ev.Metric(name=name, step=step, value=value):
-                    points.setdefault(trial_id, []).append((name, step, value))
-                    self.tensorboard.scalar(trial.name, name, step, value)
-                    self._maybe_prune(trial, event)
-                case ev.Scores():
-                    self._maybe_prune(trial, event)
-            self.progress.on_event(trial_id, event)
-        self._flush(points)
-
-    def _flush(self, points: dict[int, list[tuple[str, int, float]]]) -> None:
-        for trial_id, batch in points.items():
-            self.store.add_metrics(trial_id, batch)
-        points.clear()
+            self.lifecycle.report(trial, event)
+        self.lifecycle.flush()
 
     def _kill(self, trial: Trial, state: TrialState, reason: str) -> None:
         """End a submitted or running trial as `state` for `reason` (the first reason wins) by killing its worker,
@@ -323,16 +305,6 @@ class Driver:
         if trial.planned_end is None and trial.state in (S.SUBMITTED, S.RUNNING):
             trial.planned_end = (state, reason)
             self.backend.cancel(trial.trial_id)
-
-    def _maybe_prune(self, trial: Trial, event: ev.Metric | ev.Scores) -> None:
-        if trial.state is not S.RUNNING or trial.planned_end is not None:
-            return
-        budget = trial.planned.config.training.max_steps  # None for an epoch budget: its trial alone knows it
-        if trial.phase is ev.Step.EVALUATE or (budget is not None and event.step >= budget):
-            return  # only interim evaluations; the final one is the trial's result
-        reason = self.search.prune_reason(trial.planned, event)
-        if reason is not None:
-            self._kill(trial, S.PRUNED, reason)
 
     def _record_outcome(self, trial: Trial, outcome: Outcome) -> None:
         metrics = outcome.result.metrics if outcome.error is None else {}

@@ -162,8 +162,3 @@ def _outside(box, frame) -> float:
     inside = _overlap(box, (frame.x0, frame.y0, frame.x1, frame.y1))
     return (box[2] - box[0]) * (box[3] - box[1]) - inside
 
-
-def boxes_overlap(artists: list, renderer) -> list[tuple[str, str]]:
-    """Pairs of texts whose drawn boxes intersect (used by the tests on the real figure)."""
-    boxes = [(a.get_text(), a.get_window_extent(renderer)) for a in artists]
-    return [(n1, n2) for i, (n1, b1) in enumerate(boxes) for n2, b2 in boxes[i + 1:] if b1.overlaps(b2)]

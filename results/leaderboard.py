@@ -16,11 +16,12 @@ from typing import TYPE_CHECKING
 
 from evaluation.metrics import BERTSCORE_METRICS, RANKABLE, metric as registered
 from evaluation.rouge import ROUGE_SUM, ROUGE_TYPES
+from results.provenance import scoring_letters
 from results.significance import Interval, mean_interval, paired_difference
 from results.store import SweepSummary, TrialSummary
 from results.stored_spec import stored_spec
 
-if TYPE_CHECKING:  # results.repeats reads the scoring letters from here
+if TYPE_CHECKING:
     from orchestrator.spec import SweepSpec
     from results.repeats import RepeatGroup
 
@@ -46,7 +47,7 @@ class Row:
     pareto: bool | None = None
     """On the Pareto front of a multi-objective study; None when the sweep has one objective."""
     scoring: str = "A"
-    """Letter of the way its scores were computed (see `scoring_groups`); rows compare within a letter."""
+    """Letter of the way its scores were computed (see results.provenance); rows compare within a letter."""
     interval: Interval | None = None
     """95% bootstrap interval of the ranking metric (points)."""
     vs_best: Interval | None = None
@@ -94,22 +95,6 @@ def own_baseline(t: TrialSummary, baselines: dict[str, TrialSummary], letters: d
         found = next((b for b in baselines.values() if b.params.get("prompt") == t.params.get("prompt")
                       and letters[b.name] == letters[t.name]), None)
     return found if found is not None and letters[found.name] == letters[t.name] else None
-
-
-def scoring_letters(trials: list[TrialSummary]) -> dict[str, str]:
-    """Trial name -> A, B, ... by distinct scoring provenance, in order of first appearance."""
-    keys: dict[str, str] = {}
-    out = {}
-    for t in trials:
-        key = json.dumps(t.scoring, sort_keys=True)
-        out[t.name] = keys.setdefault(key, chr(ord("A") + len(keys)))
-    return out
-
-
-def scoring_groups(trials: list[TrialSummary]) -> dict[str, dict | None]:
-    """Letter -> the provenance it stands for (None: not recorded, stored before provenance was)."""
-    letters = scoring_letters(trials)
-    return {letters[t.name]: t.scoring for t in trials if t.status == "completed"}
 
 
 class _Comparer:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from statistics import fmean, stdev
 
 from evaluation.metrics import metric as registered
-from results.leaderboard import scoring_letters
+from results.provenance import scoring_letters
 from results.store import TrialSummary
 
 REPEAT_KEY = "training.seed"
@@ -32,7 +32,7 @@ class RepeatGroup:
     std: dict[str, float | None]
     """Sample standard deviation across seeds (n - 1 in the denominator); None for a single repeat."""
     scoring: str = "A"
-    """The scoring letter (results.leaderboard.scoring_letters): groups rank within one letter."""
+    """The scoring letter (results.provenance.scoring_letters): groups rank within one letter."""
     best: bool = False
 
     @property

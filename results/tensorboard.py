@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 
-class TensorBoardSink:
+class TensorBoardWriter:
+    """Event files per trial: scalars as they come, and the HParams record; `close()` flushes them."""
+
     def __init__(self, log_dir: Path):
         self.log_dir = log_dir
         self._writers: dict[str, Any] = {}

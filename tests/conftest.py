@@ -36,14 +36,23 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: item.module.__name__ not in slow_modules)
 
 
+_NATIVE_BF16_ENV = "QLORA_SWEEP_TESTS_NATIVE_BF16"
+"""The measurement below, made once by pytest's main process and read by its xdist workers: measured in each, a
+CPU near the threshold could answer differently, and the workers would then select different tests."""
+
+
 def _native_bf16() -> bool:
     """Whether this CPU runs bfloat16 matmuls natively, measured as trials measure it (trainer.hardware)."""
-    from trainer.hardware import probe_device
+    if _NATIVE_BF16_ENV not in os.environ:
+        from trainer.hardware import probe_device
 
-    return probe_device().bf16_native
+        os.environ[_NATIVE_BF16_ENV] = "1" if probe_device().bf16_native else "0"
+    return os.environ[_NATIVE_BF16_ENV] == "1"
 
 
 def pytest_configure(config):
+    if os.environ.get(QUICK_TIER_ENV) and not hasattr(config, "workerinput"):  # the main process, before workers
+        _native_bf16()
     if os.environ.get(QUICK_TIER_ENV):
         import ray
 

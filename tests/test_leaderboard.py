@@ -11,6 +11,7 @@ import pytest
 
 from orchestrator.cli import main
 from results import leaderboard
+from results.provenance import scoring_groups
 from results.store import Store
 from trainer.result import TrialResult
 
@@ -98,7 +99,7 @@ def test_rows_scored_differently_are_never_ranked_together_silently(tmp_path):
     assert rows["b-higher"].vs_baseline is None  # its prompt's baseline was scored the other way
     assert rows["a-base"].interval.low <= 15.0 <= rows["a-base"].interval.high
 
-    text = leaderboard.render(list(rows.values()), "table", "rougeL", {}, "s", leaderboard.scoring_groups(summary.trials))
+    text = leaderboard.render(list(rows.values()), "table", "rougeL", {}, "s", scoring_groups(summary.trials))
     assert "BERTScore" not in text  # only a column when some trial computed it
     assert "WARNING: rows were scored in 2 different ways" in text
     assert "scoring A: tokenizer ascii, references max over summary1, summary2" in text

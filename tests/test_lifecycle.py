@@ -320,3 +320,46 @@ def test_a_live_driver_resumes_a_stopped_trial_when_asked(raw):
     assert outcome.completed == ["v1"] and outcome.interrupted == ["v2"] and runs.count("v1") == 2
     [v1] = [t for t in store.summary("tiny").trials if t.name == "v1"]
     assert (v1.status, v1.attempts) == ("completed", 2)
+
+
+class EventRecorder(Recorder):
+    """A tracker that wants curves too: one more sink, given to `run_sweep`, with no edit of the driver."""
+
+    def __init__(self):
+        super().__init__()
+        self.events: list[tuple[str, ev.Event]] = []
+        self.flushes = 0
+        self.closed = False
+
+    def on_event(self, trial: Trial, event: ev.Event) -> None:
+        self.events.append((trial.name, event))
+
+    def flush(self) -> None:
+        self.flushes += 1
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_sink_gets_every_event_and_every_state_change_through_one_interface(raw):
+    """Ray Tune's callback model: the store, TensorBoard, the study, the progress line and any added tracker
+    subscribe to the same calls, so an added sink sees exactly the points the store keeps, in order."""
+    raw["search"]["baselines"] = False
+    spec = parse_spec(raw)
+    store, tracker = Store(spec.output.store_url()), EventRecorder()
+
+    def script(cfg):
+        return [ev.Environment({"device": "cpu"}), *(ev.Metric("train/loss", s, 1.0 / s) for s in (1, 2, 3)),
+                ev.Metric("eval/rougeL", 3, 0.2), Finish(SCORES)]
+
+    outcome = run_sweep(spec, store, ScriptedBackend(script), show_progress=False, sinks=[tracker])
+    assert sorted(outcome.completed) == ["v1", "v2"] and tracker.closed and tracker.flushes >= 1
+    for trial in store.summary("tiny").trials:
+        mine = [(e.name, e.step, e.value) for name, e in tracker.events if name == trial.name
+                and isinstance(e, ev.Metric)]
+        kept = [point for point in store.curves(trial.id) if not point[0].startswith("final/")]  # the finals: result
+        assert mine == kept and len(mine) == 4
+        kinds = [type(e).__name__ for name, e in tracker.events if name == trial.name]
+        assert kinds[:3] == ["Started", "Attempt", "Environment"]
+        assert trial.environment["device"] == "cpu"  # the store got the same Environment event
+        assert tracker.path(trial.name) == ["submitted", "running", "completed"]

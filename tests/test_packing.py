@@ -18,9 +18,18 @@ from tests.scripted import HANG, Fail, Finish, ScriptedBackend
 from tests.test_lifecycle import SCORES, Recorder
 from trainer import events as ev
 from trainer.config import TrialConfig, WarmStart
-from trainer.packing import OWN_KEYS, isolated_reason, leaves, pack_conflicts, pack_key
+from trainer.packing import OWN_KEYS, isolated_reason, leaves, pack_key
 
 KEYS = sorted(k for k in leaves(TrialConfig()) if k != "warm_start")
+
+
+def pack_conflicts(a: TrialConfig, b: TrialConfig) -> list[str]:
+    """The shared keys in which `a` and `b` differ (none: they may share a pack), or why either runs alone."""
+    reasons = [r for r in (isolated_reason(a), isolated_reason(b)) if r]
+    if reasons:
+        return reasons
+    left, right = leaves(a), leaves(b)
+    return [k for k in left if k not in OWN_KEYS and left[k] != right.get(k)]
 
 
 def _other(value):

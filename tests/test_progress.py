@@ -59,12 +59,12 @@ def test_the_eta_is_known_after_the_first_steps_and_each_trial_shows_its_own(mon
         progress.expect(trial.trial_id, steps)
     lifecycle.transition(a, S.SUBMITTED)
     lifecycle.transition(a, S.RUNNING)
-    progress.on_event(1, ev.Phase("train"))
+    progress.on_event(a, ev.Phase("train"))
     assert progress.eta_s() is None and progress.rows() == [("a", "train", "0/10", "?", "-")]
     clock.now = 5.0  # 5 s to load and adapt
-    progress.on_event(1, ev.Budget(10))
+    progress.on_event(a, ev.Budget(10))
     for clock.now, step, loss in ((7.0, 1, 2.0), (9.0, 2, 1.5)):
-        progress.on_event(1, ev.Metric("train/loss", step, loss))
+        progress.on_event(a, ev.Metric("train/loss", step, loss))
     # 2 s per step. a: 8 steps left = 16 s. b: 10 x 2 s + 5 s outside training. The zero-shot run: 5 s.
     assert progress.step_s() == pytest.approx(2.0)
     assert progress.eta_s() == pytest.approx(16 + 25 + 5)

@@ -61,7 +61,7 @@ def test_scatter_labels_never_overlap_each_other_or_leave_the_chart_even_when_po
     points.append((31.95, 12.6, "v1-zero-shot", False))
     fig, labels = charts.scatter(points, "generated tokens", "rougeL")
     renderer = fig.canvas.get_renderer()
-    assert len(labels) == 9 and charts.boxes_overlap(labels, renderer) == []
+    assert len(labels) == 9 and boxes_overlap(labels, renderer) == []
     frame = fig.axes[0].get_window_extent(renderer)
     for label in labels:
         box = label.get_window_extent(renderer)
@@ -91,3 +91,9 @@ def test_a_2x2x2_grid_is_drawn_as_rank_by_learning_rate_with_one_panel_per_promp
     assert heatmap.count("prompt=v1") == heatmap.count("prompt=v2") == 1  # one panel per prompt
     assert all(f"{100 * v:.2f}" in heatmap for v in scores.values())  # every cell shows its trial's score
     assert "Hyperparameter importance for rougeL (8 trials)" in html  # the grid read as an Optuna study
+
+
+def boxes_overlap(artists: list, renderer) -> list[tuple[str, str]]:
+    """Pairs of texts whose drawn boxes intersect, on the real figure."""
+    boxes = [(a.get_text(), a.get_window_extent(renderer)) for a in artists]
+    return [(n1, n2) for i, (n1, b1) in enumerate(boxes) for n2, b2 in boxes[i + 1:] if b1.overlaps(b2)]

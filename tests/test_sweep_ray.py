@@ -55,9 +55,9 @@ def test_sweep_end_to_end(backend, tiny_model_dir, local_data, tmp_path, capsys)
 def test_tensorboard_has_curves_and_hparams(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from results.tensorboard import TensorBoardSink
+    from results.tensorboard import TensorBoardWriter
 
-    sink = TensorBoardSink(tmp_path)
+    sink = TensorBoardWriter(tmp_path)
     for step, loss in enumerate([2.0, 1.5, 1.2], 1):
         sink.scalar("v1-r8", "train/loss", step, loss)
     sink.hparams("v1-r8", {"prompt": "v1", "lora.rank": 8}, {"rougeL": 0.3})

@@ -63,15 +63,6 @@ def pack_key(cfg: TrialConfig) -> tuple:
     return tuple(sorted((k, v) for k, v in leaves(cfg).items() if k not in OWN_KEYS))
 
 
-def pack_conflicts(a: TrialConfig, b: TrialConfig) -> list[str]:
-    """The shared keys in which `a` and `b` differ (none: they may share a pack), or why either runs alone."""
-    reasons = [r for r in (isolated_reason(a), isolated_reason(b)) if r]
-    if reasons:
-        return reasons
-    left, right = leaves(a), leaves(b)
-    return [k for k in left if k not in OWN_KEYS and left[k] != right.get(k)]
-
-
 @dataclasses.dataclass(frozen=True)
 class PackMemory:
     """Device memory a pack needs, in bytes: the base it shares, and what each trial adds to it."""
