@@ -47,7 +47,12 @@ def _split_rows(cfg: DatasetConfig, which: str, problems: list[ConfigProblem]) -
         problems.append(ConfigProblem(key, "the data file must exist and be .jsonl or .csv", str(source.path),
                                       "an existing .jsonl or .csv file", "check the path (relative to cwd)"))
         return None
-    rows = read_file(source.path, source.encoding)
+    try:
+        rows = read_file(source.path, source.encoding)
+    except OSError as exc:  # permissions, a file that vanished or cannot be read
+        problems.append(ConfigProblem(key, "the data file must be readable", str(source.path),
+                                      "a file this user can read", f"check its permissions ({exc.strerror})"))
+        return None
     problems += _file_problems(key, source.path, rows.problems)
     if not rows.problems:
         problems += _column_problems(cfg, which, source, rows)
