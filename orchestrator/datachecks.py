@@ -41,7 +41,8 @@ def _split_rows(cfg: DatasetConfig, which: str, problems: list[ConfigProblem]) -
             split = cfg.train_split if which == "train" else cfg.eval_split
             problems.append(ConfigProblem("dataset.mirror_dir", "an explicit mirror must hold the split",
                                           cfg.mirror_dir, f"a folder with {cfg.name}/{split}.jsonl",
-                                          "fix the path, or set mirror_dir: null to use $QLORA_SWEEP_DATA_DIR or the hub"))
+                                          "fix the path, or set mirror_dir: null to use "
+                                          "$QLORA_SWEEP_DATA_DIR or the hub"))
         return None
     if not source.path.is_file() or source.path.suffix not in (".jsonl", ".csv"):
         problems.append(ConfigProblem(key, "the data file must exist and be .jsonl or .csv", str(source.path),

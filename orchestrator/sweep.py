@@ -96,7 +96,7 @@ def run_sweep(spec: SweepSpec, store: Store, backend: Backend, stream: TextIO = 
     if sweep_id is None:
         raise SweepBusy(f"sweep {spec.name!r} was claimed by another driver just now; nothing was run")
     try:
-        sinks = [*sinks, *_views(spec, store, sweep_dir, stream)]
+        sinks = [*sinks, *_tracker_sinks(spec, store, sweep_dir, stream)]
         driver = Driver(spec, store, backend, sweep_id, sweep_dir, data, Progress(0, 1, stream, show_progress), sinks)
         driver.run(plan + steering.added_plan(store, sweep_id), stop if stop is not None else StopFlag())
     finally:
@@ -105,7 +105,7 @@ def run_sweep(spec: SweepSpec, store: Store, backend: Backend, stream: TextIO = 
     return driver.outcome
 
 
-def _views(spec: SweepSpec, store: Store, sweep_dir: Path, stream: TextIO) -> list[Sink]:
+def _tracker_sinks(spec: SweepSpec, store: Store, sweep_dir: Path, stream: TextIO) -> list[Sink]:
     """Optional views of the store that follow the lifecycle: MLflow, when a tracking URI is given."""
     uri = mlflow_view.tracking_uri(spec.output.mlflow_tracking_uri)
     if uri is None:

@@ -44,7 +44,7 @@ from trainer.data import TrialData
 from trainer.events import Budget, Checkpoint, Event, Metric, Phase, Step, TrialDiverged
 from trainer.fourbit import dequantized_base
 from trainer.result import TrialResult
-from trainer.trial import (EvalSet, Report, eval_mode, eval_set, folder_mib, load, lora_config, report_eval,
+from trainer.trial import (EmitEvent, EvalSet, eval_mode, eval_set, folder_mib, load, lora_config, report_eval,
                            report_scores, resolve_device, run_trial, set_threads, sft_trainer, with_heldout_loss)
 
 
@@ -56,7 +56,7 @@ class PackTrial:
     cfg: TrialConfig
     data: TrialData
     out_dir: Path
-    report: Report
+    report: EmitEvent
 
 
 class LeftPack(RuntimeError):

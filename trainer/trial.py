@@ -28,10 +28,11 @@ from trainer.hardware import environment_record, peak_memory_mib, probe_device, 
 from trainer.models import load_model, load_tokenizer, resolve_model_path
 from trainer.result import TrialResult
 
-Report = Callable[[Event], None]
+EmitEvent = Callable[[Event], None]
+"""How a trial reports each event to whoever runs it (a Ray queue, a test's list)."""
 
 
-def run_trial(cfg: TrialConfig, data: TrialData, out_dir: Path, report: Report,
+def run_trial(cfg: TrialConfig, data: TrialData, out_dir: Path, report: EmitEvent,
               num_threads: int | None = None) -> TrialResult:
     """Run one trial end to end and return its final metrics and predictions."""
     set_threads(num_threads)
@@ -67,7 +68,7 @@ def run_trial(cfg: TrialConfig, data: TrialData, out_dir: Path, report: Report,
                        environment)
 
 
-def resolve_device(cfg: TrialConfig, report: Report, device=None) -> tuple[TrialConfig, dict]:
+def resolve_device(cfg: TrialConfig, report: EmitEvent, device=None) -> tuple[TrialConfig, dict]:
     """Measure this worker's device (unless given, already measured), resolve `compute_dtype: auto` on it, and
     report both once."""
     device = device or probe_device()
@@ -107,7 +108,7 @@ def lora_config(cfg: TrialConfig, encoder_decoder: bool):
                       use_rslora=cfg.lora.use_rslora, use_dora=cfg.lora.use_dora)
 
 
-def train(model, tokenizer, cfg: TrialConfig, data: TrialData, out_dir: Path, report: Report,
+def train(model, tokenizer, cfg: TrialConfig, data: TrialData, out_dir: Path, report: EmitEvent,
           evaluator: Callable[[object], EvalResult], resume_key: str = "") -> tuple[int, int]:
     """Fine-tune on summary tokens only, from the last complete checkpoint of the same `resume_key` when there
     is one; returns how many training rows were skipped as too long, and the optimizer steps taken.
@@ -344,7 +345,7 @@ class ReportCallback(TrainerCallback):
     """Streams train loss / learning rate, and interim evaluations, through `report`; keeps what it reported
     in `points`, for the checkpoints."""
 
-    def __init__(self, report: Report, evaluator: Callable[[object], EvalResult], eval_interval_steps: int):
+    def __init__(self, report: EmitEvent, evaluator: Callable[[object], EvalResult], eval_interval_steps: int):
         self.evaluator, self.interval, self.points = evaluator, eval_interval_steps, []
 
         def report_and_keep(event: Event) -> None:
@@ -377,7 +378,7 @@ class ReportCallback(TrainerCallback):
 class CheckpointCallback(TrainerCallback):
     """After the Trainer saved a checkpoint: mark it complete, with the points reported so far, and say so."""
 
-    def __init__(self, resume_key: str, points: list[Event], report: Report, keep_final: bool = False):
+    def __init__(self, resume_key: str, points: list[Event], report: EmitEvent, keep_final: bool = False):
         self.resume_key, self.points, self.report, self.keep_final = resume_key, points, report, keep_final
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -391,7 +392,7 @@ class CheckpointCallback(TrainerCallback):
         self.report(Checkpoint(state.global_step))  # not among `points`: an attempt replays curve points only
 
 
-def report_scores(report: Report, result: EvalResult, step: int) -> None:
+def report_scores(report: EmitEvent, result: EvalResult, step: int) -> None:
     """Each interim metric's per-example scores, in eval-example order: what the Wilcoxon pruner pairs."""
     for name in result.metrics:
         values = [row[name] for row in result.predictions if name in row]
@@ -399,7 +400,7 @@ def report_scores(report: Report, result: EvalResult, step: int) -> None:
             report(Scores(f"eval/{name}", step, tuple(float(v) for v in values)))
 
 
-def report_eval(report: Report, result: EvalResult, step: int) -> None:
+def report_eval(report: EmitEvent, result: EvalResult, step: int) -> None:
     for name, value in result.metrics.items():
         report(Metric(f"eval/{name}", step, float(value)))
     broken = {name: value for name, value in result.metrics.items() if not math.isfinite(value)}
@@ -409,7 +410,7 @@ def report_eval(report: Report, result: EvalResult, step: int) -> None:
 
 
 @contextmanager
-def _step(step: Step, timings: dict[str, float], report: Report) -> Iterator[None]:
+def _step(step: Step, timings: dict[str, float], report: EmitEvent) -> Iterator[None]:
     report(Phase(step))
     start = time.perf_counter()
     try:
