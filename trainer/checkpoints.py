@@ -14,6 +14,7 @@ No torch or transformers here: the Ray task reads the resume step before a trial
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import os
 import re
@@ -49,7 +50,7 @@ def last_checkpoint(out_dir: Path, key: str) -> tuple[Path | None, int]:
     found: list[tuple[int, Path]] = []
     for path in _checkpoints(out_dir):
         if _marker(path).get("resume_key") == key:
-            found.append((int(_CHECKPOINT.match(path.name).group(1)), path))
+            found.append((_step_of(path), path))
         else:
             shutil.rmtree(path, ignore_errors=True)
     for step, path in sorted(found, reverse=True):
@@ -67,7 +68,7 @@ def latest_complete(out_dir: Path) -> tuple[Path | None, int]:
     """(folder, step) of the newest complete, undamaged checkpoint in a trial's folder, whatever it was trained
     as, without deleting anything: what `sweep clone --warm-start` and `sweep extend` snapshot. (None, 0) when
     there is none."""
-    found = [(int(_CHECKPOINT.match(p.name).group(1)), p) for p in _checkpoints(out_dir) if (p / _COMPLETE).is_file()]
+    found = [(_step_of(p), p) for p in _checkpoints(out_dir) if (p / _COMPLETE).is_file()]
     for step, path in sorted(found, reverse=True):
         if _damage(path) is None:
             return path, step
@@ -82,19 +83,25 @@ def _marker(folder: Path) -> dict:
         return {}
 
 
+def _step_of(folder: Path) -> int:
+    return int(_CHECKPOINT.match(folder.name).group(1))
+
+
 def _damage(folder: Path) -> str | None:
     """What differs from the files as they were saved (size and CRC-32 each, recorded in complete.json); None
     when nothing does, or for a checkpoint saved before the record was kept."""
-    saved = _marker(folder).get("files")
+    marker = _marker(folder)
+    saved = marker.get("files")
     if saved is None:
-        return None if _marker(folder) else "its complete.json is unreadable"
+        return None if marker else "its complete.json is unreadable"
     for name, (size_bytes, crc) in sorted(saved.items()):
         path = folder / name
         if not path.is_file():
             return f"{name} is missing"
-        if path.stat().st_size != size_bytes:
-            return f"{name} has {path.stat().st_size} bytes, {size_bytes} when saved"
-        if _crc32(path) != crc:
+        stat = path.stat()
+        if stat.st_size != size_bytes:
+            return f"{name} has {stat.st_size} bytes, {size_bytes} when saved"
+        if _file_crc32(str(path), stat.st_size, stat.st_mtime_ns) != crc:
             return f"{name} changed since it was saved (CRC-32)"
     return None
 
@@ -105,6 +112,13 @@ def _crc32(path: Path) -> int:
         while chunk := handle.read(_CRC_CHUNK_BYTES):
             crc = zlib.crc32(chunk, crc)
     return crc
+
+
+@functools.lru_cache(maxsize=256)
+def _file_crc32(path: str, size_bytes: int, mtime_ns: int) -> int:
+    """A file's CRC-32, once per process while its size and mtime stay (about 1 s per GB): the Ray task's resume
+    step and the trial's own resume check the same checkpoint."""
+    return _crc32(Path(path))
 
 
 def _manifest(folder: Path) -> dict[str, list[int]]:
@@ -157,9 +171,8 @@ def mark_complete(folder: Path, key: str, points: list[events.Event]) -> None:
     partial.write_text(json.dumps({"resume_key": key, "points": [events.encode(p) for p in points],
                                    "files": _manifest(folder)}))
     os.replace(partial, folder / _COMPLETE)  # atomic: the checkpoint is complete or it is not
-    step = int(_CHECKPOINT.match(folder.name).group(1))
-    older = sorted(((int(_CHECKPOINT.match(p.name).group(1)), p) for p in _checkpoints(folder.parent.parent)
-                    if p != folder), reverse=True)
+    step = _step_of(folder)
+    older = sorted(((_step_of(p), p) for p in _checkpoints(folder.parent.parent) if p != folder), reverse=True)
     kept = next((p for s, p in older if s < step and (p / _COMPLETE).is_file()), None)
     for _, other in older:
         if other != kept:  # the one before stays: a fallback should this one be damaged later
