@@ -12,7 +12,10 @@
 - generate: batched vs one-by-one greedy generation throughput, NF4 model as trials evaluate it (>= 4x)
 - eval:     a grid trial's evaluation (its 32 prompts generated, held-out loss over their 96 references), the
             4-bit layers dequantizing at every call against the base dequantized once (trainer.fourbit), each in
-            its own process: seconds, and whether predictions and losses are identical
+            its own process: seconds, and whether predictions and losses are identical; then `prefill`
+- prefill:  a grid trial's evaluation as generation, then the held-out loss on its own, against the loss
+            continued from the prompts generation read (trainer.heldout.HeldoutLoss): seconds, how many examples
+            it served, the losses' largest relative difference, predictions identical
 - sweep:    sweep wall time vs (sum of trial times / concurrent slots) (<= 1.05), the grid_2x2x2 wall time on
             this machine (<= 20 min with native bf16, 35 min where it is emulated), on a fresh store, and each
             fine-tune's `evaluate` step against its `train` step (<= 0.5)
@@ -149,6 +152,69 @@ def heldout_seconds() -> dict:
     rel = [abs(a - b) / abs(b) for a, b in zip(shared, whole)]
     return {"whole_s": middle - start, "shared_s": end - middle, "dtype": cfg.quantization.compute_dtype,
             "max_rel": max(rel), "mean_rel": sum(rel) / len(rel)}
+
+
+def bench_prefill(rows: list) -> None:
+    got = _isolated(prefill_seconds)
+    dtype, exact = got["dtype"], got["dtype"] == "float32"
+    rows.append((f"grid trial eval ({dtype}): before (generate, then held-out loss) / now (loss from generation's "
+                 "prompts, merged adapter)", f"{got['before_s']:.1f} s / {got['now_s']:.1f} s",
+                 got["before_s"] / got["now_s"], "report", True))
+    rows.append((f"  before / loss from generation's prompts alone ({got['served']} of {got['examples']} examples "
+                 "served)", f"{got['before_s']:.1f} s / {got['prefill_s']:.1f} s", got["before_s"] / got["prefill_s"],
+                 "report", True))
+    for name, label in (("prefill", "loss from generation's prompts"), ("now", "now")):
+        rows.append((f"  held-out loss, {label} / before: largest relative difference ({dtype})",
+                     f"{got[name + '_rel']:.1e} (mean {got[name + '_mean_rel']:.1e})", got[name + "_rel"],
+                     "<= 1e-5" if exact else "report", got[name + "_rel"] <= 1e-5 or not exact))
+        same = got[name + "_same"]
+        rows.append((f"  predictions identical to before, {label} ({dtype})", f"{same} of {got['examples']}",
+                     same / got["examples"], "all" if exact else "report", same == got["examples"] or not exact))
+
+
+def prefill_seconds() -> dict:
+    """A grid trial's evaluation (fresh adapter whose B matrices are drawn, so it is not the base; the base
+    dequantized once, as trials run it) three ways: before (generation, then the held-out loss on its own: each
+    prompt read twice), the loss continued from the prompts generation read (`HeldoutLoss.from_prefill`), and
+    now (that, on the merged adapter: `trainer.lora_merge`)."""
+    import torch
+
+    from evaluation.generate import generate
+    from trainer import heldout
+    from trainer.fourbit import dequantized_base
+    from trainer.lora_merge import merged_adapters
+
+    cfg, tokenizer, model, data = _grid_trial(adapted=True)
+    torch.manual_seed(0)
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.02)
+    rows, g = data.eval, cfg.generation
+    pairs = heldout.heldout_pairs(cfg, tokenizer, False, [e.dialogue for e in rows], [e.references for e in rows])
+    from trainer.trial import eval_prompts
+
+    texts = eval_prompts(cfg, tokenizer, rows)
+
+    def evaluation(read_once: bool) -> tuple[list, list, float, int]:
+        start = time.perf_counter()
+        loss = heldout.HeldoutLoss(model, pairs, len(rows), g.eval_batch_size, tokenizer.pad_token_id)
+        made = generate(model, tokenizer, texts, g.max_new_tokens, g.eval_batch_size, add_special_tokens=False,
+                        on_prefill=loss.from_prefill if read_once else None)
+        served = len(rows) - len(loss.pending)
+        return [m.text for m in made], loss.losses(), time.perf_counter() - start, served
+
+    with dequantized_base(model):
+        before, before_losses, before_s, _ = evaluation(False)
+        prefill, prefill_losses, prefill_s, served = evaluation(True)
+        with merged_adapters(model):
+            now, now_losses, now_s, _ = evaluation(True)
+    got = {"dtype": cfg.quantization.compute_dtype, "examples": len(rows), "served": served,
+           "before_s": before_s, "prefill_s": prefill_s, "now_s": now_s}
+    for name, texts_, losses in (("prefill", prefill, prefill_losses), ("now", now, now_losses)):
+        rel = [abs(a - b) / abs(b) for a, b in zip(losses, before_losses)]
+        got.update({f"{name}_rel": max(rel), f"{name}_mean_rel": sum(rel) / len(rel),
+                    f"{name}_same": sum(a == b for a, b in zip(texts_, before))})
+    return got
 
 
 def eval_seconds(dequantized: bool) -> dict:
@@ -609,7 +675,7 @@ def _timed(fn) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="step,load,generate,eval,sweep,search,packs,pruners",
-                        help="comma list of step, load, generate, eval, sweep, search, packs, pruners, gpu, suite")
+                        help="comma list of step, load, generate, eval, prefill, sweep, search, packs, pruners, gpu, suite")
     parser.add_argument("--pruner-spec", default="smoke.yaml", help="spec file in sweeps/ for the pruner bench")
     parser.add_argument("--steps", type=int, default=4, help="optimizer steps per step measurement (first = warm-up)")
     parser.add_argument("--spec", default="grid_2x2x2.yaml", help="spec file in sweeps/ for the sweep bench")
@@ -632,6 +698,8 @@ def main() -> int:
     if "eval" in parts:
         bench_eval(rows)
         bench_heldout(rows)
+    if parts & {"eval", "prefill"}:
+        bench_prefill(rows)
     grid_run = run_spec(args.spec, args.num_cpus) if parts & {"sweep", "search"} else None
     if "sweep" in parts:
         bench_sweep(rows, grid_run)

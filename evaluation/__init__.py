@@ -43,8 +43,10 @@ def _bert_scorer(path: str):
 
 def evaluate(model, tokenizer, prompts: list[str], references: list[tuple[str, ...]], example_ids: list[str],
              max_new_tokens: int, batch_size: int, add_special_tokens: bool = True,
-             scoring: Scoring = Scoring(), decoding: dict | None = None) -> EvalResult:
-    generations = generate(model, tokenizer, prompts, max_new_tokens, batch_size, add_special_tokens, decoding)
+             scoring: Scoring = Scoring(), decoding: dict | None = None, on_prefill=None) -> EvalResult:
+    """Generate (`on_prefill`: see `evaluation.generate.generate`), then score."""
+    generations = generate(model, tokenizer, prompts, max_new_tokens, batch_size, add_special_tokens, decoding,
+                           on_prefill=on_prefill)
     return score(generations, references, example_ids, scoring)
 
 

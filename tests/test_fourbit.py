@@ -13,13 +13,14 @@ from trainer.models import load_model, load_tokenizer
 DTYPES = ["float32", "bfloat16"]
 
 
-def _model(tiny_model_dir, dtype: str, double_quant: bool = True):
+def _model(tiny_model_dir, dtype: str, double_quant: bool = True, dora: bool = False):
     from peft import LoraConfig, get_peft_model
 
     base = load_model(str(tiny_model_dir), QuantizationConfig(mode="nf4", compute_dtype=dtype,
                                                               double_quant=double_quant))
     torch.manual_seed(0)
-    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False,
+                                            use_dora=dora))
     return model
 
 

@@ -15,6 +15,7 @@ from trainer.data import load_trial_data
 from trainer.events import Event, Metric, Phase, Scores
 from trainer.models import load_model, load_tokenizer
 from trainer.trial import run_trial, training_rows
+from transformers import AutoModelForCausalLM
 
 
 @pytest.fixture
@@ -300,6 +301,47 @@ def test_references_continue_their_shared_prompt_and_score_as_their_whole_sequen
     expected = [sum(own[:3]) / 3, sum(own[3:]) / 3]
     assert heldout.heldout_loss(model, pairs, 2, 2, tokenizer.pad_token_id) == pytest.approx(expected, rel=tolerance)
     assert heldout.heldout_loss(model, pairs, 2, 1, tokenizer.pad_token_id) == pytest.approx(expected, rel=tolerance)
+
+
+@pytest.mark.parametrize("dtype, tolerance", [("float32", 1e-5), ("bfloat16", 2e-2)])
+def test_the_heldout_loss_continues_from_the_prompts_generation_read(tiny_model_dir, trial_cfg, tmp_path, dtype,
+                                                                      tolerance):
+    """An evaluation reads each prompt once: the references of an example continue from the prompt its generate
+    call just read (that call's KV cache), as far as they share it. A dialogue that generation cut shorter than
+    the loss does continues from the part they share, or, where re-reading the rest for each of 3 references
+    would cost more than its own prompt, is run apart. Predictions are those of a plain generate call; each
+    loss is the model's own loss of the pair's whole sequence. Tolerance as for the shared prompt (the order of
+    the arithmetic differs; measured on the tiny model: 1.5e-7 in float32, 4.4e-3 in bfloat16)."""
+    from evaluation.generate import generate
+    from trainer import heldout, prompts
+
+    cfg = dataclasses.replace(trial_cfg, training=dataclasses.replace(trial_cfg.training, max_seq_length=96),
+                              quantization=dataclasses.replace(trial_cfg.quantization, compute_dtype=dtype))
+    sharp = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():  # peaked predictions: a token at a wrong position or a wrong cache row shows in the loss
+        for param in sharp.parameters():
+            param.mul_(8.0)
+    sharp.save_pretrained(tmp_path / "sharp")
+    model, tokenizer = load_model(str(tmp_path / "sharp"), cfg.quantization).eval(), load_tokenizer(str(tiny_model_dir))
+    long = " ".join(f"#Person{i % 2 + 1}#: line {i} of a long talk about the weekend plans." for i in range(12))
+    dialogues = ["#Person1#: Tea?\n#Person2#: Yes, please.", long, "#Person1#: Late again.\n#Person2#: Sorry.", long]
+    references = [("They have tea.", "Tea is offered and accepted."), ("They plan the weekend.",),
+                  ("Person2 is late.", "Someone apologises.", "#Person2# is late again."),
+                  ("They plan.", "Plans are made.", "The weekend is planned.")]
+    pairs = heldout.heldout_pairs(cfg, tokenizer, False, dialogues, references)
+    texts = [prompts.prompt_text(cfg, tokenizer, prompts.fit_dialogue(cfg, tokenizer, d, 56)) for d in dialogues]
+    with torch.inference_mode():
+        own = [float(model(input_ids=torch.tensor([p.input_ids]), labels=torch.tensor([p.labels])).loss)
+               for p in pairs]
+    expected = [sum(own[k] for k, p in enumerate(pairs) if p.example == i) /
+                sum(p.example == i for p in pairs) for i in range(4)]
+
+    plain = generate(model, tokenizer, texts, 8, 2, add_special_tokens=False)
+    loss = heldout.HeldoutLoss(model, pairs, 4, 2, tokenizer.pad_token_id)
+    read = generate(model, tokenizer, texts, 8, 2, add_special_tokens=False, on_prefill=loss.from_prefill)
+    assert sorted(loss.pending) == [3]  # 3 references x the tokens generation's cut left out > its own prompt
+    assert read == plain
+    assert loss.losses() == pytest.approx(expected, rel=tolerance)
 
 
 def test_an_epoch_budget_counts_steps_as_the_trainer_does_with_warmup_ratio_8bit_adamw_and_an_fp4_base(

@@ -413,9 +413,10 @@ def evaluate_pack(model, tokenizer, entries: list[tuple[str, TrialConfig, EvalSe
         offset += len(rows.ids)
     batch_size = g.eval_batch_size * len(entries)
     with eval_mode(model):
+        loss = heldout.HeldoutLoss(model, pairs, offset, batch_size, tokenizer.pad_token_id, pair_names)
         generations = generate(model, tokenizer, texts, g.max_new_tokens, batch_size, entries[0][2].add_special,
-                               g.generate_kwargs(), names)
-        losses = heldout.heldout_loss(model, pairs, offset, batch_size, tokenizer.pad_token_id, pair_names)
+                               g.generate_kwargs(), names, loss.from_prefill)
+        losses = loss.losses()
     results, start = [], 0
     for _, _, rows in entries:
         end = start + len(rows.ids)

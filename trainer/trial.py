@@ -24,6 +24,7 @@ from trainer.config import TrialConfig, paged_optimizer_problem
 from trainer.data import TrialData
 from trainer.events import Budget, Checkpoint, Environment, Event, Metric, Phase, Scores, Step, TrialDiverged
 from trainer.fourbit import dequantized_base
+from trainer.lora_merge import merged_adapters
 from trainer.hardware import environment_record, peak_memory_mib, probe_device, resolve_precision
 from trainer.models import load_model, load_tokenizer, resolve_model_path
 from trainer.result import TrialResult
@@ -274,21 +275,23 @@ def make_evaluator(cfg: TrialConfig, tokenizer, data: TrialData, limit: int | No
 
     def run(model) -> EvalResult:
         with eval_mode(model):
+            # The held-out loss continues from the prompts generation has just read (no second prefill).
+            loss = heldout.HeldoutLoss(model, rows.pairs, len(rows.ids), g.eval_batch_size, tokenizer.pad_token_id)
             result = evaluate(model, tokenizer, rows.texts, rows.references, rows.ids, g.max_new_tokens,
-                              g.eval_batch_size, rows.add_special, rows.how, g.generate_kwargs())
-            losses = heldout.heldout_loss(model, rows.pairs, len(rows.ids), g.eval_batch_size, tokenizer.pad_token_id)
-        return with_heldout_loss(result, losses)
+                              g.eval_batch_size, rows.add_special, rows.how, g.generate_kwargs(), loss.from_prefill)
+            return with_heldout_loss(result, loss.losses())
 
     return run
 
 
 @contextmanager
 def eval_mode(model) -> Iterator[None]:
-    """Eval mode, with the frozen 4-bit base dequantized once rather than at every token; the mode it was in after."""
+    """Eval mode, with the frozen 4-bit base dequantized once rather than at every token and the adapter merged
+    into it (trainer.lora_merge); the mode it was in after."""
     was_training = model.training
     model.eval()
     try:
-        with dequantized_base(model):
+        with dequantized_base(model), merged_adapters(model):
             yield
     finally:
         model.train(was_training)
