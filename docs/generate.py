@@ -114,11 +114,11 @@ def _rows(cls: type, prefix: str) -> list[tuple[str, list[str]]]:
 
 
 def spec_page() -> str:
-    from orchestrator.spec import SweepSpec
+    from sweeps.spec import SweepSpec
 
     lines = [HEADER + "# Spec keys\n",
              "Every key a spec (`sweeps/*.yaml`) may set, from the typed configs in `trainer/config.py` and "
-             "`orchestrator/spec.py`. **Effect**: `baseline` keys change what the zero-shot baseline computes "
+             "`sweeps/spec.py`. **Effect**: `baseline` keys change what the zero-shot baseline computes "
              "(a trial with another value gets its own baseline); `trial` keys change only the fine-tune; "
              "`own in a pack` keys may differ between trials that share one base model, `shared in a pack` keys "
              "must be equal there; `not in identity` keys never change a trial's content key (stored trials are "
@@ -165,15 +165,20 @@ def metrics_page() -> str:
     from evaluation.metrics import METRICS
 
     lines = [HEADER + "# Metrics\n", "Every metric a trial stores, from the registry in `evaluation/metrics.py`: "
-             "every view (leaderboard, show, report, compare, model card) and every study objective reads it "
-             "there.\n", "| metric | label | better | shown as | ranks a board | study objective | note |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+             "every view (leaderboard, show, report, repeats, compare, MLflow, model card) and every study "
+             "objective reads it there when it runs. **Column**: `main` on every leaderboard, `extra` where a row "
+             "has it, `ranked` only on a board it ranks. **Report**: its header on the HTML report's board. "
+             "**Repeats**: averaged over seed repeats.\n",
+             "| metric | label | better | shown as | ranks a board | study objective | column | report | repeats "
+             "| note |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for m in METRICS.values():
         better = "either" if m.either_direction else "lower" if m.lower_is_better else "higher"
-        shown = f"{m.unit or 'value'}, {m.digits} decimals" + (f" (stored x {m.scale:g})" if m.scale != 1 else "")
-        note = "needs `scoring.bertscore_model`" if m.needs_bertscore else ""
+        shown = (f"{m.unit or 'value'}, " + ("as 4.9M, 1.2B" if m.count else f"{m.digits} decimals")
+                 + (f" (stored x {m.scale:g})" if m.scale != 1 else ""))
+        note = "needs `scoring.bertscore_model`" if m.needs_bertscore else "" if m.final else "a training curve"
         lines.append(f"| `{m.name}` | {m.label} | {better} | {shown} | {'yes' if m.rankable else ''} | "
-                     f"{'yes' if m.objective else ''} | {note} |")
+                     f"{'yes' if m.objective else ''} | {m.column} | {m.page_label} | {'yes' if m.repeat else ''} "
+                     f"| {note} |")
     return "\n".join(lines) + "\n"
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from evaluation.metrics import BERTSCORE_METRICS, OBJECTIVES, metric
-from orchestrator import schema
+from sweeps import schema
 from orchestrator.datachecks import data_problems
-from orchestrator.spec import Dimension, OutputConfig, SweepSpec
+from sweeps.spec import Dimension, OutputConfig, SweepSpec
 from trainer import prompts as prompt_rules
 from trainer.config import PROMPT_PLACEHOLDER, ConfigProblem, TrialConfig, paged_optimizer_problem
 from trainer.models import is_local, model_problem

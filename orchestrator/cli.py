@@ -9,10 +9,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from orchestrator.environment import quiet_third_party
 from orchestrator.loading import load_spec
-from orchestrator.spec import STORE_ENV, OutputConfig, SpecError, store_url
+from sweeps.spec import STORE_ENV, OutputConfig, SpecError, store_url
 from results.busy import StoreLocked
 
 DEFAULT_STORE = OutputConfig().store_url()
@@ -341,94 +343,101 @@ def _leaderboard_text(store, summary, metric: str, fmt: str, samples: int = 1000
                               environment.sweep_lines(summary.trials), repeats.of_sweep(summary, metric))
 
 
-def _parser() -> argparse.ArgumentParser:
-    from evaluation.metrics import RANKABLE
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: its name, help line, handler, arguments (`_arg`), and a required either-or group."""
+
+    name: str
+    help: str
+    handler: Callable[[argparse.Namespace], int]
+    arguments: tuple = ()
+    one_of: tuple = ()
+    defaults: dict = field(default_factory=dict)
+
+
+def _arg(*flags: str, **options) -> tuple[tuple[str, ...], dict]:
+    return flags, options
+
+
+def _commands() -> tuple[Command, ...]:
+    """Every subcommand of `sweep`, in the order its help lists them."""
+    from evaluation.metrics import rankable_names
     from results.leaderboard import FORMATS
 
+    rankable = rankable_names()
+    spec = (_arg("spec", help="spec file, or a file name inside sweeps/"),
+            _arg("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP))
+    sweep, latest = _arg("sweep", help=SWEEP_HELP), _arg("sweep", nargs="?", help=SWEEP_HELP)
+    store = _arg("--store", help=f"SQLAlchemy URL (default: ${STORE_ENV}, else {DEFAULT_STORE})")
+    metric = _arg("--metric", default="rougeL", choices=rankable)
+    where = _arg("--where", action="append", default=[], metavar="KEY=VALUE", help=WHERE_HELP)
+    bootstrap = "resamples of the eval examples for the 95%% intervals (default 1000)"
+    return (
+        Command("run", "run every trial of a spec through Ray", _run, (
+            *spec, _arg("--store", help=f"SQLAlchemy URL of the results store (default: the spec's, ${STORE_ENV})"),
+            _arg("--address", help="existing Ray cluster to use (default: $RAY_ADDRESS, else a local one)"),
+            _arg("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)"),
+            _arg("--quiet", action="store_true", help="no progress line and no leaderboard at the end"))),
+        Command("validate", "check a spec; report every problem", _validate, (_arg("spec"), spec[1])),
+        Command("plan", "print the trials a spec expands to, without running", _plan, (_arg("spec"), spec[1])),
+        Command("leaderboard", "rank the trials of a sweep, from the store only", _leaderboard, (
+            latest, metric, _arg("--format", default="table", choices=FORMATS),
+            _arg("--bootstrap", type=int, default=1000, metavar="N", help=bootstrap), where, store)),
+        Command("compare", "the same trials in two sweeps, on shared examples, with paired intervals", _compare, (
+            _arg("a", help="sweep A (name or spec file), or SWEEP:TRIAL for one trial"),
+            _arg("b", help="sweep B, or SWEEP:TRIAL"), metric,
+            _arg("--format", default="table", choices=("table", "json")),
+            _arg("--bootstrap", type=int, default=1000, metavar="N", help="paired resamples (default 1000)"),
+            _arg("--store", help=f"SQLAlchemy URL of the results store (default: ${STORE_ENV})"))),
+        Command("status", "each trial's state, progress and worker; whether a driver is alive", _status, (
+            latest, _arg("--format", default="table", choices=("table", "json"),
+                         help="json: one object per trial, for scripts"), store)),
+        Command("show", "one trial: settings, curves, worst and best predictions with references", _show, (
+            sweep, _arg("trial", help="trial name (see `sweep status`)"),
+            _arg("--metric", default="rougeL", choices=rankable, help="orders the examples"),
+            _arg("--examples", type=int, default=3, help="worst and best examples shown (default 3 each)"), store)),
+        Command("report", "write a self-contained HTML report of a sweep", _report, (
+            latest, _arg("--out", help="HTML file (default: <run_dir>/<sweep>/report.html)"), metric,
+            _arg("--examples", type=int, default=3, help="worst and best predictions per trial (default 3 each)"),
+            where, store)),
+        Command("export", "a trial's adapter (optionally merged into its base) with a model card", _export, (
+            sweep, _arg("trial", nargs="?", help="trial name; or --best"),
+            _arg("--best", action="store_true", help="the completed fine-tune with the highest --metric"), metric,
+            _arg("--merged", action="store_true", help="also write the base model with the adapter merged in"),
+            _arg("--out", help="folder (default: <run_dir>/<sweep>/export/<trial>)"), store)),
+        Command("stop", "stop a running sweep, or one of its trials, from another terminal", _stop, (
+            sweep, _arg("trial", nargs="?", help="one trial (default: the whole sweep)"), store)),
+        Command("clone", "add a trial with a trial's settings changed, cold or warm from its checkpoint", _steer, (
+            sweep, _arg("trial", help="the trial to clone"),
+            _arg("--set", action="append", default=[], metavar="KEY=VALUE",
+                 help="a setting to change, e.g. training.learning_rate=1e-4 (repeatable; the value is YAML)"),
+            _arg("--warm-start", action="store_true",
+                 help="start from the trial's last checkpoint: adapter, data position and step count "
+                      "(optimizer and schedule fresh when a training key changed)"),
+            _arg("--name", help="the new trial's name (default: the parent's, then the changed values)"), store),
+            defaults={"command": "clone"}),
+        Command("extend", "continue a completed trial (final checkpoint kept) to a larger budget", _steer, (
+            sweep, _arg("trial", help="the completed trial (training.keep_final_checkpoint: true)"), store),
+            one_of=(_arg("--steps", type=int, help="the new budget in optimizer steps (more than it took)"),
+                    _arg("--epochs", type=float, help="the new budget in epochs")),
+            defaults={"command": "extend"}),
+        Command("resume", "run a stopped (interrupted) trial again from its checkpoint", _steer, (
+            sweep, _arg("trial", help="the interrupted trial"), store), defaults={"command": "resume"}),
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sweep", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
-    run = sub.add_parser("run", help="run every trial of a spec through Ray")
-    run.add_argument("spec", help="spec file, or a file name inside sweeps/")
-    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
-    run.add_argument("--store", help=f"SQLAlchemy URL of the results store (default: the spec's, ${STORE_ENV})")
-    run.add_argument("--address", help="existing Ray cluster to use (default: $RAY_ADDRESS, else a local one)")
-    run.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
-    run.add_argument("--quiet", action="store_true", help="no progress line and no leaderboard at the end")
-    run.set_defaults(handler=_run)
-    for name, handler, text in (("validate", _validate, "check a spec; report every problem"),
-                                ("plan", _plan, "print the trials a spec expands to, without running")):
-        p = sub.add_parser(name, help=text)
-        p.add_argument("spec")
-        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
-        p.set_defaults(handler=handler)
-    board = sub.add_parser("leaderboard", help="rank the trials of a sweep, from the store only")
-    board.add_argument("sweep", nargs="?", help=SWEEP_HELP)
-    board.add_argument("--metric", default="rougeL", choices=RANKABLE)
-    board.add_argument("--format", default="table", choices=FORMATS)
-    board.add_argument("--bootstrap", type=int, default=1000, metavar="N",
-                       help="resamples of the eval examples for the 95%% intervals (default 1000)")
-    board.add_argument("--where", action="append", default=[], metavar="KEY=VALUE", help=WHERE_HELP)
-    board.set_defaults(handler=_leaderboard)
-    comp = sub.add_parser("compare", help="the same trials in two sweeps, on shared examples, with paired intervals")
-    comp.add_argument("a", help="sweep A (name or spec file), or SWEEP:TRIAL for one trial")
-    comp.add_argument("b", help="sweep B, or SWEEP:TRIAL")
-    comp.add_argument("--metric", default="rougeL", choices=RANKABLE)
-    comp.add_argument("--format", default="table", choices=("table", "json"))
-    comp.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="paired resamples (default 1000)")
-    comp.add_argument("--store", help=f"SQLAlchemy URL of the results store (default: ${STORE_ENV})")
-    comp.set_defaults(handler=_compare)
-    status = sub.add_parser("status", help="each trial's state, progress and worker; whether a driver is alive")
-    status.add_argument("sweep", nargs="?", help=SWEEP_HELP)
-    status.add_argument("--format", default="table", choices=("table", "json"),
-                        help="json: one object per trial, for scripts")
-    status.set_defaults(handler=_status)
-    show = sub.add_parser("show", help="one trial: settings, curves, worst and best predictions with references")
-    show.add_argument("sweep", help=SWEEP_HELP)
-    show.add_argument("trial", help="trial name (see `sweep status`)")
-    show.add_argument("--metric", default="rougeL", choices=RANKABLE, help="orders the examples")
-    show.add_argument("--examples", type=int, default=3, help="worst and best examples shown (default 3 each)")
-    show.set_defaults(handler=_show)
-    rep = sub.add_parser("report", help="write a self-contained HTML report of a sweep")
-    rep.add_argument("sweep", nargs="?", help=SWEEP_HELP)
-    rep.add_argument("--out", help="HTML file (default: <run_dir>/<sweep>/report.html)")
-    rep.add_argument("--metric", default="rougeL", choices=RANKABLE)
-    rep.add_argument("--examples", type=int, default=3, help="worst and best predictions per trial (default 3 each)")
-    rep.add_argument("--where", action="append", default=[], metavar="KEY=VALUE", help=WHERE_HELP)
-    rep.set_defaults(handler=_report)
-    exp = sub.add_parser("export", help="a trial's adapter (optionally merged into its base) with a model card")
-    exp.add_argument("sweep", help=SWEEP_HELP)
-    exp.add_argument("trial", nargs="?", help="trial name; or --best")
-    exp.add_argument("--best", action="store_true", help="the completed fine-tune with the highest --metric")
-    exp.add_argument("--metric", default="rougeL", choices=RANKABLE)
-    exp.add_argument("--merged", action="store_true", help="also write the base model with the adapter merged in")
-    exp.add_argument("--out", help="folder (default: <run_dir>/<sweep>/export/<trial>)")
-    exp.set_defaults(handler=_export)
-    stop = sub.add_parser("stop", help="stop a running sweep, or one of its trials, from another terminal")
-    stop.add_argument("sweep", help=SWEEP_HELP)
-    stop.add_argument("trial", nargs="?", help="one trial (default: the whole sweep)")
-    stop.set_defaults(handler=_stop)
-    clone = sub.add_parser("clone", help="add a trial with a trial's settings changed, cold or warm from its checkpoint")
-    clone.add_argument("sweep", help=SWEEP_HELP)
-    clone.add_argument("trial", help="the trial to clone")
-    clone.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="a setting to change, e.g. training.learning_rate=1e-4 (repeatable; the value is YAML)")
-    clone.add_argument("--warm-start", action="store_true",
-                       help="start from the trial's last checkpoint: adapter, data position and step count "
-                            "(optimizer and schedule fresh when a training key changed)")
-    clone.add_argument("--name", help="the new trial's name (default: the parent's, then the changed values)")
-    extend = sub.add_parser("extend", help="continue a completed trial (final checkpoint kept) to a larger budget")
-    extend.add_argument("sweep", help=SWEEP_HELP)
-    extend.add_argument("trial", help="the completed trial (training.keep_final_checkpoint: true)")
-    budget = extend.add_mutually_exclusive_group(required=True)
-    budget.add_argument("--steps", type=int, help="the new budget in optimizer steps (more than it took)")
-    budget.add_argument("--epochs", type=float, help="the new budget in epochs")
-    resume = sub.add_parser("resume", help="run a stopped (interrupted) trial again from its checkpoint")
-    resume.add_argument("sweep", help=SWEEP_HELP)
-    resume.add_argument("trial", help="the interrupted trial")
-    for name, p in (("clone", clone), ("extend", extend), ("resume", resume)):
-        p.set_defaults(handler=_steer, command=name)
-    for p in (board, status, show, rep, exp, stop, clone, extend, resume):
-        p.add_argument("--store", help=f"SQLAlchemy URL (default: ${STORE_ENV}, else {DEFAULT_STORE})")
+    for command in _commands():
+        p = sub.add_parser(command.name, help=command.help)
+        if command.one_of:
+            group = p.add_mutually_exclusive_group(required=True)
+            for flags, options in command.one_of:
+                group.add_argument(*flags, **options)
+        for flags, options in command.arguments:
+            p.add_argument(*flags, **options)
+        p.set_defaults(handler=command.handler, **command.defaults)
     return parser
 
 

@@ -14,7 +14,8 @@ import json
 import shutil
 from pathlib import Path
 
-from orchestrator import schema, verification
+from orchestrator import verification
+from sweeps import schema
 from orchestrator.model_card import model_card
 from results.store import TrialSummary
 from trainer.config import EMBEDDED_MODEL_ALIAS, TrialConfig

@@ -25,16 +25,15 @@ from orchestrator.plan import PlannedTrial
 from results.states import TrialState
 from trainer.events import Step
 
-S = TrialState
-_ENDS = {S.COMPLETED, S.FAILED, S.PRUNED, S.INTERRUPTED}
+_ENDS = {TrialState.COMPLETED, TrialState.FAILED, TrialState.PRUNED, TrialState.INTERRUPTED}
 TRANSITIONS: dict[TrialState, frozenset[TrialState]] = {
-    S.PENDING: frozenset({S.SUBMITTED, S.REUSED, S.FAILED, S.INTERRUPTED}),
+    TrialState.PENDING: frozenset({TrialState.SUBMITTED, TrialState.REUSED, TrialState.FAILED, TrialState.INTERRUPTED}),
     # A result, or an error, can arrive before the worker's `started` event was read.
-    S.SUBMITTED: frozenset({S.RUNNING, S.PENDING} | _ENDS - {S.PRUNED}),
-    S.RUNNING: frozenset({S.PENDING} | _ENDS),
+    TrialState.SUBMITTED: frozenset({TrialState.RUNNING, TrialState.PENDING} | _ENDS - {TrialState.PRUNED}),
+    TrialState.RUNNING: frozenset({TrialState.PENDING} | _ENDS),
     # `sweep resume` runs a stopped trial again (from its checkpoint) while the driver lives.
-    S.INTERRUPTED: frozenset({S.PENDING}),
-    **{final: frozenset() for final in _ENDS - {S.INTERRUPTED} | {S.REUSED}},
+    TrialState.INTERRUPTED: frozenset({TrialState.PENDING}),
+    **{final: frozenset() for final in _ENDS - {TrialState.INTERRUPTED} | {TrialState.REUSED}},
 }
 
 

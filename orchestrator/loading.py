@@ -8,10 +8,10 @@ from typing import Any
 
 import yaml
 
-from orchestrator import schema
+from sweeps import schema
 from orchestrator.checks import semantic_problems
 from orchestrator.search import point_problems
-from orchestrator.spec import OutputConfig, SpecError, SweepSpec
+from sweeps.spec import OutputConfig, SpecError, SweepSpec
 from trainer.config import ConfigProblem, cleared_by
 
 SPEC_DIR = Path("sweeps")

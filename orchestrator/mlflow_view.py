@@ -19,16 +19,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from evaluation.metrics import metrics_where
 from orchestrator.lifecycle import Change
 from results.significance import mean_interval
 from results.states import TrialState
 from results.store import Store
 
-S = TrialState
 ENV_URI = "MLFLOW_TRACKING_URI"
 _SWEEP_TAG, _TRIAL_TAG = "qlora_sweep.sweep", "qlora_sweep.trial_id"
-_ENDED = {S.COMPLETED: "FINISHED", S.FAILED: "FAILED", S.PRUNED: "KILLED", S.INTERRUPTED: "KILLED"}
-_INTERVALS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+_ENDED = {TrialState.COMPLETED: "FINISHED", TrialState.FAILED: "FAILED", TrialState.PRUNED: "KILLED",
+          TrialState.INTERRUPTED: "KILLED"}
 _PARAM_CHARS = 6000  # MLflow's limit on one param value
 _BATCH = 100  # MLflow's limit on params per log_batch (metrics: 1000)
 
@@ -55,7 +55,7 @@ class MlflowView:
         self._guard(self._open, spec)
 
     def on_transition(self, change: Change) -> None:
-        if self.client is not None and (change.new.final or change.new is S.RUNNING):
+        if self.client is not None and (change.new.final or change.new is TrialState.RUNNING):
             self._guard(self._record, change)
 
     def close(self) -> None:
@@ -96,9 +96,9 @@ class MlflowView:
 
     def _record(self, change: Change) -> None:
         run_id = self._child(change.trial)
-        if change.new is S.RUNNING:
+        if change.new is TrialState.RUNNING:
             return
-        state = change.stored[0] if change.new is S.REUSED else change.new
+        state = change.stored[0] if change.new is TrialState.REUSED else change.new
         summary, _ = self.store.trial(self.sweep, change.trial.name)  # this row only, not the whole sweep
         self._log_results(run_id, change, summary)
         self.client.set_tag(run_id, "state", state.value)
@@ -132,7 +132,7 @@ class MlflowView:
             self.client.log_batch(run_id, metrics=points[i:i + 1000])
         predictions = change.result.predictions if change.result is not None else self.store.predictions(
             self.sweep, summary.name)
-        for name in _INTERVALS:
+        for name in (m.name for m in metrics_where(rankable=True)):  # each one with per-example values
             values = [p[name] for p in predictions if name in p]
             if values:
                 interval = mean_interval(values)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from orchestrator.backend import Backend
-from orchestrator.spec import ResourcesConfig
+from sweeps.spec import ResourcesConfig
 from trainer.config import paged_optimizer_problem
 
 

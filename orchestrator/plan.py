@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from orchestrator.spec import SweepSpec
+from sweeps.spec import SweepSpec
 from trainer.config import ConfigProblem, TrialConfig, cleared_by
 from trainer.identity import affects_baseline, baseline_key, zero_shot_config
 from trainer.models import quantization_problems

@@ -13,7 +13,7 @@ from orchestrator.budget import budget_problems
 from orchestrator.datachecks import data_problems
 from orchestrator.plan import PlannedTrial
 from orchestrator.search import search_for
-from orchestrator.spec import SpecError, SweepSpec
+from sweeps.spec import SpecError, SweepSpec
 from trainer import paraphrase
 from trainer.augment import training_examples
 from trainer.config import AugmentationConfig, ConfigProblem

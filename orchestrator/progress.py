@@ -22,7 +22,6 @@ from typing import TextIO
 from results.states import TrialState
 from trainer import events as ev
 
-S = TrialState
 
 
 @dataclass
@@ -74,12 +73,12 @@ class Progress:
     def on_transition(self, change) -> None:
         trial, now = change.trial, time.monotonic()
         for state, delta in ((change.old, -1), (change.new, 1)):
-            if state is not S.PENDING:
+            if state is not TrialState.PENDING:
                 self.states[state] += delta
-        if change.new is S.RUNNING:
+        if change.new is TrialState.RUNNING:
             steps = self.expected_steps.get(trial.trial_id)
             self._running[trial.trial_id] = _Running(trial.name, now, steps or None)
-        elif change.old is S.RUNNING:
+        elif change.old is TrialState.RUNNING:
             self._left(self._running.pop(trial.trial_id), change, now)
         if change.new.final:
             self.expected_steps.pop(trial.trial_id, None)
@@ -101,7 +100,7 @@ class Progress:
         step_s = line.step_s()
         if step_s is not None:
             self._step_times.append(step_s)
-        if change.new is S.COMPLETED and change.runtime_s is not None:
+        if change.new is TrialState.COMPLETED and change.runtime_s is not None:
             self.runtimes.append(change.runtime_s)
             trained = (line.last_step_at - line.train_from[0]) if step_s is not None else 0.0
             self._outside_training.append(max(change.runtime_s - trained, 0.0))
@@ -138,9 +137,11 @@ class Progress:
 
     def line(self) -> str:
         eta, n = self.eta_s(), self.states
-        ended = "".join(f", {n[state]} {state.value}" for state in (S.PRUNED, S.INTERRUPTED) if n[state])
-        return (f"[sweep] {n[S.COMPLETED] + n[S.REUSED]}/{self.total} done ({n[S.REUSED]} reused), "
-                f"{n[S.RUNNING]} running, {n[S.FAILED]} failed{ended} | elapsed {_clock(time.monotonic() - self.start)}"
+        done, reused = n[TrialState.COMPLETED] + n[TrialState.REUSED], n[TrialState.REUSED]
+        ended = "".join(f", {n[state]} {state.value}" for state in (TrialState.PRUNED, TrialState.INTERRUPTED)
+                        if n[state])
+        return (f"[sweep] {done}/{self.total} done ({reused} reused), {n[TrialState.RUNNING]} running, "
+                f"{n[TrialState.FAILED]} failed{ended} | elapsed {_clock(time.monotonic() - self.start)}"
                 f" | ETA {_clock(eta) if eta is not None else '?'}")
 
     def rows(self) -> list[tuple[str, str, str, str, str]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from orchestrator.backend import Outcome
-from orchestrator.spec import ResourcesConfig
+from sweeps.spec import ResourcesConfig
 from trainer import events as ev
 from trainer.config import TrialConfig
 

@@ -3,7 +3,7 @@
 A search plans the trials known before the sweep starts, names the representative point whose invariants and
 token budget are checked up front, proposes more while the sweep runs, and is told how each of its trials
 ended. The driver, the CLI and the loader talk to this interface alone. A new kind of search is a subclass
-here and one entry in `_SEARCHES` (plus its `search.type` literal in orchestrator.spec).
+here and one entry in `_SEARCHES` (plus its `search.type` literal in sweeps.spec).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from orchestrator.plan import PlannedTrial, baselines_of, grid_plan, plan_problems, planned_trial, with_baseline
-from orchestrator.spec import Dimension, SweepSpec
+from sweeps.spec import Dimension, SweepSpec
 from results.states import TrialState
 from trainer import events as ev
 from trainer.config import ConfigProblem

@@ -20,7 +20,6 @@ from results.store import Store
 from results.tensorboard import TensorBoardWriter
 from trainer import events as ev
 
-S = TrialState
 
 
 def curve_point(event: ev.Event) -> bool:
@@ -38,16 +37,16 @@ class StoreSink:
 
     def on_transition(self, change: Change) -> None:
         trial, new = change.trial, change.new
-        if new is S.PENDING:  # a retry: back in the queue with its changed config
+        if new is TrialState.PENDING:  # a retry: back in the queue with its changed config
             self.store.retry_trial(trial.trial_id, dataclasses.asdict(trial.planned.config), change.reason)
-        elif new is S.RUNNING:
+        elif new is TrialState.RUNNING:
             self.store.mark_running(trial.trial_id, change.worker)
-        elif new is S.COMPLETED:
+        elif new is TrialState.COMPLETED:
             self.flush()  # its last points before its result
             result = change.result
             self.store.complete_trial(trial.trial_id, result, change.runtime_s,
                                       {**result.environment, **trial.where} or None)
-        elif new in (S.FAILED, S.PRUNED, S.INTERRUPTED):
+        elif new in (TrialState.FAILED, TrialState.PRUNED, TrialState.INTERRUPTED):
             self.store.end_trial(trial.trial_id, new, change.reason, change.runtime_s)
         # SUBMITTED is stored as pending, which the row already is; a REUSED row keeps what it has.
 
@@ -76,25 +75,25 @@ class StudySink:
 
     def on_transition(self, change: Change) -> None:
         planned = change.trial.planned
-        if change.new is S.REUSED:  # the driver that ran it may have died before telling the study
+        if change.new is TrialState.REUSED:  # the driver that ran it may have died before telling the study
             state, metrics = change.stored
             self.search.tell(planned, state, metrics)
-        elif change.new is S.COMPLETED:
-            self.search.tell(planned, S.COMPLETED, change.result.metrics)
+        elif change.new is TrialState.COMPLETED:
+            self.search.tell(planned, TrialState.COMPLETED, change.result.metrics)
         elif change.new.final:
             self.search.tell(planned, change.new, {})
 
     def on_event(self, trial: Trial, event: ev.Event) -> None:
         if not (curve_point(event) or isinstance(event, ev.Scores)):
             return
-        if trial.state is not S.RUNNING or trial.planned_end is not None:
+        if trial.state is not TrialState.RUNNING or trial.planned_end is not None:
             return
         budget = trial.planned.config.training.max_steps  # None for an epoch budget: its trial alone knows it
         if trial.phase is ev.Step.EVALUATE or (budget is not None and event.step >= budget):
             return  # only interim evaluations; the final one is the trial's result
         reason = self.search.prune_reason(trial.planned, event)
         if reason is not None:
-            self.stop(trial, S.PRUNED, reason)
+            self.stop(trial, TrialState.PRUNED, reason)
 
 
 class TensorBoardView:
@@ -105,7 +104,7 @@ class TensorBoardView:
         self.writer = TensorBoardWriter(log_dir)
 
     def on_transition(self, change: Change) -> None:
-        if change.new is S.COMPLETED:
+        if change.new is TrialState.COMPLETED:
             planned = change.trial.planned
             self.writer.hparams(planned.name, {"kind": planned.kind, **planned.params}, change.result.metrics)
 

@@ -14,13 +14,13 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from orchestrator import schema
+from sweeps import schema
 from orchestrator.budget import budget_problems
 from orchestrator.checks import swept_key_problem
 from orchestrator.loading import parse_override
 from orchestrator.plan import PlannedTrial, get_value, label, path_safe, run_problems, with_value
 from orchestrator.prepare import load_data
-from orchestrator.spec import SpecError, SweepSpec
+from sweeps.spec import SpecError, SweepSpec
 from results.states import TrialState
 from results.store import Store, TrialSummary
 from results.stored_spec import stored_spec

@@ -17,8 +17,8 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import TrialState as StudyState
 
 from orchestrator.plan import PlannedTrial, planned_trial, typed_value
-from orchestrator.schema import is_integer_setting
-from orchestrator.spec import Dimension, OptunaSettings, SweepSpec
+from sweeps.schema import is_integer_setting
+from sweeps.spec import Dimension, OptunaSettings, SweepSpec
 from results.states import TrialState
 from trainer.config import TrialConfig
 

@@ -33,7 +33,7 @@ from orchestrator.progress import Progress
 from orchestrator.retry import retry_config
 from orchestrator.search import Search, search_for
 from orchestrator.sinks import StoreSink, StudySink, TensorBoardView
-from orchestrator.spec import SweepSpec, to_plain
+from sweeps.spec import SweepSpec, to_plain
 from results.states import TrialState
 from results.store import Store
 from trainer import events as ev
@@ -42,7 +42,6 @@ from trainer.data import TrialData
 from trainer.identity import content_key
 from trainer.models import model_config, model_identity
 
-S = TrialState
 POLL_S = 1.0
 """Longest the loop waits for a trial to finish before it reads events and stop requests again."""
 REQUEST_POLL_S = 1.0
@@ -68,17 +67,17 @@ class SweepOutcome:
             self.ended[change.trial.name] = change.new
         else:  # resumed: it has not ended (yet) after all
             self.ended.pop(change.trial.name, None)
-        if change.new is S.COMPLETED:
+        if change.new is TrialState.COMPLETED:
             self.runtimes_s[change.trial.name] = change.runtime_s
 
     def _in(self, state: TrialState) -> list[str]:
         return [name for name, s in self.ended.items() if s is state]
 
-    completed = property(lambda self: self._in(S.COMPLETED))
-    failed = property(lambda self: self._in(S.FAILED))
-    reused = property(lambda self: self._in(S.REUSED))
-    pruned = property(lambda self: self._in(S.PRUNED))
-    interrupted = property(lambda self: self._in(S.INTERRUPTED))
+    completed = property(lambda self: self._in(TrialState.COMPLETED))
+    failed = property(lambda self: self._in(TrialState.FAILED))
+    reused = property(lambda self: self._in(TrialState.REUSED))
+    pruned = property(lambda self: self._in(TrialState.PRUNED))
+    interrupted = property(lambda self: self._in(TrialState.INTERRUPTED))
 
 
 def run_sweep(spec: SweepSpec, store: Store, backend: Backend, stream: TextIO = sys.stderr,
@@ -178,8 +177,8 @@ class Driver:
         except BaseException:  # a second Ctrl-C, or a bug: leave no trial claiming to run
             self.stopping = self.stopping or "the driver aborted"
             for trial in self.trials.values():
-                if trial.state in (S.SUBMITTED, S.RUNNING):
-                    self.lifecycle.transition(trial, S.INTERRUPTED, reason=self.stopping)
+                if trial.state in (TrialState.SUBMITTED, TrialState.RUNNING):
+                    self.lifecycle.transition(trial, TrialState.INTERRUPTED, reason=self.stopping)
             raise
         finally:
             self._interrupt_queued()
@@ -192,7 +191,7 @@ class Driver:
         self.progress.expect(trial_id, 0 if planned.config.zero_shot else planned.config.training.max_steps)
         if done:
             state, metrics = self.store.trial_result(trial_id)
-            self.lifecycle.transition(trial, S.REUSED, stored=(TrialState(state), metrics))
+            self.lifecycle.transition(trial, TrialState.REUSED, stored=(TrialState(state), metrics))
         else:
             self.queue.append(trial)
 
@@ -207,7 +206,7 @@ class Driver:
             trial = self.queue.popleft()
             problems = self._infeasible(trial.planned)
             if problems:
-                self.lifecycle.transition(trial, S.FAILED, reason="infeasible settings, not run: "
+                self.lifecycle.transition(trial, TrialState.FAILED, reason="infeasible settings, not run: "
                                           + "; ".join(p.render() for p in problems))
                 continue
             self._submit([trial, *self._mates(trial)])
@@ -264,7 +263,7 @@ class Driver:
                                      self.cpus, self.gpus)
         for t in pack:
             t.pack = tuple(m.trial_id for m in pack) if len(pack) > 1 else ()
-            self.lifecycle.transition(t, S.SUBMITTED)
+            self.lifecycle.transition(t, TrialState.SUBMITTED)
 
     def _infeasible(self, trial: PlannedTrial) -> list:
         """A study proposal checked as every grid point was before the sweep began (spec and token budget)."""
@@ -287,22 +286,22 @@ class Driver:
             trial = self.trials[trial_id]
             trial.last_event_at = now
             match event:
-                case ev.Started(worker=worker, node=node) if trial.state is S.SUBMITTED:
+                case ev.Started(worker=worker, node=node) if trial.state is TrialState.SUBMITTED:
                     trial.started_at, trial.where = now, {"node": node} if node else {}
-                    self.lifecycle.transition(trial, S.RUNNING, worker=worker)
+                    self.lifecycle.transition(trial, TrialState.RUNNING, worker=worker)
                 case ev.Phase(name=step):
                     trial.phase = step
                 case ev.Checkpoint(step=step):
                     trial.checkpoint_step = step
                 case ev.Metric(name=name, step=step, value=value) if not math.isfinite(value):
-                    self._kill(trial, S.FAILED, f"diverged at step {step} ({name.split('/')[-1]} {value})")
+                    self._kill(trial, TrialState.FAILED, f"diverged at step {step} ({name.split('/')[-1]} {value})")
             self.lifecycle.report(trial, event)
         self.lifecycle.flush()
 
     def _kill(self, trial: Trial, state: TrialState, reason: str) -> None:
         """End a submitted or running trial as `state` for `reason` (the first reason wins) by killing its worker,
         or taking it out of its pack; the state is applied when its outcome arrives."""
-        if trial.planned_end is None and trial.state in (S.SUBMITTED, S.RUNNING):
+        if trial.planned_end is None and trial.state in (TrialState.SUBMITTED, TrialState.RUNNING):
             trial.planned_end = (state, reason)
             self.backend.cancel(trial.trial_id)
 
@@ -310,30 +309,31 @@ class Driver:
         metrics = outcome.result.metrics if outcome.error is None else {}
         broken = [k for k, v in metrics.items() if not math.isfinite(v)]
         if broken and trial.planned_end is None:
-            trial.planned_end = (S.FAILED, f"diverged: final {broken[0]} is {metrics[broken[0]]}")
+            trial.planned_end = (TrialState.FAILED, f"diverged: final {broken[0]} is {metrics[broken[0]]}")
         # Pruned or stopped, it may have finished before the kill; failed (diverged, timed out) it may not count.
-        if trial.planned_end is not None and (outcome.error is not None or trial.planned_end[0] is S.FAILED):
+        if trial.planned_end is not None and (outcome.error is not None or trial.planned_end[0] is TrialState.FAILED):
             state, reason = trial.planned_end
             self.lifecycle.transition(trial, state, reason=reason, runtime_s=outcome.runtime_s)
         elif outcome.error is not None:
             self._retry_or_fail(trial, outcome)
         else:
-            self.lifecycle.transition(trial, S.COMPLETED, result=outcome.result, runtime_s=outcome.runtime_s)
+            self.lifecycle.transition(trial, TrialState.COMPLETED, result=outcome.result, runtime_s=outcome.runtime_s)
 
     def _retry_or_fail(self, trial: Trial, outcome: Outcome) -> None:
         if outcome.failure is ev.FailureKind.OUT_OF_MEMORY and len(trial.pack) > 1:
             trial.pack_limit = len(trial.pack) // 2  # each half continues from its checkpoints, config unchanged
-            self.lifecycle.transition(trial, S.PENDING, reason=f"out of memory in a pack of {len(trial.pack)}: "
-                                      f"runs again in a pack of at most {trial.pack_limit}")
+            self.lifecycle.transition(trial, TrialState.PENDING,
+                                      reason=f"out of memory in a pack of {len(trial.pack)}: "
+                                             f"runs again in a pack of at most {trial.pack_limit}")
             self.queue.appendleft(trial)
             return
         retry = retry_config(trial.planned.config, trial.attempts, outcome, self.spec.resources)
         if retry is None:
-            self.lifecycle.transition(trial, S.FAILED, reason=outcome.error, runtime_s=outcome.runtime_s)
+            self.lifecycle.transition(trial, TrialState.FAILED, reason=outcome.error, runtime_s=outcome.runtime_s)
             return
         config, reason = retry
         trial.planned, trial.attempts = dataclasses.replace(trial.planned, config=config), trial.attempts + 1
-        self.lifecycle.transition(trial, S.PENDING, reason=reason)
+        self.lifecycle.transition(trial, TrialState.PENDING, reason=reason)
         self.queue.appendleft(trial)
 
     def _control(self, stop: StopFlag) -> None:
@@ -363,20 +363,20 @@ class Driver:
             self._add(planned)
         for trial_id in self.store.take_resume_requests(self.sweep_id) & set(self.trials):
             trial = self.trials[trial_id]
-            if trial.state is S.INTERRUPTED:
-                self.lifecycle.transition(trial, S.PENDING, reason="resumed by `sweep resume`")
+            if trial.state is TrialState.INTERRUPTED:
+                self.lifecycle.transition(trial, TrialState.PENDING, reason="resumed by `sweep resume`")
                 self.queue.append(trial)
 
     def _enforce_time_limits(self, now: float) -> None:
         total, stall = self.spec.resources.trial_timeout_s, self.spec.resources.stall_timeout_s
         for trial in self.trials.values():
-            if trial.state is not S.RUNNING or trial.planned_end is not None:
+            if trial.state is not TrialState.RUNNING or trial.planned_end is not None:
                 continue
             if total is not None and now - trial.started_at > total:
-                self._kill(trial, S.FAILED, f"timed out: ran {now - trial.started_at:.0f} s, over "
+                self._kill(trial, TrialState.FAILED, f"timed out: ran {now - trial.started_at:.0f} s, over "
                                             f"resources.trial_timeout_s={total:g}; its worker was killed")
             elif stall is not None and now - trial.last_event_at > stall:
-                self._kill(trial, S.FAILED, f"stalled: no event for {now - trial.last_event_at:.0f} s, over "
+                self._kill(trial, TrialState.FAILED, f"stalled: no event for {now - trial.last_event_at:.0f} s, over "
                                             f"resources.stall_timeout_s={stall:g}; its worker was killed")
 
     def _stop_all(self, reason: str) -> None:
@@ -385,13 +385,13 @@ class Driver:
             self._stop_trial(trial, reason)
 
     def _stop_trial(self, trial: Trial, reason: str) -> None:
-        if trial.state is S.PENDING and trial in self.queue:
+        if trial.state is TrialState.PENDING and trial in self.queue:
             self.queue.remove(trial)
-            self.lifecycle.transition(trial, S.INTERRUPTED, reason=reason)
+            self.lifecycle.transition(trial, TrialState.INTERRUPTED, reason=reason)
         else:
-            self._kill(trial, S.INTERRUPTED, reason)
+            self._kill(trial, TrialState.INTERRUPTED, reason)
 
     def _interrupt_queued(self) -> None:
         while self.queue:
-            self.lifecycle.transition(self.queue.popleft(), S.INTERRUPTED,
+            self.lifecycle.transition(self.queue.popleft(), TrialState.INTERRUPTED,
                                       reason=self.stopping or "the driver stopped before it started")

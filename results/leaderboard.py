@@ -14,19 +14,16 @@ import json
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
-from evaluation.metrics import BERTSCORE_METRICS, RANKABLE, metric as registered
-from evaluation.rouge import ROUGE_SUM, ROUGE_TYPES
+from evaluation.metrics import Metric, metric as registered, metrics_where, rankable_names
 from results.provenance import scoring_letters
 from results.significance import Interval, mean_interval, paired_difference
 from results.store import SweepSummary, TrialSummary
 from results.stored_spec import stored_spec
 
 if TYPE_CHECKING:
-    from orchestrator.spec import SweepSpec
+    from sweeps.spec import SweepSpec
     from results.repeats import RepeatGroup
 
-# What a trial trained and saved (trainer.trial.parameter_counts, the saved folder's size).
-FOOTPRINT = ("trainable_params", "total_params", "saved_mib")
 FORMATS = ("table", "markdown", "csv", "json")
 
 
@@ -39,7 +36,7 @@ class Row:
     rank: int | None
     lr: float | None
     scores: dict[str, float]
-    """ROUGE F1 in percent, gen_tokens and gen_words."""
+    """Every registered final metric the trial has, scaled as shown (ROUGE F1 in points)."""
     delta: float | None
     """Points of the ranking metric above its own zero-shot baseline (same model, prompt, quantization, ...)."""
     runtime_s: float | None
@@ -60,8 +57,8 @@ def build(summary: SweepSummary, metric: str = "rougeL", per_example: dict[str, 
           samples: int = 1000) -> list[Row]:
     """Rows ranked by `metric` within each scoring group; `per_example` ({trial: {example: score}},
     from Store.example_scores) adds the bootstrap intervals."""
-    if metric not in RANKABLE:
-        raise ValueError(f"the ranking metric must be one of {', '.join(RANKABLE)}; got {metric!r}")
+    if metric not in rankable_names():
+        raise ValueError(f"the ranking metric must be one of {', '.join(rankable_names())}; got {metric!r}")
     letters = scoring_letters(summary.trials)
     done = [t for t in summary.trials if t.status == "completed" and metric in t.metrics]
     ranking = registered(metric)
@@ -145,8 +142,7 @@ def _row(t: TrialSummary, metric: str, base: TrialSummary | None, best: bool, pa
          intervals: tuple) -> Row:
     value, base_value = t.metrics.get(metric), base.metrics.get(metric) if base is not None else None
     delta = None if t.kind == "baseline" or base_value is None or value is None else scale(metric) * (value - base_value)
-    shown = (*ROUGE_TYPES, ROUGE_SUM, "gen_tokens", "gen_words", "eval_loss", *FOOTPRINT, *BERTSCORE_METRICS)
-    scores = {k: scale(k) * t.metrics[k] for k in shown if k in t.metrics}  # BERTScore with scoring.bertscore_model
+    scores = {m.name: m.scale * t.metrics[m.name] for m in metrics_where(final=True) if m.name in t.metrics}
     interval, vs_best, vs_baseline = intervals
     return Row(best=best, trial=t.name, kind=t.kind, prompt=str(t.params.get("prompt", "")),
                rank=t.params.get("lora.rank"), lr=t.params.get("training.learning_rate"), scores=scores, delta=delta,
@@ -165,26 +161,19 @@ def render(rows: list[Row], fmt: str, metric: str, notes: dict, sweep: str,
                            "rows": [asdict(r) for r in rows],
                            "repeats": [{**asdict(g), "n": g.n} for g in repeats]}, indent=2)
     m = _short(metric)
-    header = ["", "trial", "kind", "prompt", "rank", "lr", "R1", "R2", "RL", "RLsum", "gen_tok", "gen_words",
+    header = ["", "trial", "kind", "prompt", "rank", "lr", *(k.label for k in metrics_where(column="main")),
               f"{m}_95ci", f"d{m}_vs_best", f"d{m}_vs_0shot", "runtime_s", "status"]
     cells = [_cells(r) for r in rows]
     several = len({r.scoring for r in rows}) > 1
     multi = any(r.pareto is not None for r in rows)
-    bert = any("bertscore" in r.scores for r in rows)
-    summed, loss = metric == ROUGE_SUM, any("eval_loss" in r.scores for r in rows)
-    footprint = any("trainable_params" in r.scores for r in rows)
-    for shown, column, value in ((summed, "R_sum", lambda r: _fmt(r.scores.get(ROUGE_SUM), 2)),
-                                 (loss, "eval_loss", lambda r: _fmt(r.scores.get("eval_loss"), 3)),
-                                 (footprint, "trainable", lambda r: format_count(r.scores.get("trainable_params"))),
-                                 (footprint, "saved_MiB", lambda r: _fmt(r.scores.get("saved_mib"), 1)),
-                                 (bert, "BERTScore", lambda r: _fmt(r.scores.get("bertscore"), 2)),
-                                 (bert, "BS_P", lambda r: _fmt(r.scores.get("bertscore_precision"), 2)),
-                                 (bert, "BS_R", lambda r: _fmt(r.scores.get("bertscore_recall"), 2)),
-                                 (several, "scoring", lambda r: r.scoring),
-                                 (multi, "pareto", lambda r: "yes" if r.pareto else "")):
-        if shown:
-            header.append(column)
-            cells = [c + [value(r)] for c, r in zip(cells, rows)]
+    extra = [k for k in metrics_where(column="extra") if any(k.name in r.scores for r in rows)]
+    columns = [(k.label, _score_cell(k)) for k in _ranked_columns(metric) + extra]
+    columns += [(column, value) for shown, column, value in ((several, "scoring", lambda r: r.scoring),
+                                                               (multi, "pareto", lambda r: "yes" if r.pareto else ""))
+                if shown]
+    for column, value in columns:
+        header.append(column)
+        cells = [c + [value(r)] for c, r in zip(cells, rows)]
     if fmt == "csv":
         out = io.StringIO()
         csv.writer(out, lineterminator="\n").writerows([header[1:] + ["best"]] + [c[1:] + ["yes" if r.best else ""]
@@ -203,6 +192,15 @@ def render(rows: list[Row], fmt: str, metric: str, notes: dict, sweep: str,
     return "\n".join([text, "", f"_{caption}_" if fmt == "markdown" else caption, ""] + _grid_text(head, body, fmt))
 
 
+def _ranked_columns(metric: str) -> list[Metric]:
+    """The columns shown only on a board their metric ranks (R_sum)."""
+    return [k for k in metrics_where(column="ranked") if k.name == metric]
+
+
+def _score_cell(k: Metric):
+    return lambda r: k.cell(r.scores.get(k.name))
+
+
 def _grid_text(header: list[str], cells: list[list[str]], fmt: str) -> list[str]:
     if fmt == "markdown":
         return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(c) + " |"
@@ -213,13 +211,13 @@ def _grid_text(header: list[str], cells: list[list[str]], fmt: str) -> list[str]
 
 def repeat_cells(repeats: list[RepeatGroup], metric: str) -> tuple[list[str], list[list[str]]]:
     """Header and cells of the repeats table: per config the mean of each metric and the sd of the ranking one."""
-    shown = [k for k in ("rouge1", "rouge2", "rougeL", "rougeLsum", metric, "gen_tokens")
-             if any(k in g.mean for g in repeats)]
-    shown = list(dict.fromkeys(shown))  # the ranking metric once
+    main = metrics_where(column="main", repeat=True)  # the ranking metric after the other ranking ones
+    order = [k.name for k in main if k.rankable] + [metric] + [k.name for k in main if not k.rankable]
+    shown = list(dict.fromkeys(k for k in order if any(k in g.mean for g in repeats)))
     m = registered(metric)
     header = ["", "config", "kind", "n", "seeds", *(registered(k).label for k in shown), f"{m.label}_sd"]
     cells = [["*" if g.best else "", g.config, g.kind, str(g.n), ",".join(map(str, g.seeds)),
-              *(_fmt(g.mean.get(k), registered(k).digits) for k in shown), _fmt(g.std.get(metric), m.digits)]
+              *(registered(k).cell(g.mean.get(k)) for k in shown), m.cell(g.std.get(metric))]
              for g in repeats]
     return header, cells
 
@@ -260,9 +258,8 @@ def format_difference(interval: Interval | None, plain: float | None = None) -> 
 
 
 def _cells(r: Row) -> list[str]:
-    s = r.scores
     return ["*" if r.best else "", r.trial, r.kind, r.prompt, _fmt(r.rank), _lr(r.lr),
-            *(_fmt(s.get(k), 2) for k in ROUGE_TYPES), _fmt(s.get("gen_tokens"), 1), _fmt(s.get("gen_words"), 1),
+            *(k.cell(r.scores.get(k.name)) for k in metrics_where(column="main")),
             format_interval(r.interval), format_difference(r.vs_best), format_difference(r.vs_baseline, r.delta),
             _fmt(r.runtime_s, 0), r.status]
 
@@ -281,16 +278,6 @@ def _lr(value) -> str:
         return "-"
     mantissa, exponent = f"{value:.1e}".split("e")
     return f"{mantissa.removesuffix('.0')}e{int(exponent)}"
-
-
-def format_count(value: float | None) -> str:
-    """Parameters as 4.9M / 135M / 1.2B."""
-    if value is None:
-        return "-"
-    for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
-        if value >= size:
-            return f"{value / size:.3g}{unit}"
-    return f"{value:.0f}"
 
 
 def _short(metric: str) -> str:

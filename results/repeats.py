@@ -8,13 +8,12 @@ import re
 from dataclasses import dataclass, replace
 from statistics import fmean, stdev
 
-from evaluation.metrics import metric as registered
+from evaluation.metrics import metric as registered, metrics_where
 from results.provenance import scoring_letters
 from results.store import TrialSummary
 
 REPEAT_KEY = "training.seed"
 # Shown per config, in this order, where the trials have them.
-_SHOWN = ("rouge1", "rouge2", "rougeL", "rougeLsum", "rouge_sum", "eval_loss", "bertscore", "gen_tokens")
 
 
 @dataclass(frozen=True)
@@ -68,7 +67,7 @@ def group_repeats(trials: list[TrialSummary], metric: str, letters: dict[str, st
 
 def _group(trials: list[TrialSummary], letter: str) -> RepeatGroup:
     first = trials[0]
-    names = [k for k in _SHOWN if all(k in t.metrics for t in trials)]
+    names = [k.name for k in metrics_where(repeat=True) if all(k.name in t.metrics for t in trials)]
     values = {k: [registered(k).scale * t.metrics[k] for t in trials] for k in names}
     return RepeatGroup(config_label(first), first.kind, {k: v for k, v in first.params.items() if k != REPEAT_KEY},
                        tuple(t.name for t in trials), tuple(t.params.get(REPEAT_KEY) for t in trials),

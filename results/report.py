@@ -13,10 +13,9 @@ import itertools
 from collections.abc import Callable
 from html import escape
 
-from evaluation.metrics import metric as registered
-from evaluation.rouge import ROUGE_TYPES
+from evaluation.metrics import metric as registered, metrics_where
 from results import charts, environment, importance, repeats
-from results.leaderboard import (Row, describe_scoring, format_count, format_difference, format_interval,
+from results.leaderboard import (Row, describe_scoring, format_difference, format_interval,
                                  repeat_cells, scale)
 from results.show import curve_lines, curve_series, lineage, worst_and_best
 from results.store import SweepSummary
@@ -67,15 +66,12 @@ def _notes(summary: SweepSummary, groups: dict) -> str:
 def _columns(metric: str) -> list[tuple[str, str, Callable[[Row], str]]]:
     """(header, cell class, cell text) per leaderboard column: the trial name wraps anywhere (`l`), intervals at
     their spaces (`w`), numbers never."""
-    def score(key: str, digits: int = 2) -> Callable[[Row], str]:
-        return lambda r: _num(r.scores.get(key), digits)
+    def score(k) -> Callable[[Row], str]:
+        return lambda r: k.cell(r.scores.get(k.name))
 
     return [("trial", "l", lambda r: r.trial + (" (0-shot)" if r.kind == "baseline" else "")
              + ("" if r.status == "completed" else f" [{r.status}]")),
-            *((registered(k).label, "", score(k)) for k in ROUGE_TYPES),
-            ("gen tok", "", score("gen_tokens", 1)), ("eval loss", "", score("eval_loss", 3)),
-            ("trainable", "", lambda r: format_count(r.scores.get("trainable_params"))),
-            ("MiB", "", score("saved_mib", 1)),
+            *((k.page_label, "", score(k)) for k in metrics_where() if k.page_label),
             (f"{registered(metric).label} 95% CI", "w", lambda r: format_interval(r.interval)),
             ("vs best", "w", lambda r: format_difference(r.vs_best)),
             ("vs 0-shot", "w", lambda r: format_difference(r.vs_baseline, r.delta)),
@@ -180,10 +176,6 @@ def _mattered(summary: SweepSummary, metric: str, storage_url: str | None) -> li
         except (ValueError, RuntimeError) as exc:  # Optuna refusing an odd study must not cost the whole report
             out.append(f"<p class='note'>Optuna could not draw this: {_e(type(exc).__name__)}: {_e(exc)}</p>")
     return out
-
-
-def _num(value, digits: int = 2) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def _scatter(rows: list[Row], metric: str) -> str:

@@ -8,7 +8,7 @@ from collections import Counter
 from results.environment import dtype_notes
 from results.states import STORED_STATES
 from results.store import SweepSummary
-from orchestrator.spec import SweepSpec
+from sweeps.spec import SweepSpec
 from results.stored_spec import stored_spec
 
 _NOTE_CHARS = 90

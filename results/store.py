@@ -20,6 +20,7 @@ from results import migrate
 from results.busy import LOCK_POLL_S, wait_limit_s, waiting, waits_when_locked
 from results.models import MetricRow, PredictionRow, SweepRow, TrialRow, utcnow
 from results.states import KEPT_STATES, UNFINISHED_STATES, TrialState
+from sweeps.spec import driver_url
 from trainer.result import TrialResult
 
 FINAL_PREFIX = "final/"
@@ -79,12 +80,6 @@ class SweepSummary:
     heartbeat_at: datetime | None = None
     run_dir: str | None = None
     """Absolute folder of its trials, TensorBoard events and reports (relative in stores written before 0.4)."""
-
-
-def driver_url(url: str) -> str:
-    """`postgresql://...` means psycopg (3), the driver the `postgres` extra installs (SQLAlchemy's default for
-    the bare scheme is psycopg2); every other URL as given."""
-    return "postgresql+psycopg://" + url.removeprefix("postgresql://") if url.startswith("postgresql://") else url
 
 
 @waits_when_locked

@@ -4,8 +4,8 @@ version no longer has are ignored (the row is history, not input to validate).""
 
 from __future__ import annotations
 
-from orchestrator import schema
-from orchestrator.spec import SweepSpec
+from sweeps import schema
+from sweeps.spec import SweepSpec
 from results.store import SweepSummary
 
 

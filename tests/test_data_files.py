@@ -15,7 +15,7 @@ import yaml
 from orchestrator.cli import main
 from orchestrator.loading import parse_spec
 from orchestrator.prepare import prepare, sweep_notes
-from orchestrator.spec import SpecError
+from sweeps.spec import SpecError
 from tests.conftest import tiny_spec, write_jsonl
 from tests.test_spec import KOREAN_DEV_ROWS, KOREAN_ROWS
 from trainer import datafiles

@@ -22,9 +22,9 @@ def test_committed_reference_pages_are_what_the_code_generates():
 
 def test_the_reference_lists_every_spec_key_command_metric_and_state():
     from evaluation.metrics import METRICS
-    from orchestrator import schema
+    from sweeps import schema
     from orchestrator.cli import _parser
-    from orchestrator.spec import SweepSpec
+    from sweeps.spec import SweepSpec
     from results.states import TrialState
 
     pages = generate.pages()

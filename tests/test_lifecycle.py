@@ -278,7 +278,7 @@ def test_the_wilcoxon_pruner_pairs_per_example_scores_with_the_best_trial(raw):
 
 
 def test_the_wilcoxon_pruner_needs_the_same_eval_examples_in_every_trial(raw):
-    from orchestrator.spec import SpecError
+    from sweeps.spec import SpecError
 
     raw["search"] = {"type": "optuna", "space": {"dataset.eval_examples": {"choices": [2, 4]}},
                      "optuna": {"pruner": "wilcoxon", "p_threshold": 1.5}}

@@ -12,7 +12,7 @@ import yaml
 
 from orchestrator.cli import main
 from orchestrator.loading import find_spec, load_spec, parse_spec
-from orchestrator.spec import SpecError
+from sweeps.spec import SpecError
 from tests.conftest import tiny_spec
 
 REPO = Path(__file__).resolve().parents[1]

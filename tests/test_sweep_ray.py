@@ -189,7 +189,7 @@ def test_full_fine_tune_against_lora_in_one_sweep(backend, tiny_model_dir, local
 
 
 def parse_spec_problems(raw: dict) -> str:
-    from orchestrator.spec import SpecError
+    from sweeps.spec import SpecError
 
     try:
         parse_spec(raw)

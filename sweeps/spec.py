@@ -1,6 +1,6 @@
 """The sweep spec as typed objects: one dataclass per YAML section, a docstring per field.
 
-Loading a file (orchestrator.loading) builds these through orchestrator.schema and runs the cross-field
+Loading a file (orchestrator.loading) builds these through sweeps.schema and runs the cross-field
 checks (orchestrator.checks); the result views rebuild a stored spec the same way (results.stored_spec).
 """
 
@@ -11,7 +11,6 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from results.store import driver_url
 from trainer.config import (AugmentationConfig, ConfigProblem, DatasetConfig, GenerationConfig, LoraSettings,
                             ModelConfig, QuantizationConfig, ScoringConfig, TrainingConfig)
 
@@ -129,6 +128,12 @@ class OutputConfig:
 
     def store_url(self) -> str:
         return driver_url(self.store or f"sqlite:///{self.run_dir}/results.db")
+
+
+def driver_url(url: str) -> str:
+    """`postgresql://...` means psycopg (3), the driver the `postgres` extra installs (SQLAlchemy's default for
+    the bare scheme is psycopg2); every other URL as given."""
+    return "postgresql+psycopg://" + url.removeprefix("postgresql://") if url.startswith("postgresql://") else url
 
 
 def store_url(given: str | None, output: OutputConfig | None = None) -> str:

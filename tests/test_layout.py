@@ -1,0 +1,58 @@
+"""The arrows of docs/architecture.md, read off every import (deferred ones included) of every module."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+# Downstream order: a package may import those after it, never one before it.
+LAYERS = ("orchestrator", "results", "sweeps", "trainer", "evaluation")
+
+
+def _modules() -> dict[str, Path]:
+    found = {}
+    for package in LAYERS:
+        for path in (REPO / package).rglob("*.py"):
+            if "migrations" not in path.parts:  # Alembic's revision scripts, run by Alembic
+                found[".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")] = path
+    return found
+
+
+def _imports(path: Path, known: dict[str, Path]) -> set[str]:
+    """The project modules `path` imports, at its top or inside a function."""
+    named = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            named |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            named |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+    return {name for name in named if name in known}
+
+
+def _graph() -> dict[str, set[str]]:
+    known = _modules()
+    return {name: _imports(path, known) - {name} for name, path in known.items()}
+
+
+def test_every_arrow_points_downstream():
+    rank = {package: k for k, package in enumerate(LAYERS)}
+    upward = sorted(f"{module} -> {target}" for module, targets in _graph().items() for target in targets
+                    if rank[target.split(".")[0]] < rank[module.split(".")[0]])
+    assert upward == [], f"the order is {' > '.join(LAYERS)}; these import a package above their own: {upward}"
+
+
+def test_no_module_imports_one_that_imports_it_back():
+    graph = _graph()
+    cycles = []
+    for start in sorted(graph):  # a path from a module's import back to the module
+        seen, frontier = set(), list(graph[start])
+        while frontier:
+            module = frontier.pop()
+            if module == start:
+                cycles.append(start)
+                break
+            if module not in seen:
+                seen.add(module)
+                frontier.extend(graph[module])
+    assert cycles == [], f"no import cycle may exist; these modules reach themselves again: {cycles}"
