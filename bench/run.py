@@ -133,11 +133,12 @@ def heldout_seconds() -> dict:
     import torch
 
     from trainer import heldout
+    from trainer.families import DECODER_ONLY
     from trainer.fourbit import dequantized_base
 
     cfg, tokenizer, model, data = _grid_trial(adapted=True)
     rows = data.eval
-    pairs = heldout.heldout_pairs(cfg, tokenizer, False, [e.dialogue for e in rows], [e.references for e in rows])
+    pairs = heldout.heldout_pairs(cfg, tokenizer, DECODER_ONLY, [e.dialogue for e in rows], [e.references for e in rows])
     with dequantized_base(model):
         start = time.perf_counter()
         per_pair = [loss for i in range(0, len(pairs), 8)
@@ -181,6 +182,7 @@ def prefill_seconds() -> dict:
 
     from evaluation.generate import generate
     from trainer import heldout
+    from trainer.families import DECODER_ONLY
     from trainer.fourbit import dequantized_base
     from trainer.lora_merge import merged_adapters
 
@@ -190,7 +192,7 @@ def prefill_seconds() -> dict:
         if "lora_B" in name:
             torch.nn.init.normal_(param, std=0.02)
     rows, g = data.eval, cfg.generation
-    pairs = heldout.heldout_pairs(cfg, tokenizer, False, [e.dialogue for e in rows], [e.references for e in rows])
+    pairs = heldout.heldout_pairs(cfg, tokenizer, DECODER_ONLY, [e.dialogue for e in rows], [e.references for e in rows])
     from trainer.trial import eval_prompts
 
     texts = eval_prompts(cfg, tokenizer, rows)
@@ -223,12 +225,13 @@ def eval_seconds(dequantized: bool) -> dict:
 
     from evaluation.generate import generate
     from trainer import heldout
+    from trainer.families import DECODER_ONLY
     from trainer.fourbit import dequantized_base
     from trainer.trial import eval_prompts
 
     cfg, tokenizer, model, data = _grid_trial(adapted=True)
     rows = data.eval
-    pairs = heldout.heldout_pairs(cfg, tokenizer, False, [e.dialogue for e in rows], [e.references for e in rows])
+    pairs = heldout.heldout_pairs(cfg, tokenizer, DECODER_ONLY, [e.dialogue for e in rows], [e.references for e in rows])
     texts, batch = eval_prompts(cfg, tokenizer, rows), cfg.generation.eval_batch_size
     with dequantized_base(model) if dequantized else contextlib.nullcontext():
         start = time.perf_counter()
@@ -338,9 +341,10 @@ def _sft_trainer(kind: str, cfg, model, tokenizer, data):
     from trl import SFTConfig, SFTTrainer
 
     from trainer.sft import SweepSFTTrainer
-    from trainer.trial import trainer_args, training_rows
+    from trainer.arguments import trainer_args
+    from trainer.families import DECODER_ONLY
 
-    rows, _ = training_rows(cfg, tokenizer, data)
+    rows, _ = DECODER_ONLY.training_rows(cfg, tokenizer, data)
     args = SFTConfig(**trainer_args(cfg, Path(tempfile.mkdtemp()), cfg.training.max_steps),
                      max_length=cfg.training.max_seq_length,
                      completion_only_loss=True)

@@ -58,10 +58,12 @@ def _generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_s
     order = sorted(range(len(prompts)), key=lambda i: lengths[i], reverse=True)
     stop_ids = _stop_ids(model, tokenizer)
     results: dict[int, Generation] = {}
+    # An encoder-decoder returns its decoder start + summary, a decoder-only model prompt + continuation (this
+    # module is below trainer.families, so it reads the config itself: the one family check outside it).
+    seq2seq = model.config.is_encoder_decoder
     # The prompts' KV cache comes back only where someone takes it (it costs memory until the batch is done), and
     # not from a beam search (its cache holds each prompt once per beam, reordered as beams are).
-    keep_cache = (on_prefill is not None and not model.config.is_encoder_decoder
-                  and decoding.get("num_beams", 1) == 1)
+    keep_cache = on_prefill is not None and not seq2seq and decoding.get("num_beams", 1) == 1
     start = 0
     while start < len(order):
         batch = order[start:start + batch_size]
@@ -81,8 +83,7 @@ def _generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_s
             torch.cuda.empty_cache()
             continue
         sequences = output.sequences if keep_cache else output
-        # A decoder-only model returns prompt + continuation; an encoder-decoder its decoder start + summary.
-        skip = 1 if model.config.is_encoder_decoder else encoded["input_ids"].shape[1]
+        skip = 1 if seq2seq else encoded["input_ids"].shape[1]
         for index, row in zip(batch, sequences[:, skip:].tolist()):
             length = next((k for k, token in enumerate(row) if token in stop_ids), len(row))
             text = tokenizer.decode(row[:length], skip_special_tokens=True).strip()

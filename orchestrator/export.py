@@ -68,7 +68,8 @@ def _check_exportable(trial: TrialSummary, adapter_dir: str | None, full: bool) 
 
 def _write(trial: TrialSummary, cfg: TrialConfig, adapter_dir: str, sweep: str, out: Path, merged: bool,
            predictions: list[dict], metric: str) -> list[str]:
-    from trainer.models import is_encoder_decoder, load_tokenizer, resolve_model_path
+    from trainer.families import family_of_path
+    from trainer.models import load_tokenizer, resolve_model_path
 
     base_path = resolve_model_path(cfg.model.name)
     tokenizer = load_tokenizer(base_path)
@@ -85,14 +86,13 @@ def _write(trial: TrialSummary, cfg: TrialConfig, adapter_dir: str, sweep: str, 
     examples = eval_examples(cfg, tokenizer, predictions)
     (out / EVAL_EXAMPLES).write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in examples),
                                      encoding="utf-8")
-    seq2seq, folder, checked = is_encoder_decoder(base_path), names[-1], None  # folder: what the snippet loads
+    family, folder, checked = family_of_path(base_path), names[-1], None  # folder: what the snippet loads
     if merged:  # regenerated as the card's snippet does it, so the card can say how faithful the merge is
-        family = "AutoModelForSeq2SeqLM" if seq2seq else "AutoModelForCausalLM"
         checked = verification.verify(out / "merged", cfg, examples, dtype, trial.metrics, metric, family)
         verification.write(out, checked)
         names.append(verification.VERIFICATION)
     (out / "README.md").write_text(model_card(trial, cfg, sweep, folder,
-                                              base_source(cfg.model.name, base_path), seq2seq, dtype,
+                                              base_source(cfg.model.name, base_path), family, dtype,
                                               checked and verification.summary_line(checked)), encoding="utf-8")
     return names + [EVAL_EXAMPLES, "README.md"]
 

@@ -4,6 +4,7 @@ and a snippet that runs as it is and builds the prompt the way the trial did."""
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import yaml
 
@@ -12,16 +13,19 @@ from results import environment
 from results.store import TrialSummary
 from trainer.config import TrialConfig
 
+if TYPE_CHECKING:
+    from trainer.families import Family
+
 _HELD = {"adapter": "`adapter/`: the LoRA adapter; `merged/` is absent",
          "merged": "`adapter/`: the LoRA adapter; `merged/`: the base, quantized and dequantized as the trial saw "
                    "it, with the adapter merged in (plain transformers, no PEFT or bitsandbytes needed)",
          "model": "`model/`: the whole fine-tuned model (every weight was trained), with its tokenizer"}
 
 
-def model_card(trial: TrialSummary, cfg: TrialConfig, sweep: str, folder: str, base: dict, seq2seq: bool,
+def model_card(trial: TrialSummary, cfg: TrialConfig, sweep: str, folder: str, base: dict, family: Family,
                dtype: str, verified: str | None = None) -> str:
-    """`folder` is what the snippet loads: adapter, merged or model; `verified`: how faithful `merged/` is
-    (orchestrator.verification.summary_line)."""
+    """`folder` is what the snippet loads: adapter, merged or model; `family`: the base model's
+    (trainer.families); `verified`: how faithful `merged/` is (orchestrator.verification.summary_line)."""
     library = "peft" if folder == "adapter" else "transformers"
     loaded = f" (loaded from `{base['loaded_from']}`" + (f"; {base['note']})" if base["note"] else ")")
     return f"""---
@@ -50,7 +54,7 @@ Trained on: {environment.describe(trial.environment)}
 ## Use
 
 ```python
-{snippet(cfg, folder, base["id"], seq2seq, dtype)}
+{snippet(cfg, folder, base["id"], family, dtype)}
 ```
 
 Dialogues longer than `training.max_seq_length - generation.max_new_tokens` tokens
@@ -69,16 +73,16 @@ Dialogues longer than `training.max_seq_length - generation.max_new_tokens` toke
 """
 
 
-def snippet(cfg: TrialConfig, folder: str, base_id: str, seq2seq: bool, dtype: str) -> str:
+def snippet(cfg: TrialConfig, folder: str, base_id: str, family: Family, dtype: str) -> str:
     """Python that loads the export, builds the prompt as the trial did and decodes as it did."""
-    family = "AutoModelForSeq2SeqLM" if seq2seq else "AutoModelForCausalLM"
-    chat = cfg.model.use_chat_template and not seq2seq  # decided again below by the tokenizer having a template
-    lines = [f"from transformers import {family}, AutoTokenizer"]
+    auto_class = family.auto_class
+    chat = cfg.model.use_chat_template and family.uses_chat  # decided again below by the tokenizer's template
+    lines = [f"from transformers import {auto_class}, AutoTokenizer"]
     if folder == "adapter":
-        lines += _adapter_loading(cfg, family, base_id, dtype)
+        lines += _adapter_loading(cfg, auto_class, base_id, dtype)
     else:
         lines += [f"tokenizer = AutoTokenizer.from_pretrained({folder!r})",
-                  f"model = {family}.from_pretrained({folder!r}, dtype={dtype!r})"]
+                  f"model = {auto_class}.from_pretrained({folder!r}, dtype={dtype!r})"]
     lines += [f"TEMPLATE = {cfg.prompt_template!r}", "", "", "def prompt(dialogue: str) -> tuple[str, bool]:",
               '    """The text the trial gave the tokenizer, and whether the tokenizer adds its special tokens."""']
     if chat:
@@ -92,7 +96,7 @@ def snippet(cfg: TrialConfig, folder: str, base_id: str, seq2seq: bool, dtype: s
               "inputs = tokenizer(text, return_tensors='pt', add_special_tokens=special)",
               f"output = model.generate(**inputs, max_new_tokens={cfg.generation.max_new_tokens}, do_sample=False, "
               f"**{cfg.generation.generate_kwargs()!r})",
-              "new_tokens = output[0] if model.config.is_encoder_decoder else output[0, inputs['input_ids'].shape[1]:]",
+              f"new_tokens = {family.snippet_new_tokens}",
               "print(tokenizer.decode(new_tokens, skip_special_tokens=True).strip())"]
     return "\n".join(lines)
 

@@ -12,17 +12,21 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from evaluation.rouge import ROUGE_SUM, ROUGE_TYPES, resolve_tokenizer, score_examples
 from results.significance import mean_interval
 from trainer.config import TrialConfig
+
+if TYPE_CHECKING:
+    from trainer.families import Family
 
 VERIFICATION = "verification.json"
 _RESCORED = (*ROUGE_TYPES, ROUGE_SUM)  # computed from generations alone; another ranking metric re-scores rougeL
 
 
 def verify(folder: Path, cfg: TrialConfig, examples: list[dict], dtype: str, stored_metrics: dict[str, float],
-           metric: str, family: str) -> dict:
+           metric: str, family: Family) -> dict:
     """Generate every example of `eval_examples.jsonl` with the model in `folder` as the card's snippet does; the
     counts and scores as written to `verification.json`."""
     regenerated = _generate(folder, examples, dtype, family)
@@ -60,19 +64,19 @@ def summary_line(found: dict) -> str:
             f"the stored {found['stored']:.2f} (95% interval [{low:.1f}, {high:.1f}]). Details: `{VERIFICATION}`.")
 
 
-def _generate(folder: Path, examples: list[dict], dtype: str, family: str) -> list[str]:
+def _generate(folder: Path, examples: list[dict], dtype: str, family: Family) -> list[str]:
     import torch
     import transformers
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
-    model = getattr(transformers, family).from_pretrained(folder, dtype=dtype).eval()
+    model = getattr(transformers, family.auto_class).from_pretrained(folder, dtype=dtype).eval()
     out = []
     for e in examples:
         inputs = tokenizer(e["prompt"], return_tensors="pt", add_special_tokens=e["add_special_tokens"])
         with torch.inference_mode():
             tokens = model.generate(**inputs, max_new_tokens=e["max_new_tokens"], do_sample=False,
                                     pad_token_id=tokenizer.pad_token_id, **e["generate_kwargs"])
-        new = tokens[0] if model.config.is_encoder_decoder else tokens[0, inputs["input_ids"].shape[1]:]
+        new = family.new_tokens(tokens[0], inputs["input_ids"].shape[1])
         out.append(tokenizer.decode(new, skip_special_tokens=True).strip())
     return out
 

@@ -111,12 +111,14 @@ def test_the_sweep_trainer_loss_is_trls_summary_only_loss(auto_cfg, tmp_path):
     from trl import SFTConfig, SFTTrainer
 
     from trainer.sft import SweepSFTTrainer
-    from trainer.trial import trainer_args, adapt, load, training_rows
+    from trainer.arguments import trainer_args
+    from trainer.families import DECODER_ONLY
+    from trainer.trial import adapt, load
 
     cfg = dataclasses.replace(auto_cfg, quantization=dataclasses.replace(auto_cfg.quantization, compute_dtype="float32"))
     tokenizer, model = load(cfg)
     model = adapt(model, cfg)
-    rows, _ = training_rows(cfg, tokenizer, load_trial_data(cfg.dataset))
+    rows, _ = DECODER_ONLY.training_rows(cfg, tokenizer, load_trial_data(cfg.dataset))
     args = SFTConfig(**trainer_args(cfg, tmp_path, cfg.training.max_steps), max_length=cfg.training.max_seq_length, completion_only_loss=True)
     ours = SweepSFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
     assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}

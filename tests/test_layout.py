@@ -56,3 +56,22 @@ def test_no_module_imports_one_that_imports_it_back():
                 seen.add(module)
                 frontier.extend(graph[module])
     assert cycles == [], f"no import cycle may exist; these modules reach themselves again: {cycles}"
+
+
+def test_the_model_family_is_asked_in_one_module():
+    """trainer/families.py is the seam: everywhere else calls the family it returns (at most 3 places may read
+    the config's flag themselves; generation, below the trainer, is the one that does)."""
+    asking = sorted(f"{name}:{line}" for name, path in _modules().items() if name != "trainer.families"
+                    for line, text in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+                    if "is_encoder_decoder" in text and not text.lstrip().startswith("#"))
+    assert len(asking) <= 3, f"a model's family is asked in trainer.families only; also asked at {asking}"
+
+
+def test_each_model_family_is_found_from_its_config():
+    from types import SimpleNamespace
+
+    from trainer.families import DecoderOnly, EncoderDecoder, family_of
+
+    assert isinstance(family_of(SimpleNamespace(is_encoder_decoder=True)), EncoderDecoder)
+    assert isinstance(family_of(SimpleNamespace(is_encoder_decoder=False)), DecoderOnly)
+    assert isinstance(family_of(SimpleNamespace()), DecoderOnly)  # a config without the flag: a causal LM

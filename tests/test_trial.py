@@ -14,7 +14,8 @@ from tests.conftest import tiny_spec
 from trainer.data import load_trial_data
 from trainer.events import Event, Metric, Phase, Scores
 from trainer.models import load_model, load_tokenizer
-from trainer.trial import run_trial, training_rows
+from trainer.families import DECODER_ONLY
+from trainer.trial import run_trial
 from transformers import AutoModelForCausalLM
 
 
@@ -73,7 +74,7 @@ def test_dialogue_is_truncated_never_the_summary(tiny_model_dir, trial_cfg):
     tokenizer = load_tokenizer(str(tiny_model_dir))
     data = load_trial_data(trial_cfg.dataset)
     long = dataclasses.replace(data, train=tuple(dataclasses.replace(e, dialogue=e.dialogue * 40) for e in data.train))
-    rows, skipped = training_rows(trial_cfg, tokenizer, long)
+    rows, skipped = DECODER_ONLY.training_rows(trial_cfg, tokenizer, long)
     assert skipped == 0 and len(rows) == len(long.train)
     for row, example in zip(rows, long.train):
         assert row["completion"][0]["content"] == example.summary
@@ -86,7 +87,7 @@ def test_too_short_max_seq_length_is_a_clear_error(tiny_model_dir, trial_cfg):
     tokenizer = load_tokenizer(str(tiny_model_dir))
     cfg = dataclasses.replace(trial_cfg, training=dataclasses.replace(trial_cfg.training, max_seq_length=32))
     with pytest.raises(ValueError, match="no training row fits training.max_seq_length=32"):
-        training_rows(cfg, tokenizer, load_trial_data(cfg.dataset))
+        DECODER_ONLY.training_rows(cfg, tokenizer, load_trial_data(cfg.dataset))
 
 
 def test_full_precision_base_also_trains(trial_cfg, tmp_path):
@@ -173,7 +174,7 @@ def test_heldout_loss_out_of_memory_halves_its_batch_and_gives_the_same_losses(t
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     tokenizer = load_tokenizer(str(tiny_model_dir))
     data = load_trial_data(trial_cfg.dataset)
-    pairs = heldout.heldout_pairs(trial_cfg, tokenizer, False, [e.dialogue for e in data.eval],
+    pairs = heldout.heldout_pairs(trial_cfg, tokenizer, DECODER_ONLY, [e.dialogue for e in data.eval],
                                   [e.references for e in data.eval])
     expected = heldout.heldout_loss(model, pairs, len(data.eval), 2, tokenizer.pad_token_id)
     real, sizes = model.forward, []
@@ -232,7 +233,7 @@ def test_rslora_scales_by_the_root_of_the_rank_and_dora_saves_magnitudes_and_tra
 
 
 def test_weight_decay_and_gradient_clipping_reach_the_optimizer(trial_cfg, tmp_path):
-    from trainer.trial import trainer_args
+    from trainer.arguments import trainer_args
 
     cfg = dataclasses.replace(trial_cfg, training=dataclasses.replace(trial_cfg.training, max_grad_norm=0.5,
                                                                       weight_decay=0.1))
@@ -262,7 +263,7 @@ def test_heldout_loss_is_the_reference_summaries_cross_entropy(trial_cfg, tmp_pa
 
     tokenizer = load_tokenizer(str(trial_cfg.model.name))
     model = PeftModel.from_pretrained(load_model(str(trial_cfg.model.name), trial_cfg.quantization), result.adapter_dir)
-    [pair] = heldout_pairs(trial_cfg, tokenizer, False, [data.eval[0].dialogue], [data.eval[0].references])
+    [pair] = heldout_pairs(trial_cfg, tokenizer, DECODER_ONLY, [data.eval[0].dialogue], [data.eval[0].references])
     with torch.inference_mode():
         own = model.eval()(input_ids=torch.tensor([pair.input_ids]), labels=torch.tensor([pair.labels])).loss
     assert per_example[0] == pytest.approx(float(own), rel=1e-4)
@@ -291,7 +292,7 @@ def test_references_continue_their_shared_prompt_and_score_as_their_whole_sequen
     dialogue = " ".join(f"#Person{i % 2 + 1}#: line {i} of a long talk about the weekend plans." for i in range(12))
     references = [("They plan the weekend.", "The two people talk at length about what to do this weekend, "
                    "one line after another, and agree on nothing yet.", "Weekend plans are discussed.")] * 2
-    pairs = heldout.heldout_pairs(cfg, tokenizer, False, [dialogue, dialogue[:120]], references)
+    pairs = heldout.heldout_pairs(cfg, tokenizer, DECODER_ONLY, [dialogue, dialogue[:120]], references)
     first = [p for p in pairs if p.example == 0]
     assert len({tuple(p.input_ids[:len(p.input_ids) - sum(l != -100 for l in p.labels)]) for p in first}) == 3
     assert 0 < heldout.shared_prefix(first) < min(len(p.input_ids) for p in first) - 20
@@ -328,7 +329,7 @@ def test_the_heldout_loss_continues_from_the_prompts_generation_read(tiny_model_
     references = [("They have tea.", "Tea is offered and accepted."), ("They plan the weekend.",),
                   ("Person2 is late.", "Someone apologises.", "#Person2# is late again."),
                   ("They plan.", "Plans are made.", "The weekend is planned.")]
-    pairs = heldout.heldout_pairs(cfg, tokenizer, False, dialogues, references)
+    pairs = heldout.heldout_pairs(cfg, tokenizer, DECODER_ONLY, dialogues, references)
     texts = [prompts.prompt_text(cfg, tokenizer, prompts.fit_dialogue(cfg, tokenizer, d, 56)) for d in dialogues]
     with torch.inference_mode():
         own = [float(model(input_ids=torch.tensor([p.input_ids]), labels=torch.tensor([p.labels])).loss)

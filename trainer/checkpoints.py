@@ -26,9 +26,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from trainer import events, identity
+from trainer.arguments import TRAINER_DIR
 from trainer.config import TrialConfig
 
-TRAINER_DIR = "trainer"
 _COMPLETE = "complete.json"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 _CRC_CHUNK_BYTES = 2**22

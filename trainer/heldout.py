@@ -10,9 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from trainer import prompts
 from trainer.config import TrialConfig
-from trainer.sft import slices_logits_by_mask
 
 # Tokens the chat template puts after the summary (end-of-turn and newline), plus slack.
 COMPLETION_END_TOKENS = 4
@@ -28,50 +26,32 @@ class Pair:
     labels: list[int]
 
 
-def heldout_pairs(cfg: TrialConfig, tokenizer, encoder_decoder: bool, dialogues: list[str],
+def heldout_pairs(cfg: TrialConfig, tokenizer, family, dialogues: list[str],
                   references: list[tuple[str, ...]]) -> list[Pair]:
-    """Every (example, reference) pair that fits `max_seq_length`, tokenized once."""
+    """Every (example, reference) pair that fits `max_seq_length`, tokenized once, as the model's family
+    (`trainer.families`) builds one."""
     out = []
     for index, (dialogue, refs) in enumerate(zip(dialogues, references)):
         for summary in refs:
-            pair = _pair(cfg, tokenizer, encoder_decoder, index, dialogue, summary)
+            pair = family.heldout_pair(cfg, tokenizer, index, dialogue, summary)
             if pair is not None:
                 out.append(pair)
     return out
 
 
-def _pair(cfg: TrialConfig, tokenizer, encoder_decoder: bool, index: int, dialogue: str, summary: str) -> Pair | None:
-    summary_ids = tokenizer(summary, add_special_tokens=False)["input_ids"]
-    budget = cfg.training.max_seq_length - len(summary_ids) - COMPLETION_END_TOKENS
-    fitted = prompts.fit_dialogue(cfg, tokenizer, dialogue, cfg.training.max_seq_length if encoder_decoder else budget)
-    if fitted is None or budget <= 0:
-        return None
-    prompt = prompts.prompt_text(cfg, tokenizer, fitted)
-    if encoder_decoder:
-        return Pair(index, tokenizer(prompt, add_special_tokens=True)["input_ids"], summary_ids + [tokenizer.eos_token_id])
-    chat = prompts.uses_chat(cfg, tokenizer)
-    prompt_ids = tokenizer(prompt, add_special_tokens=not chat)["input_ids"]
-    if chat:  # the completion as the chat template closes an assistant turn
-        whole = tokenizer.apply_chat_template(prompts.messages(cfg, fitted) + [{"role": "assistant", "content": summary}],
-                                              tokenize=False)
-        completion_ids = tokenizer(whole, add_special_tokens=False)["input_ids"][len(prompt_ids):]
-    else:
-        completion_ids = tokenizer(" " + summary, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    return Pair(index, prompt_ids + completion_ids, [-100] * len(prompt_ids) + completion_ids)
-
-
 def heldout_loss(model, pairs: list[Pair], examples: int, batch_size: int, pad_id: int,
-                 adapter_names: list[str] | None = None) -> list[float | None]:
+                 adapter_names: list[str] | None = None, whole=None) -> list[float | None]:
     """Per example: the mean over its references of the mean cross-entropy of their summary tokens (None when
     no reference fitted). `batch_size` examples (with all their references) per forward pass; the batch is
     halved whenever one runs out of memory, as generation's is. `adapter_names` (one per pair) routes each pair
-    through its own adapter of a PEFT model (a pack).
+    through its own adapter of a PEFT model (a pack). `whole` scores padded pairs read whole: the model family's
+    `whole_losses` (trainer.families; default `causal_losses`).
 
     A decoder-only model reads the prompt tokens an example's references share once (`shared_prefix`: a KV
     cache), and each reference continues from it: DialogSum's 3 references cost one prompt, not three. The
     tokens and positions each reference sees are those of its own whole sequence; only the order of the
     arithmetic differs (measured in tests/test_trial.py)."""
-    return HeldoutLoss(model, pairs, examples, batch_size, pad_id, adapter_names).losses()
+    return HeldoutLoss(model, pairs, examples, batch_size, pad_id, adapter_names, whole).losses()
 
 
 class HeldoutLoss:
@@ -83,8 +63,9 @@ class HeldoutLoss:
     (the generate call's left-padded prompts), so float32 losses agree to about 1e-6 relative (tests)."""
 
     def __init__(self, model, pairs: list[Pair], examples: int, batch_size: int, pad_id: int,
-                 adapter_names: list[str] | None = None):
+                 adapter_names: list[str] | None = None, whole=None):
         self.model, self.examples, self.batch_size, self.pad_id = model, examples, batch_size, pad_id
+        self.whole = whole or causal_losses
         self.pending: dict[int, _Group] = {}
         self.extra: list[_Group] = []  # more groups of an example (split over adapters): scored the usual way
         for group in _groups(pairs, adapter_names):
@@ -128,7 +109,7 @@ class HeldoutLoss:
         while start < len(groups):
             batch = groups[start:start + batch_size]
             try:
-                scored = _group_losses(self.model, batch, self.pad_id, torch)
+                scored = _group_losses(self.model, batch, self.pad_id, torch, self.whole)
             except torch.OutOfMemoryError:
                 if len(batch) == 1:
                     raise
@@ -207,12 +188,12 @@ def shared_prefix(pairs: list[Pair]) -> int:
     return max(limit, 0)
 
 
-def _group_losses(model, batch: list[_Group], pad_id: int, torch) -> list[float]:
+def _group_losses(model, batch: list[_Group], pad_id: int, torch, whole) -> list[float]:
     pairs = [p for g in batch for p in g.pairs]
     names = [g.adapter for g in batch for _ in g.pairs]
     routed = {} if batch[0].adapter is None else {"adapter_names": names}
-    if model.config.is_encoder_decoder or min(g.prefix for g in batch) == 0:
-        return _batch_losses(model, pairs, pad_id, torch, routed)
+    if min(g.prefix for g in batch) == 0:  # nothing shared (an encoder-decoder's pairs share no label prefix)
+        return _batch_losses(model, pairs, pad_id, torch, routed, whole)
     return _continued_losses(model, batch, pad_id, torch, routed)
 
 
@@ -269,7 +250,7 @@ def _continue(model, cache, head_mask, owner: list[int], pairs: list[tuple[Pair,
         cache.batch_select_indices(torch.tensor(owner, device=device))  # each pair continues its own prompt
         continued = {"input_ids": rest_ids, "attention_mask": torch.cat([head_mask[owner], rest_mask], dim=1),
                      "position_ids": rest_positions, _cache_argument(model): cache, "use_cache": True, **routed}
-        return _token_losses(model, continued, labels, torch)
+        return token_losses(model, continued, labels, torch)
 
 
 def _cache_argument(model) -> str:
@@ -280,32 +261,37 @@ def _cache_argument(model) -> str:
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
-def _token_losses(model, inputs: dict, labels, torch) -> list[float]:
+def causal_losses(model, input_ids, attention_mask, labels, routed: dict, torch) -> list[float]:
+    """Padded decoder-only pairs read whole: each row's mean cross-entropy of its labelled tokens."""
+    return token_losses(model, dict(input_ids=input_ids, attention_mask=attention_mask, **routed), labels, torch)
+
+
+def token_losses(model, inputs: dict, labels, torch) -> list[float]:
     """Mean cross-entropy of each row's labelled tokens, position t predicting token t + 1."""
+    from trainer.sft import slices_logits_by_mask  # TRL with it: imported where a loss is computed
+
     targets = labels[:, 1:]
     if slices_logits_by_mask(model):  # the vocabulary projection only where a summary token is predicted
         kept = torch.nn.functional.pad(targets != -100, (0, 1))
         flat = model(**inputs, logits_to_keep=kept).logits
         token_loss = torch.nn.functional.cross_entropy(flat.float(), targets[targets != -100], reduction="none")
         return [float(part.mean()) for part in token_loss.split((targets != -100).sum(dim=1).tolist())]
-    return _mean_token_losses(model(**inputs).logits[:, :-1], targets, torch)
+    return mean_token_losses(model(**inputs).logits[:, :-1], targets, torch)
 
 
-def _mean_token_losses(logits, targets, torch) -> list[float]:
+def mean_token_losses(logits, targets, torch) -> list[float]:
     """Per row: the mean cross-entropy of `logits` against `targets` where the target is not -100."""
     token_loss = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none",
                                                    ignore_index=-100)
     return (token_loss.sum(dim=1) / (targets != -100).sum(dim=1).clamp(min=1)).tolist()
 
 
-def _batch_losses(model, batch: list[Pair], pad_id: int, torch, routed: dict) -> list[float]:
-    """Each pair's whole sequence in one forward: encoder-decoder models, and prompts that share nothing."""
+def _batch_losses(model, batch: list[Pair], pad_id: int, torch, routed: dict, whole=None) -> list[float]:
+    """Each pair's whole sequence in one forward (`whole`: the family's scoring, default `causal_losses`):
+    encoder-decoder models, and prompts that share nothing."""
     device = model.device
     input_ids = _padded(torch, [p.input_ids for p in batch], pad_id, device)
     attention = _padded(torch, [[1] * len(p.input_ids) for p in batch], 0, device)
     labels = _padded(torch, [p.labels for p in batch], -100, device)
     with torch.inference_mode():
-        if not model.config.is_encoder_decoder:
-            return _token_losses(model, dict(input_ids=input_ids, attention_mask=attention, **routed), labels, torch)
-        logits = model(input_ids=input_ids, attention_mask=attention, labels=labels, **routed).logits
-        return _mean_token_losses(logits, labels, torch)
+        return (whole or causal_losses)(model, input_ids, attention, labels, routed, torch)

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from trainer.config import EMBEDDED_MODEL_ALIAS, ConfigProblem, QuantizationConfig, TrialConfig
+from trainer.families import family_of, family_of_path
 from trainer.fourbit import keep_training_layout
 
 CACHE_ENV = "QLORA_SWEEP_CACHE"
@@ -162,20 +163,13 @@ def model_config(name: str):
     return AutoConfig.from_pretrained(resolve_model_path(name))
 
 
-def is_encoder_decoder(path: str) -> bool:
-    """T5, FLAN-T5, BART, KoBART, ...: the config says so."""
-    from transformers import AutoConfig
-
-    return bool(getattr(AutoConfig.from_pretrained(path), "is_encoder_decoder", False))
-
-
 def load_tokenizer(path: str):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    if is_encoder_decoder(path):
+    if not family_of_path(path).uses_chat:
         tokenizer.chat_template = None  # the encoder reads the plain prompt; chat turns are for decoder-only models
     return tokenizer
 
@@ -184,7 +178,8 @@ def load_model(path: str, quant: QuantizationConfig):
     """The base model (causal LM or encoder-decoder), quantized by bitsandbytes as `quant.mode` asks; a checkpoint
     saved quantized loads as it is. The same code on CPU and CUDA."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
+    import transformers
+    from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(path)
     saved = saved_quantization(_as_dict(getattr(config, "quantization_config", None)))
@@ -196,9 +191,9 @@ def load_model(path: str, quant: QuantizationConfig):
         kwargs["quantization_config"] = bnb_config(quant, dtype)
     if torch.cuda.is_available():
         kwargs["device_map"] = {"": torch.cuda.current_device()}
-    family = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+    auto_class = getattr(transformers, family_of(config).auto_class)
     try:
-        model = family.from_pretrained(path, **kwargs)
+        model = auto_class.from_pretrained(path, **kwargs)
     except (ImportError, RuntimeError, NotImplementedError) as exc:
         if quant.mode == "none":
             raise

@@ -44,8 +44,9 @@ from trainer.data import TrialData
 from trainer.events import Budget, Checkpoint, Event, Metric, Phase, Step, TrialDiverged
 from trainer.fourbit import dequantized_base
 from trainer.result import TrialResult
+from trainer.families import family_of, sft_trainer
 from trainer.trial import (EmitEvent, EvalSet, eval_mode, eval_set, folder_mib, load, lora_config, report_eval,
-                           report_scores, resolve_device, run_trial, set_threads, sft_trainer, with_heldout_loss)
+                           report_scores, resolve_device, run_trial, set_threads, with_heldout_loss)
 
 
 @dataclass
@@ -123,8 +124,9 @@ def run_pack(trials: list[PackTrial], num_threads: int | None = None, leaving: L
         return {t.key: _alone(t, num_threads) for t in trials}
     with _phase(members, Step.LOAD):
         tokenizer, model = load(members[0].cfg)
-        if model.config.is_encoder_decoder:
-            raise ValueError("a pack trains decoder-only models; set resources.trials_per_worker: 1 for "
+        family = family_of(model.config)
+        if not family.packs:
+            raise ValueError(f"a pack cannot train {family.name} models; set resources.trials_per_worker: 1 for "
                              f"{members[0].cfg.model.name}")
         finals = {m: eval_set(m.cfg, tokenizer, m.trial.data) for m in members}
         interims = {m: eval_set(m.cfg, tokenizer, m.trial.data, m.cfg.training.interim_eval_examples) for m in members}
@@ -175,7 +177,7 @@ def adapt_all(model, members: list[_Member]):
     peft_model = None
     for m in members:
         set_seed(m.cfg.training.seed)  # the LoRA init draws from the global RNG, as adapt() does after run_trial's seed
-        config = lora_config(m.cfg, model.config.is_encoder_decoder)
+        config = lora_config(m.cfg)  # a pack holds decoder-only models
         if peft_model is None:
             peft_model = get_peft_model(model, config, adapter_name=m.adapter)
         else:

@@ -19,10 +19,11 @@ from transformers import TrainerCallback, set_seed
 from evaluation import EvalResult, Scoring, evaluate
 from evaluation.rouge import resolve_tokenizer
 from trainer import checkpoints, heldout, prompts
-from trainer.augment import training_examples
-from trainer.config import TrialConfig, paged_optimizer_problem
+from trainer.arguments import budget
+from trainer.config import TrialConfig
 from trainer.data import TrialData
 from trainer.events import Budget, Checkpoint, Environment, Event, Metric, Phase, Scores, Step, TrialDiverged
+from trainer.families import DECODER_ONLY, Family, family_of
 from trainer.fourbit import dequantized_base
 from trainer.lora_merge import merged_adapters
 from trainer.hardware import environment_record, peak_memory_mib, probe_device, resolve_precision
@@ -43,15 +44,15 @@ def run_trial(cfg: TrialConfig, data: TrialData, out_dir: Path, report: EmitEven
     timings: dict[str, float] = {}
     with _step(Step.LOAD, timings, report):
         tokenizer, model = load(cfg)
-        seq2seq = model.config.is_encoder_decoder
-        evaluator = make_evaluator(cfg, tokenizer, data, encoder_decoder=seq2seq)
-        interim = make_evaluator(cfg, tokenizer, data, cfg.training.interim_eval_examples, encoder_decoder=seq2seq)
+        family = family_of(model.config)
+        evaluator = make_evaluator(cfg, tokenizer, data, family=family)
+        interim = make_evaluator(cfg, tokenizer, data, cfg.training.interim_eval_examples, family=family)
     adapter_dir = None
     if not cfg.zero_shot:
         with _step(Step.ADAPT, timings, report):
-            model = adapt(model, cfg)
+            model = adapt(model, cfg, family)
         with _step(Step.TRAIN, timings, report):
-            skipped, total_steps = train(model, tokenizer, cfg, data, out_dir, report, interim, key)
+            skipped, total_steps = train(model, tokenizer, cfg, data, out_dir, report, interim, key, family)
         # Rows whose summary alone does not fit max_seq_length: dropped, never truncated.
         report(Metric("train/skipped_examples", 0, float(skipped)))
     footprint = parameter_counts(model, trained=not cfg.zero_shot)
@@ -87,7 +88,7 @@ def load(cfg: TrialConfig):
     return load_tokenizer(path), load_model(path, cfg.quantization)
 
 
-def adapt(model, cfg: TrialConfig):
+def adapt(model, cfg: TrialConfig, family: Family = DECODER_ONLY):
     """Wrap the base model in LoRA adapters; base weights stay frozen (and 4-bit under nf4). A full fine-tune
     trains the model as it is: every weight."""
     from peft import get_peft_model
@@ -97,27 +98,24 @@ def adapt(model, cfg: TrialConfig):
         return model
     # Not prepare_model_for_kbit_training: it upcasts every non-4-bit weight (embeddings, 49k-vocab
     # head) to float32, which costs speed on CPU; PEFT keeps the adapter weights in float32 anyway.
-    return get_peft_model(model, lora_config(cfg, model.config.is_encoder_decoder))
+    return get_peft_model(model, lora_config(cfg, family))
 
 
-def lora_config(cfg: TrialConfig, encoder_decoder: bool):
-    """The trial's PEFT LoraConfig."""
+def lora_config(cfg: TrialConfig, family: Family = DECODER_ONLY):
+    """The trial's PEFT LoraConfig, with its model family's task type."""
     from peft import LoraConfig
 
     return LoraConfig(r=cfg.lora.rank, lora_alpha=cfg.lora.effective_alpha, lora_dropout=cfg.lora.dropout,
-                      target_modules=cfg.lora.target_modules, task_type="SEQ_2_SEQ_LM" if encoder_decoder else "CAUSAL_LM",
+                      target_modules=cfg.lora.target_modules, task_type=family.lora_task_type,
                       use_rslora=cfg.lora.use_rslora, use_dora=cfg.lora.use_dora)
 
 
 def train(model, tokenizer, cfg: TrialConfig, data: TrialData, out_dir: Path, report: EmitEvent,
-          evaluator: Callable[[object], EvalResult], resume_key: str = "") -> tuple[int, int]:
+          evaluator: Callable[[object], EvalResult], resume_key: str = "",
+          family: Family = DECODER_ONLY) -> tuple[int, int]:
     """Fine-tune on summary tokens only, from the last complete checkpoint of the same `resume_key` when there
-    is one; returns how many training rows were skipped as too long, and the optimizer steps taken.
-
-    Decoder-only models: TRL's SFTTrainer on prompt/completion rows (completion-only loss).
-    Encoder-decoder models: transformers' Seq2SeqTrainer, prompt into the encoder, summary as labels."""
-    from datasets import Dataset
-
+    is one; returns how many training rows were skipped as too long, and the optimizer steps taken. The rows and
+    the trainer are the model family's (trainer.families: SFTTrainer or Seq2SeqTrainer)."""
     checkpoints.seed_warm_start(out_dir, cfg.warm_start, resume_key)
     resume, step = checkpoints.last_checkpoint(out_dir, resume_key)
     reporter = ReportCallback(report, evaluator, cfg.training.eval_interval_steps)
@@ -125,122 +123,14 @@ def train(model, tokenizer, cfg: TrialConfig, data: TrialData, out_dir: Path, re
         print(f"resuming from the checkpoint of step {step}: {resume}", flush=True)
         reporter.replay(checkpoints.reported_points(resume))
     callbacks = [reporter, CheckpointCallback(resume_key, reporter.points, report, cfg.training.keep_final_checkpoint)]
-    if model.config.is_encoder_decoder:
-        from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments
-
-        rows, skipped = seq2seq_rows(cfg, tokenizer, data)
-        total_steps = budget(cfg, len(rows))
-        trainer = Seq2SeqTrainer(model=model, args=Seq2SeqTrainingArguments(**trainer_args(cfg, out_dir, total_steps)),
-                                 train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
-                                 data_collator=DataCollatorForSeq2Seq(tokenizer, model=model), callbacks=callbacks)
-    else:
-        trainer, skipped, total_steps = sft_trainer(model, tokenizer, cfg, data, out_dir, callbacks)
+    rows, skipped = family.training_rows(cfg, tokenizer, data)
+    total_steps = budget(cfg, len(rows))
+    trainer = family.trainer(model, tokenizer, cfg, rows, out_dir, total_steps, callbacks)
     report(Budget(total_steps))  # the driver's per-trial progress: an epoch budget is known only here
     # The frozen 4-bit base dequantized once, not at every call (trainer.fourbit); a full disk named as such.
     with dequantized_base(model), checkpoints.disk_full_named(out_dir, lambda: trainer.state.global_step):
         trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
     return skipped, total_steps
-
-
-def sft_trainer(model, tokenizer, cfg: TrialConfig, data: TrialData, out_dir: Path, callbacks: list = ()):
-    """(trainer, rows skipped as too long, optimizer steps) of a decoder-only trial: its prompt/completion rows
-    in TRL's SFTTrainer, with the loss on summary tokens only (trainer.sft)."""
-    from datasets import Dataset
-    from trl import SFTConfig
-
-    from trainer.sft import SweepSFTTrainer
-
-    rows, skipped = training_rows(cfg, tokenizer, data)
-    total_steps = budget(cfg, len(rows))
-    # TRL turns activation checkpointing on by default; trainer_args sets it from the spec.
-    args = SFTConfig(**trainer_args(cfg, out_dir, total_steps), max_length=cfg.training.max_seq_length,
-                     completion_only_loss=True)
-    trainer = SweepSFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
-                              processing_class=tokenizer, callbacks=list(callbacks))
-    return trainer, skipped, total_steps
-
-
-def budget(cfg: TrialConfig, train_rows: int) -> int:
-    """The trial's optimizer steps over the rows that fit; an epoch budget is checked here, once it is known."""
-    total_steps = cfg.training.total_steps(train_rows)
-    problems = cfg.training.step_problems("training", total_steps, f" ({train_rows} training rows fit)")
-    if problems:
-        raise ValueError("; ".join(p.render() for p in problems))
-    print(f"training budget: {total_steps} optimizer steps over {train_rows} rows", flush=True)
-    return total_steps
-
-
-# bitsandbytes' optimizers by their transformers names; adamw keeps the Trainer's default (torch's AdamW).
-_OPTIMIZERS = {"adamw_8bit": "adamw_bnb_8bit", "paged_adamw_8bit": "paged_adamw_8bit",
-               "paged_adamw_32bit": "paged_adamw_32bit"}
-
-
-def _optimizer(name: str) -> dict:
-    import torch
-
-    problem = None if torch.cuda.is_available() else paged_optimizer_problem("training.optimizer", name,
-                                                                            "this worker has no GPU")
-    if problem is not None:
-        raise ValueError(problem.render())
-    return {"optim": _OPTIMIZERS[name]} if name in _OPTIMIZERS else {}
-
-
-def trainer_args(cfg: TrialConfig, out_dir: Path, total_steps: int) -> dict:
-    """TrainingArguments shared by both trainers, for a budget of `total_steps` optimizer steps."""
-    import torch
-
-    t = cfg.training
-    saving = dict(save_strategy="steps", save_steps=t.checkpoint_interval_steps) if t.checkpoint_interval_steps \
-        else dict(save_strategy="no")
-    return dict(output_dir=str(out_dir / checkpoints.TRAINER_DIR), max_steps=total_steps, **saving,
-                per_device_train_batch_size=t.micro_batch_size, **_optimizer(t.optimizer),
-                gradient_accumulation_steps=t.gradient_accumulation_steps, learning_rate=t.learning_rate,
-                lr_scheduler_type=t.lr_scheduler, warmup_steps=t.warmup(total_steps), seed=t.seed, data_seed=t.seed,
-                max_grad_norm=t.max_grad_norm, weight_decay=t.weight_decay,
-                logging_steps=t.logging_steps, activation_checkpointing=t.gradient_checkpointing,
-                bf16=cfg.quantization.compute_dtype == "bfloat16",
-                fp16=cfg.quantization.compute_dtype == "float16" and torch.cuda.is_available(),
-                use_cpu=not torch.cuda.is_available(), report_to=[], disable_tqdm=True)
-
-
-def seq2seq_rows(cfg: TrialConfig, tokenizer, data: TrialData) -> tuple[list[dict], int]:
-    """Encoder input ids (dialogue cut to max_seq_length) and label ids (the whole summary + end token)."""
-    rows, skipped = [], 0
-    for example in training_examples(data, cfg.augmentation):
-        labels = tokenizer(example.summary, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        dialogue = prompts.fit_dialogue(cfg, tokenizer, example.dialogue, cfg.training.max_seq_length)
-        if dialogue is None or len(labels) > cfg.training.max_seq_length:
-            skipped += 1
-            continue
-        encoded = tokenizer(prompts.prompt_text(cfg, tokenizer, dialogue), add_special_tokens=True)
-        rows.append({"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"],
-                     "labels": labels})
-    if not rows:
-        raise ValueError(f"no training row fits training.max_seq_length={cfg.training.max_seq_length}")
-    return rows, skipped
-
-
-def training_rows(cfg: TrialConfig, tokenizer, data: TrialData) -> tuple[list[dict], int]:
-    """Prompt-completion rows with each dialogue cut so that prompt + full summary fit max_seq_length."""
-    rows, skipped = [], 0
-    chat = prompts.uses_chat(cfg, tokenizer)
-    for example in training_examples(data, cfg.augmentation):  # speaker-swapped copies: training split only
-        summary_tokens = len(tokenizer(example.summary, add_special_tokens=False)["input_ids"])
-        budget = cfg.training.max_seq_length - summary_tokens - heldout.COMPLETION_END_TOKENS
-        dialogue = prompts.fit_dialogue(cfg, tokenizer, example.dialogue, budget)
-        if dialogue is None:
-            skipped += 1
-            continue
-        if chat:
-            rows.append({"prompt": prompts.messages(cfg, dialogue),
-                         "completion": [{"role": "assistant", "content": example.summary}]})
-        else:
-            rows.append({"prompt": prompts.prompt_text(cfg, tokenizer, dialogue),
-                         "completion": " " + example.summary})
-    if not rows:
-        raise ValueError(f"no training row fits training.max_seq_length={cfg.training.max_seq_length}: "
-                         f"all {skipped} summaries plus prompts are longer; raise max_seq_length")
-    return rows, skipped
 
 
 @dataclass(frozen=True)
@@ -257,26 +147,27 @@ class EvalSet:
 
 
 def eval_set(cfg: TrialConfig, tokenizer, data: TrialData, limit: int | None = None,
-             encoder_decoder: bool = False) -> EvalSet:
+             family: Family = DECODER_ONLY) -> EvalSet:
     """The first `limit` (default all) eval rows of `data` as `cfg` prompts them."""
     rows = data.eval[:limit]
     references = [e.references or (e.summary,) for e in rows]
     return EvalSet(eval_prompts(cfg, tokenizer, rows), references, [e.id for e in rows],
-                   heldout.heldout_pairs(cfg, tokenizer, encoder_decoder, [e.dialogue for e in rows], references),
+                   heldout.heldout_pairs(cfg, tokenizer, family, [e.dialogue for e in rows], references),
                    not prompts.uses_chat(cfg, tokenizer), scoring(cfg, data))
 
 
 def make_evaluator(cfg: TrialConfig, tokenizer, data: TrialData, limit: int | None = None,
-                   encoder_decoder: bool = False) -> Callable[[object], EvalResult]:
+                   family: Family = DECODER_ONLY) -> Callable[[object], EvalResult]:
     """A function model -> EvalResult over the first `limit` (default all) eval rows, built once: ROUGE of the
     generated summaries, and the held-out loss of the references (`eval_loss`)."""
-    rows = eval_set(cfg, tokenizer, data, limit, encoder_decoder)
+    rows = eval_set(cfg, tokenizer, data, limit, family)
     g = cfg.generation
 
     def run(model) -> EvalResult:
         with eval_mode(model):
             # The held-out loss continues from the prompts generation has just read (no second prefill).
-            loss = heldout.HeldoutLoss(model, rows.pairs, len(rows.ids), g.eval_batch_size, tokenizer.pad_token_id)
+            loss = heldout.HeldoutLoss(model, rows.pairs, len(rows.ids), g.eval_batch_size, tokenizer.pad_token_id,
+                                       whole=family.whole_losses)
             result = evaluate(model, tokenizer, rows.texts, rows.references, rows.ids, g.max_new_tokens,
                               g.eval_batch_size, rows.add_special, rows.how, g.generate_kwargs(), loss.from_prefill)
             return with_heldout_loss(result, loss.losses())
@@ -315,8 +206,8 @@ def scoring(cfg: TrialConfig, data: TrialData) -> Scoring:
 
 def eval_prompts(cfg: TrialConfig, tokenizer, rows: list) -> list[str]:
     """Prompt texts of eval rows, dialogues cut so that prompt + max_new_tokens fit max_seq_length."""
-    budget = cfg.training.max_seq_length - cfg.generation.max_new_tokens
-    return [prompts.prompt_text(cfg, tokenizer, prompts.fit_dialogue(cfg, tokenizer, e.dialogue, budget) or "")
+    room = cfg.training.max_seq_length - cfg.generation.max_new_tokens
+    return [prompts.prompt_text(cfg, tokenizer, prompts.fit_dialogue(cfg, tokenizer, e.dialogue, room) or "")
             for e in rows]
 
 
