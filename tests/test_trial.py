@@ -398,7 +398,7 @@ def test_fp4_int8_and_a_checkpoint_saved_in_4bit_load_as_asked(tiny_model_dir, t
 
 
 def test_a_paged_optimizer_on_a_worker_without_gpu_is_a_clear_error():
-    from trainer.trial import _optimizer
+    from trainer.arguments import _optimizer
 
     assert _optimizer("adamw") == {} and _optimizer("adamw_8bit") == {"optim": "adamw_bnb_8bit"}
     with pytest.raises(ValueError, match="training.optimizer: a paged optimizer pages its state out of GPU memory, "
