@@ -25,8 +25,8 @@ from trainer.data import TrialData
 from trainer.events import Budget, Checkpoint, Environment, Event, Metric, Phase, Scores, Step, TrialDiverged
 from trainer.families import DECODER_ONLY, Family, family_of
 from trainer.fourbit import dequantized_base
-from trainer.lora_merge import merged_adapters
 from trainer.hardware import environment_record, peak_memory_mib, probe_device, resolve_precision
+from trainer.lora_merge import merged_adapters
 from trainer.models import load_model, load_tokenizer, resolve_model_path
 from trainer.result import TrialResult
 
