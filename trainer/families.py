@@ -20,6 +20,11 @@ from trainer.config import TrialConfig
 from trainer.data import TrialData
 
 
+def prompt_room(cfg: TrialConfig, summary_tokens: int) -> int:
+    """Tokens left for the prompt once the summary and the template's closing tokens have theirs."""
+    return cfg.training.max_seq_length - summary_tokens - heldout.COMPLETION_END_TOKENS
+
+
 class Family(Protocol):
     """What a trial does differently per model family."""
 
@@ -73,8 +78,7 @@ class DecoderOnly:
         chat = prompts.uses_chat(cfg, tokenizer)
         for example in training_examples(data, cfg.augmentation):  # speaker-swapped copies: training split only
             summary_tokens = len(tokenizer(example.summary, add_special_tokens=False)["input_ids"])
-            room = cfg.training.max_seq_length - summary_tokens - heldout.COMPLETION_END_TOKENS
-            dialogue = prompts.fit_dialogue(cfg, tokenizer, example.dialogue, room)
+            dialogue = prompts.fit_dialogue(cfg, tokenizer, example.dialogue, prompt_room(cfg, summary_tokens))
             if dialogue is None:
                 skipped += 1
                 continue
@@ -108,7 +112,7 @@ class DecoderOnly:
         """The prompt (its dialogue cut so that prompt + summary fit max_seq_length) and the summary as the
         chat template closes an assistant turn (or with the end-of-sequence token), one sequence."""
         summary_ids = tokenizer(summary, add_special_tokens=False)["input_ids"]
-        budget_tokens = cfg.training.max_seq_length - len(summary_ids) - heldout.COMPLETION_END_TOKENS
+        budget_tokens = prompt_room(cfg, len(summary_ids))
         fitted = prompts.fit_dialogue(cfg, tokenizer, dialogue, budget_tokens)
         if fitted is None or budget_tokens <= 0:
             return None
@@ -176,7 +180,7 @@ class EncoderDecoder:
         """The encoder input (dialogue cut to max_seq_length) and the summary + end token as labels."""
         summary_ids = tokenizer(summary, add_special_tokens=False)["input_ids"]
         fitted = prompts.fit_dialogue(cfg, tokenizer, dialogue, cfg.training.max_seq_length)
-        if fitted is None or cfg.training.max_seq_length - len(summary_ids) - heldout.COMPLETION_END_TOKENS <= 0:
+        if fitted is None or prompt_room(cfg, len(summary_ids)) <= 0:
             return None
         encoded = tokenizer(prompts.prompt_text(cfg, tokenizer, fitted), add_special_tokens=True)["input_ids"]
         return heldout.Pair(index, encoded, summary_ids + [tokenizer.eos_token_id])

@@ -33,11 +33,16 @@ DEQUANTIZED_MEMORY_SHARE = 0.5
 
 def four_bit_layers(model) -> list:
     """Every bitsandbytes Linear4bit in `model` (NF4 or FP4), base layers under PEFT's LoRA wrappers included."""
+    return [m for m in model.modules() if is_four_bit(m)]
+
+
+def is_four_bit(module) -> bool:
+    """Whether `module` is a bitsandbytes Linear4bit (False where bitsandbytes is absent: nothing is quantized)."""
     try:
         from bitsandbytes.nn import Linear4bit
-    except ImportError:  # bitsandbytes absent: nothing is quantized
-        return []
-    return [m for m in model.modules() if isinstance(m, Linear4bit)]
+    except ImportError:
+        return False
+    return isinstance(module, Linear4bit)
 
 
 def keep_training_layout(model) -> int:

@@ -19,7 +19,7 @@ import types
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from trainer.fourbit import DEQUANTIZED_MEMORY_SHARE, dequantized_weight, free_memory_bytes
+from trainer.fourbit import DEQUANTIZED_MEMORY_SHARE, dequantized_weight, free_memory_bytes, is_four_bit
 
 
 @contextmanager
@@ -70,17 +70,9 @@ def _base_dtype(base):
     """The dtype the base layer computes in: a 4-bit layer's compute dtype, a linear layer's weight dtype."""
     import torch
 
-    if _is_four_bit(base):
+    if is_four_bit(base):
         return base.compute_dtype or torch.float32
     return base.weight.dtype if isinstance(base, torch.nn.Linear) else None
-
-
-def _is_four_bit(base) -> bool:
-    try:
-        from bitsandbytes.nn import Linear4bit
-    except ImportError:
-        return False
-    return isinstance(base, Linear4bit)
 
 
 def merged_bytes(layers: list) -> int:
@@ -99,7 +91,7 @@ def merged_weight(layer):
     base = layer.get_base_layer()
     adapter = layer.active_adapters[0]
     with torch.no_grad():
-        weight = dequantized_weight(base, torch.float32) if _is_four_bit(base) else base.weight.float()
+        weight = dequantized_weight(base, torch.float32) if is_four_bit(base) else base.weight.float()
         return (weight + layer.get_delta_weight(adapter).float()).to(_base_dtype(base))
 
 
