@@ -7,7 +7,7 @@ It needs torch, transformers, peft and accelerate, and the project's other depen
 datasets, rouge-score, ...) installed from wheels. Models are initialised at random from a config (SmolLM2-135M's
 and Qwen2.5-1.5B's shapes, or a tiny one) with the embedded model's real tokenizer, and the rows are synthetic
 dialogues: nothing is downloaded. Trials run in this process through `trainer.trial.run_trial` and
-`trainer.pack.run_pack`, exactly as a Ray worker runs them. The rows, in order:
+`trainer.lockstep.run_pack`, exactly as a Ray worker runs them. The rows, in order:
 
 - memory: device memory allocated before and after each of 3 consecutive trials in one process (CUDA's
   allocator; on CPU the bytes of live torch tensors). After each it must be back at the first figure: memory not
@@ -17,11 +17,11 @@ dialogues: nothing is downloaded. Trials run in this process through `trainer.tr
 - paged_adamw_8bit: a trial with bitsandbytes' paged optimizer runs (CUDA); on CPU it is refused, with the reason.
 - out of memory: a micro batch that does not fit is caught as out of memory (CUDA: a memory cap just above what
   half the batch needs; CPU: the error is injected) and the trial succeeds at half the batch, twice the
-  accumulation (orchestrator.retry.halved_batch, the driver's own rule).
-- packs: 1, 4 and 8 trials on one base (trainer.pack) per model shape: train seconds per trial-step and peak
+  accumulation (orchestrator.driver.retry.halved_batch, the driver's own rule).
+- packs: 1, 4 and 8 trials on one base (trainer.lockstep) per model shape: train seconds per trial-step and peak
   memory per trial, each against the isolated trial (the pack of 1).
 - auto: `trials_per_worker: auto` sizes a pack from the free memory with 20% headroom
-  (orchestrator.packs.memory_limit of trainer.packing.pack_memory); the estimate per trial must not be below the
+  (orchestrator.driver.pack_sizing.memory_limit of trainer.packing.pack_memory); the estimate per trial must not be below the
   measured one, and the pack it picks must fit.
 """
 
@@ -103,8 +103,8 @@ def build_model(shape: dict, out: Path) -> Path:
 
 def trial_config(model_dir: Path, work: Path, seq_len: int, micro_batch: int, **training):
     """A 2-step NF4 + LoRA trial of `model_dir` on the synthetic rows, through the spec's own checks."""
-    from orchestrator.loading import parse_spec
-    from orchestrator.search import expand
+    from orchestrator.planning.loading import parse_spec
+    from orchestrator.search.strategies import expand
 
     rows = [{"id": f"d{i}", "dialogue": d, "summary": s} for i, (d, s) in enumerate(DIALOGUES * 8)]
     train, evals = work / "train.jsonl", work / "eval.jsonl"
@@ -212,7 +212,7 @@ def out_of_memory_row(rows: list, cfg, work: Path, cuda: bool) -> None:
     """The batch that does not fit, then the driver's own retry rule: half the batch, twice the accumulation."""
     import torch
 
-    from orchestrator.retry import halved_batch
+    from orchestrator.driver.retry import halved_batch
     from trainer.events import FailureKind, failure_kind
 
     small = cfg.training.micro_batch_size
@@ -278,7 +278,7 @@ def pack_rows(rows: list, shape: str, cfg, work: Path, cuda: bool) -> dict[int, 
     import torch
 
     from trainer.data import load_trial_data
-    from trainer.pack import PackTrial, run_pack
+    from trainer.lockstep import PackTrial, run_pack
 
     data, per_trial_peak, alone = load_trial_data(cfg.dataset), {}, None
     for size in PACK_SIZES:
@@ -304,7 +304,7 @@ def auto_row(rows: list, shape: str, cfg, model_dir: Path, measured: dict[int, f
     """What `auto` would pack on this device, and whether its estimate covers what the packs measured."""
     import torch
 
-    from orchestrator.packs import AUTO_TRIALS_PER_WORKER, memory_limit
+    from orchestrator.driver.pack_sizing import AUTO_TRIALS_PER_WORKER, memory_limit
     from trainer.fourbit import free_memory_bytes
     from trainer.models import model_config
     from trainer.packing import pack_memory

@@ -22,7 +22,7 @@
 - search:   the full grid (grid_2x2x2) vs a pruned TPE study over the same space (optuna_tpe), same
             model, data and steps per trial: compute spent (fine-tune trial-seconds, start to end as the
             driver saw them, pruned trials included) and the best ROUGE-L each found
-- packs:    trials sharing one worker's base (trainer.pack), each against the same trials isolated, side by side:
+- packs:    trials sharing one worker's base (trainer.lockstep), each against the same trials isolated, side by side:
             a lockstep step of a pack of 4 grid trials against one trial's step (one thread each: throughput per
             trial-step, and training FLOP/s over the one-thread matmul FLOP/s); generation of one adapter at batch
             8 against a pack of 4 mixed (8 prompts each) per call; peak host RSS per trial; then grid_2x2x2 run
@@ -51,7 +51,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from orchestrator.environment import quiet_third_party  # noqa: E402  (after the path is set)
+from orchestrator.quiet import quiet_third_party  # noqa: E402  (after the path is set)
 
 quiet_third_party()
 
@@ -75,8 +75,8 @@ def _grid_trial(adapted: bool = False):
     """(cfg, tokenizer, model, data) of grid_2x2x2's first fine-tune, `auto` resolved here, one thread."""
     import torch
 
-    from orchestrator.search import expand
-    from orchestrator.loading import load_spec
+    from orchestrator.search.strategies import expand
+    from orchestrator.planning.loading import load_spec
     from trainer.data import load_trial_data
     from trainer.trial import adapt, load, resolve_device
 
@@ -300,8 +300,8 @@ def step_seconds(kind: str, mode: str, dtype: str, steps: int, micro_batches: in
 
     import torch
 
-    from orchestrator.search import expand
-    from orchestrator.loading import load_spec
+    from orchestrator.search.strategies import expand
+    from orchestrator.planning.loading import load_spec
     from trainer.data import load_trial_data
     from trainer.hardware import peak_memory_mib, probe_device, resolve_precision
     from trainer.trial import adapt, load, set_seed
@@ -426,9 +426,9 @@ def run_spec(spec_name: str, num_cpus: int | None, baselines: bool = True, trial
     replaces the spec's when given."""
     import dataclasses
 
-    from orchestrator.ray_backend import RayBackend
-    from orchestrator.loading import load_spec
-    from orchestrator.sweep import run_sweep
+    from orchestrator.backends.ray_backend import RayBackend
+    from orchestrator.planning.loading import load_spec
+    from orchestrator.driver.sweep import run_sweep
     from results.store import Store
 
     work = Path(tempfile.mkdtemp(prefix="qlora-sweep-bench-"))
@@ -550,9 +550,9 @@ def pack_step_seconds(trials: int, steps: int) -> dict:
     import torch
 
     from evaluation.generate import generate
-    from orchestrator.loading import load_spec
-    from orchestrator.search import expand
-    from trainer import pack
+    from orchestrator.planning.loading import load_spec
+    from orchestrator.search.strategies import expand
+    from trainer import lockstep
     from trainer.data import load_trial_data
     from trainer.hardware import peak_memory_mib, probe_device
     from trainer.trial import eval_mode, eval_prompts, load
@@ -563,16 +563,16 @@ def pack_step_seconds(trials: int, steps: int) -> dict:
                for c in configs[:trials]]
     data = load_trial_data(configs[0].dataset)
     work = Path(tempfile.mkdtemp(prefix="qlora-sweep-pack-"))
-    members = [pack._member(pack.PackTrial(i, c, data, work / str(i), lambda e: None), i) for i, c in enumerate(configs)]
+    members = [lockstep._member(lockstep.PackTrial(i, c, data, work / str(i), lambda e: None), i) for i, c in enumerate(configs)]
     tokenizer, model = load(members[0].cfg)
-    model = pack.adapt_all(model, members)
+    model = lockstep.adapt_all(model, members)
     for m in members:
-        pack._prepare(m, model, tokenizer)
-    pack._set_trainable(model, members)
+        lockstep._prepare(m, model, tokenizer)
+    lockstep._set_trainable(model, members)
     times = []
     for _ in range(steps):
         start = time.perf_counter()
-        pack._step(model, tokenizer.pad_token_id, members)
+        lockstep._step(model, tokenizer.pad_token_id, members)
         times.append(time.perf_counter() - start)
     batch = next(members[0].groups)[0]
     flop = trials * configs[0].training.gradient_accumulation_steps * _train_flop(model.config, *batch["input_ids"].shape)
@@ -636,9 +636,9 @@ def _pruner_run(spec_name: str, num_cpus: int | None, pruner: str | None):
     study over the grid's points with that pruner; a fresh store each."""
     import yaml
 
-    from orchestrator.loading import find_spec, parse_spec
-    from orchestrator.ray_backend import RayBackend
-    from orchestrator.sweep import run_sweep
+    from orchestrator.planning.loading import find_spec, parse_spec
+    from orchestrator.backends.ray_backend import RayBackend
+    from orchestrator.driver.sweep import run_sweep
     from results.store import Store
 
     raw = yaml.safe_load(find_spec(str(REPO / "sweeps" / spec_name)).read_text(encoding="utf-8"))

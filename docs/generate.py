@@ -183,12 +183,12 @@ def metrics_page() -> str:
 
 
 def states_page() -> str:
-    from orchestrator.lifecycle import TRANSITIONS
+    from orchestrator.driver.lifecycle import TRANSITIONS
     from results.states import TrialState
 
     docs = _docstrings(TrialState)
     lines = [HEADER + "# Trial states\n", "Every state a trial can be in and every legal move, from "
-             "`results/states.py` and `TRANSITIONS` in `orchestrator/lifecycle.py`; every change goes through "
+             "`results/states.py` and `TRANSITIONS` in `orchestrator/driver/lifecycle.py`; every change goes through "
              "`Lifecycle.transition`, which refuses any other.\n",
              "| state | stored as | final | moves to | meaning |", "| --- | --- | --- | --- | --- |"]
     for state in TrialState:

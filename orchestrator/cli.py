@@ -12,8 +12,8 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from orchestrator.environment import quiet_third_party
-from orchestrator.loading import load_spec
+from orchestrator.quiet import quiet_third_party
+from orchestrator.planning.loading import load_spec
 from sweeps.spec import STORE_ENV, OutputConfig, SpecError, store_url
 from results.busy import StoreLocked
 
@@ -40,11 +40,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args) -> int:
     spec = load_spec(args.spec, args.set)
-    from orchestrator.control import SweepBusy, graceful_stop
-    from orchestrator.prepare import PrepareError, prepare
-    from orchestrator.search import search_for
-    from orchestrator.study import StudyMismatch
-    from orchestrator.sweep import live_driver_check, run_sweep
+    from orchestrator.driver.control import SweepBusy, graceful_stop
+    from orchestrator.planning.prepare import PrepareError, prepare
+    from orchestrator.search.strategies import search_for
+    from orchestrator.search.study import StudyMismatch
+    from orchestrator.driver.sweep import live_driver_check, run_sweep
     from results.store import Store
 
     try:
@@ -55,8 +55,8 @@ def _run(args) -> int:
     except (PrepareError, SweepBusy, StudyMismatch) as exc:
         print(f"{args.spec}: {exc}; nothing was run or written", file=sys.stderr)
         return 2
-    from orchestrator.placement import Unschedulable
-    from orchestrator.ray_backend import RayBackend
+    from orchestrator.driver.placement import Unschedulable
+    from orchestrator.backends.ray_backend import RayBackend
 
     with graceful_stop() as stop:
         backend = RayBackend(address=args.address or os.environ.get("RAY_ADDRESS"), num_cpus=args.num_cpus)
@@ -82,7 +82,7 @@ def _run(args) -> int:
 
 
 def _status(args) -> int:
-    from orchestrator.control import driver_alive
+    from orchestrator.driver.control import driver_alive
     from results import status
 
     store, sweep = _open_sweep(args, "status")
@@ -134,7 +134,7 @@ def _report(args) -> int:
 def _export(args) -> int:
     from pathlib import Path
 
-    from orchestrator.export import ExportError, export
+    from orchestrator.export.bundle import ExportError, export
 
     store, sweep = _open_sweep(args, "export")
     if sweep is None:
@@ -181,8 +181,8 @@ def _best_fine_tune(summary, metric: str) -> str | None:
 
 def _steer(args) -> int:
     """clone, extend, resume: checked like a spec (exit 2, nothing written), then left for the driver."""
-    from orchestrator import steering
-    from orchestrator.control import driver_alive
+    from orchestrator.driver import steering
+    from orchestrator.driver.control import driver_alive
 
     store, sweep = _open_sweep(args, args.command)
     if sweep is None:
@@ -202,7 +202,7 @@ def _steer(args) -> int:
 
 
 def _stop(args) -> int:
-    from orchestrator.control import driver_alive
+    from orchestrator.driver.control import driver_alive
 
     store, sweep = _open_sweep(args, "stop")
     if sweep is None:
@@ -213,11 +213,11 @@ def _stop(args) -> int:
         return _unknown_trial("stop", sweep, args.trial, names)
     what = f"trial {args.trial}" if args.trial else "every trial"
     if driver_alive(summary.driver, summary.heartbeat_at):
-        store.request_stop(sweep, args.trial)
+        store.control.request_stop(sweep, args.trial)
         print(f"asked the driver {summary.driver} to stop {what} of {sweep}; it acts within a few seconds "
               f"(see `sweep status {sweep}`)")
         return 0
-    ended = store.interrupt_unfinished(sweep, "its driver was gone; marked interrupted by `sweep stop`",
+    ended = store.lease.interrupt_unfinished(sweep, "its driver was gone; marked interrupted by `sweep stop`",
                                        summary.driver)
     if ended is None:
         print(f"sweep {sweep} was claimed by a new driver just now; nothing changed. Run `sweep stop {sweep}` "
@@ -230,7 +230,7 @@ def _stop(args) -> int:
 
 def _validate(args) -> int:
     spec = load_spec(args.spec, args.set)
-    from orchestrator.search import search_for
+    from orchestrator.search.strategies import search_for
 
     search = search_for(spec)
     extra = f" + a study of {search.proposals} trials" if search.proposals else ""
@@ -240,8 +240,8 @@ def _validate(args) -> int:
 
 def _plan(args) -> int:
     spec = load_spec(args.spec, args.set)
-    from orchestrator.datachecks import data_lines, data_problems
-    from orchestrator.search import search_for
+    from orchestrator.planning.datachecks import data_lines, data_problems
+    from orchestrator.search.strategies import search_for
 
     search = search_for(spec)
     plan = search.planned()
@@ -257,7 +257,7 @@ def _plan(args) -> int:
           f"{sum(t.kind == 'baseline' for t in plan)} zero-shot baselines)")
     if search.describe():
         print(search.describe())
-    from orchestrator.packs import plan_lines
+    from orchestrator.driver.pack_sizing import plan_lines
 
     print("\n".join(plan_lines(((t.name, t.config) for t in plan), spec.resources.trials_per_worker)))
     for lines in map(data_lines, datasets):
@@ -316,7 +316,7 @@ def _compare(args) -> int:
 def _open_sweep(args, command: str):
     """(store, sweep name) for a read command; sweep None after printing why it is not there. A spec path
     (`sweeps/x.yaml`, `x.yaml`) stands for its sweep, in the store its `output` names."""
-    from orchestrator.loading import spec_target
+    from orchestrator.planning.loading import spec_target
     from results.store import Store
 
     sweep, output = args.sweep, None

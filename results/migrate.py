@@ -24,7 +24,7 @@ def upgrade(engine) -> None:
     from alembic import command
     from alembic.runtime.migration import MigrationContext
 
-    from results.models import Base
+    from results.tables import Base
 
     with engine.begin() as connection:
         current = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE}).get_current_revision()

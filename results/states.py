@@ -6,7 +6,7 @@ from enum import Enum
 
 
 class TrialState(str, Enum):
-    """One trial's state in a sweep. Every change goes through `orchestrator.lifecycle.Lifecycle.transition`,
+    """One trial's state in a sweep. Every change goes through `orchestrator.driver.lifecycle.Lifecycle.transition`,
     which holds the legal moves; the store keeps `.value` in `sweep_trials.status`."""
 
     PENDING = "pending"

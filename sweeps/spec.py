@@ -1,7 +1,7 @@
 """The sweep spec as typed objects: one dataclass per YAML section, a docstring per field.
 
-Loading a file (orchestrator.loading) builds these through sweeps.schema and runs the cross-field
-checks (orchestrator.checks); the result views rebuild a stored spec the same way (results.stored_spec).
+Loading a file (orchestrator.planning.loading) builds these through sweeps.schema and runs the cross-field
+checks (orchestrator.planning.checks); the result views rebuild a stored spec the same way (results.stored_spec).
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ class ResourcesConfig:
     """Re-run a trial that ran out of memory (GPU or host) once with half the micro batch and twice the
     gradient accumulation: same effective batch, slightly different numerics."""
     trials_per_worker: int | Literal["auto"] = field(default=1, metadata={"ge": 1})
-    """Trials that share one worker's base model (a pack, trainer.pack): one copy of the base and one forward
+    """Trials that share one worker's base model (a pack, trainer.lockstep): one copy of the base and one forward
     and backward of it for all, each trial its own adapter, optimizer, rows and results. 1 = each trial in its
     own worker (isolated); N = up to N compatible trials (trainer.packing) per worker; `auto` = on GPU workers,
     the ready compatible trials spread over the free workers (at most 8 each), on CPU workers 1 (packs measured

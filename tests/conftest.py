@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.environment import quiet_third_party
+from orchestrator.quiet import quiet_third_party
 
 REPO = Path(__file__).resolve().parents[1]
 quiet_third_party()
@@ -72,7 +72,7 @@ DIALOGUES = [
      "#Person1# buys a jacket on sale for forty dollars."),
 ]
 # Held-out eval dialogues: the shapes of DIALOGUES with other facts, so no eval row is a training row
-# (orchestrator.datachecks refuses that).
+# (orchestrator.planning.datachecks refuses that).
 EVAL_DIALOGUES = [
     ("#Person1#: Can you pick up eggs on the way home?\n#Person2#: Sure, do we need rice too?\n#Person1#: Yes, one bag.",
      "#Person1# asks #Person2# to buy eggs and a bag of rice on the way home."),
@@ -114,7 +114,7 @@ def store_url(request, tmp_path) -> str:
 def backend():
     """One local Ray instance (2 CPUs) for the whole session (a start costs seconds), shut down at its end. A test
     that runs stand-in trials sets `trial_fn` with monkeypatch, so the next test gets the real trial again."""
-    from orchestrator.ray_backend import DEFAULT_TRIAL_FN, RayBackend
+    from orchestrator.backends.ray_backend import DEFAULT_TRIAL_FN, RayBackend
 
     ray_backend = RayBackend(num_cpus=2)
     yield ray_backend

@@ -6,8 +6,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from orchestrator.loading import parse_spec
-from orchestrator.sweep import run_sweep
+from orchestrator.planning.loading import parse_spec
+from orchestrator.driver.sweep import run_sweep
 from results.store import Store
 from tests.conftest import tiny_spec
 from tests.scripted import Finish, ScriptedBackend

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from orchestrator.backend import Outcome
+from orchestrator.backends.backend import Outcome
 from trainer import events as ev
 from trainer.config import TrialConfig
 from trainer.result import TrialResult
@@ -45,7 +45,7 @@ Script = list  # of ev.Event, Finish, Fail, Call or HANG
 
 
 class ScriptedBackend:
-    """Implements orchestrator.backend.Backend. `script(config)` gives a trial's items; a submitted trial
+    """Implements orchestrator.backends.backend.Backend. `script(config)` gives a trial's items; a submitted trial
     reports Started and Attempt(0) first, as RayBackend's workers do."""
 
     def __init__(self, script: Callable[[TrialConfig], Script], cpus: int = 2, tick_s: float = 0.005, gpus: int = 0,

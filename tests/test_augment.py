@@ -37,8 +37,8 @@ def test_ratio_and_seed_choose_which_training_rows_get_a_copy():
 
 def test_paraphrases_are_made_once_per_sweep_keep_speaker_tags_and_a_rerun_reads_the_cache(
         tiny_model_dir, local_data, tmp_path, monkeypatch):
-    from orchestrator.loading import parse_spec
-    from orchestrator.prepare import prepare, sweep_notes
+    from orchestrator.planning.loading import parse_spec
+    from orchestrator.planning.prepare import prepare, sweep_notes
     from tests.conftest import tiny_spec
     from trainer import paraphrase
     from trainer.augment import training_examples
@@ -82,6 +82,6 @@ def test_paraphrases_are_made_once_per_sweep_keep_speaker_tags_and_a_rerun_reads
 
 
 def _data_key(trial):
-    from orchestrator.prepare import data_key as key
+    from orchestrator.planning.prepare import data_key as key
 
     return key(trial)

@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from orchestrator.cli import main
-from orchestrator.loading import parse_spec
-from orchestrator.prepare import prepare, sweep_notes
+from orchestrator.planning.loading import parse_spec
+from orchestrator.planning.prepare import prepare, sweep_notes
 from sweeps.spec import SpecError
 from tests.conftest import tiny_spec, write_jsonl
 from tests.test_spec import KOREAN_DEV_ROWS, KOREAN_ROWS
@@ -171,7 +171,7 @@ def test_an_eval_row_that_is_a_training_row_is_refused_unless_allowed_and_then_c
 
 
 def test_the_shipped_mirror_shares_six_dialogues_between_its_splits_which_only_a_full_eval_set_scores(data_root):
-    from orchestrator.datachecks import data_problems
+    from orchestrator.planning.datachecks import data_problems
 
     assert data_problems(DatasetConfig(mirror_dir=str(data_root))) == []  # 40 scored, none in validation
     (full,) = data_problems(DatasetConfig(mirror_dir=str(data_root), eval_examples=500))

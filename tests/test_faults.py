@@ -17,10 +17,10 @@ import pytest
 import yaml
 
 from orchestrator.cli import main
-from orchestrator.search import expand
-from orchestrator.ray_backend import DEFAULT_TRIAL_FN
-from orchestrator.loading import parse_spec
-from orchestrator.sweep import run_sweep
+from orchestrator.search.strategies import expand
+from orchestrator.backends.ray_backend import DEFAULT_TRIAL_FN
+from orchestrator.planning.loading import parse_spec
+from orchestrator.driver.sweep import run_sweep
 from results.store import Store
 from tests.conftest import tiny_spec
 from trainer.data import load_trial_data
@@ -74,7 +74,7 @@ def test_out_of_memory_is_retried_with_half_the_micro_batch(backend, raw, monkey
         losses = [(step, value) for name, step, value in store.curves(t.id) if name == "train/loss"]
         assert (1, 9.0) not in losses and [s for s, _ in losses] == [1, 2]  # only the retry's curve, once
     with store.session() as s:
-        from results.models import TrialRow
+        from results.tables import TrialRow
 
         configs = [row.config["training"] for row in s.query(TrialRow)]
     assert {(c["micro_batch_size"], c["gradient_accumulation_steps"]) for c in configs} == {(1, 2)}
@@ -234,16 +234,16 @@ def test_a_sweep_held_by_a_live_driver_is_not_run_twice(raw, tmp_path, capsys):
     spec = write_spec(raw, tmp_path)
     store = Store(raw["output"]["store"])
     holder = f"{socket.gethostname()}:{os.getppid()}"  # a live process on this host: the pytest parent
-    sweep_id = store.open_sweep("tiny", {}, "runs/tiny", {}, holder)
+    sweep_id = store.lease.open_sweep("tiny", {}, "runs/tiny", {}, holder)
 
     assert main(["run", str(spec), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert f"is being run by {holder}" in err and "nothing was run" in err
     assert store.summary("tiny").trials == []  # nothing registered
 
-    store.release_sweep(sweep_id, holder)
+    store.lease.release_sweep(sweep_id, holder)
     dead = f"{socket.gethostname()}:999999999"  # no such pid
-    assert store.open_sweep("tiny", {}, "runs/tiny", {}, dead) == sweep_id
+    assert store.lease.open_sweep("tiny", {}, "runs/tiny", {}, dead) == sweep_id
     assert "is gone" in cli("status", "tiny", "--store", store.url).stdout
 
 
@@ -259,7 +259,7 @@ def test_a_pack_loses_one_trial_to_sweep_stop_then_its_worker_then_all_resume_in
 
     def stop_one_then_kill_the_worker():
         stopped = wait_for(lambda: training(store, "r8", 3), what="r8 past its first checkpoint")
-        store.request_stop("tiny", "r8")
+        store.control.request_stop("tiny", "r8")
         wait_for(lambda: trials_of(store)["r8"].status == "interrupted", what="r8 out of its pack")
         mate = wait_for(lambda: training(store, "r4", stopped.last_step + 2), what="its mates going on")
         seen["worker"], seen["mate_step"] = mate.worker, mate.last_step

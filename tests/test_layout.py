@@ -75,3 +75,21 @@ def test_each_model_family_is_found_from_its_config():
     assert isinstance(family_of(SimpleNamespace(is_encoder_decoder=True)), EncoderDecoder)
     assert isinstance(family_of(SimpleNamespace(is_encoder_decoder=False)), DecoderOnly)
     assert isinstance(family_of(SimpleNamespace()), DecoderOnly)  # a config without the flag: a causal LM
+
+
+def test_the_module_paths_before_the_regrouping_still_import_the_same_modules():
+    """Scripts written against the flat orchestrator/ (and the two renamed modules) keep working: each old path
+    is the module at its new place, the same object."""
+    import importlib
+
+    flat = ("loading", "checks", "datachecks", "plan", "budget", "prepare", "sweep", "lifecycle", "retry",
+            "placement", "packs", "control", "steering", "sinks", "progress", "mlflow_view", "backend",
+            "ray_backend", "study", "model_card", "verification", "environment")
+    old = [f"orchestrator.{name}" for name in flat] + ["results.models", "trainer.pack"]
+    moved = {name: importlib.import_module(name) for name in old}
+    assert all(module.__name__ != name and module.__name__ in _modules() for name, module in moved.items()), \
+        {name: module.__name__ for name, module in moved.items()}
+    assert importlib.import_module("orchestrator.lifecycle").Sink is \
+        importlib.import_module("orchestrator.driver.lifecycle").Sink
+    from orchestrator.export import merge  # noqa: F401  (a function of the one-module orchestrator.export)
+    from orchestrator.search import Search, search_for  # noqa: F401

@@ -20,7 +20,7 @@ from trainer.result import TrialResult
 def filled(tmp_path) -> tuple[Store, str]:
     url = f"sqlite:///{tmp_path / 'lb.db'}"
     store = Store(url)
-    sweep_id = store.open_sweep("g", {}, "runs/g", {"scoring": "first reference"})
+    sweep_id = store.lease.open_sweep("g", {}, "runs/g", {"scoring": "first reference"})
     rows = [("v1-r8-lr5e-4", "trial", "v1", 8, 5e-4, 0.30, "completed"),
             ("v2-r8-lr5e-4", "trial", "v2", 8, 5e-4, 0.35, "completed"),
             ("v1-r16-lr5e-4", "trial", "v1", 16, 5e-4, None, "failed"),
@@ -29,13 +29,13 @@ def filled(tmp_path) -> tuple[Store, str]:
     for name, kind, prompt, rank, lr, rouge_l, status in rows:
         params = {"prompt": prompt} if kind == "baseline" else {"prompt": prompt, "lora.rank": rank,
                                                                  "training.learning_rate": lr}
-        trial_id, _ = store.register_trial(sweep_id, name, kind, params, {}, name)
+        trial_id, _ = store.records.register_trial(sweep_id, name, kind, params, {}, name)
         if status == "completed":
-            store.complete_trial(trial_id, TrialResult({"rouge1": rouge_l + 0.05, "rouge2": 0.1, "rougeL": rouge_l,
+            store.records.complete_trial(trial_id, TrialResult({"rouge1": rouge_l + 0.05, "rouge2": 0.1, "rougeL": rouge_l,
                                                         "rougeLsum": rouge_l, "gen_tokens": 20.0, "gen_words": 15.0},
                                                        [], None, {}), 10.0)
         else:
-            store.end_trial(trial_id, "failed", "boom", 1.0)
+            store.records.end_trial(trial_id, "failed", "boom", 1.0)
     return store, url
 
 
@@ -73,16 +73,16 @@ def test_cli_reads_store(filled, capsys):
 
 
 def _scored(store, sweep_id, name, kind, prompt, per_example: list[float], scoring: dict) -> None:
-    trial_id, _ = store.register_trial(sweep_id, name, kind, {"prompt": prompt}, {}, name)
+    trial_id, _ = store.records.register_trial(sweep_id, name, kind, {"prompt": prompt}, {}, name)
     predictions = [{"example_id": f"e{i}", "prediction": "p", "references": ["r1", "r2"], "new_tokens": 3,
                     "rougeL": v} for i, v in enumerate(per_example)]
     mean = sum(per_example) / len(per_example)
-    store.complete_trial(trial_id, TrialResult({"rougeL": mean}, predictions, None, {}, scoring), 1.0)
+    store.records.complete_trial(trial_id, TrialResult({"rougeL": mean}, predictions, None, {}, scoring), 1.0)
 
 
 def test_rows_scored_differently_are_never_ranked_together_silently(tmp_path):
     store = Store(f"sqlite:///{tmp_path / 'p.db'}")
-    sweep_id = store.open_sweep("s", {}, "runs/s", {})
+    sweep_id = store.lease.open_sweep("s", {}, "runs/s", {})
     ascii_way = {"tokenizer": "ascii", "references": "max over summary1, summary2"}
     first_way = {"tokenizer": "ascii", "references": "summary1"}
     _scored(store, sweep_id, "a-high", "trial", "v1", [0.5] * 10, ascii_way)
@@ -137,11 +137,11 @@ def test_mixed_hardware_is_said_in_the_header_and_one_device_in_one_line(filled,
     unrecorded = capsys.readouterr().out  # results stored before trials recorded their hardware: no claim either way
     assert "hardware:" not in unrecorded and "WARNING: trials ran on" not in unrecorded
     for name in ids:
-        store.set_environment(ids[name], _environment(avx2, "float32"))
+        store.records.set_environment(ids[name], _environment(avx2, "float32"))
     assert main(["leaderboard", "g", "--store", url]) == 0
     same = capsys.readouterr().out
     assert f"hardware: {avx2}, float32 (auto)" in same and "WARNING: trials ran on" not in same
-    store.set_environment(ids["v2-r8-lr5e-4"], _environment(amx, "bfloat16"))
+    store.records.set_environment(ids["v2-r8-lr5e-4"], _environment(amx, "bfloat16"))
     assert main(["leaderboard", "g", "--store", url, "--format", "json"]) == 0
     hardware = json.loads(capsys.readouterr().out)["hardware"]
     assert hardware[0].startswith("WARNING: trials ran on 2 different devices or compute dtypes")
@@ -153,7 +153,7 @@ def test_an_emulated_explicit_dtype_is_noted_once_in_status_and_show(filled, cap
     store, url = filled
     note = "compute_dtype bfloat16 is emulated on this CPU (AMD EPYC): a bfloat16 matmul ran 58x slower"
     for t in store.summary("g").trials:
-        store.set_environment(t.id, _environment("cpu: AMD EPYC", "bfloat16", note))
+        store.records.set_environment(t.id, _environment("cpu: AMD EPYC", "bfloat16", note))
     assert main(["status", "g", "--store", url]) == 0
     assert capsys.readouterr().out.count(note) == 1
     assert main(["show", "g", "v1-r8-lr5e-4", "--store", url]) == 0
@@ -200,10 +200,10 @@ def test_compare_two_sweeps_on_shared_examples_and_refuse_different_scoring(tmp_
     url = f"sqlite:///{tmp_path / 'c.db'}"
     store = Store(url)
     how = {"tokenizer": "ascii", "references": "max over r1, r2", "eval_examples": 4}
-    before = store.open_sweep("before", {}, "runs/before", {})
+    before = store.lease.open_sweep("before", {}, "runs/before", {})
     _scored(store, before, "v1-r8", "trial", "v1", [0.2, 0.3, 0.4, 0.5], how)
     _scored(store, before, "v1-zero-shot", "baseline", "v1", [0.1, 0.1, 0.2, 0.2], how)
-    after = store.open_sweep("after", {}, "runs/after", {})  # one eval example more: only the shared 4 count
+    after = store.lease.open_sweep("after", {}, "runs/after", {})  # one eval example more: only the shared 4 count
     _scored(store, after, "v1-r8", "trial", "v1", [0.4, 0.5, 0.6, 0.7, 0.0], {**how, "eval_examples": 5})
     _scored(store, after, "v1-zero-shot", "baseline", "v1", [0.1, 0.2, 0.1, 0.2, 0.9], {**how, "eval_examples": 5})
 
@@ -220,7 +220,7 @@ def test_compare_two_sweeps_on_shared_examples_and_refuse_different_scoring(tmp_
     table = capsys.readouterr().out
     assert "v1-zero-shot / v1-r8" in table and "+40.00 [" in table and "B better" in table
 
-    stemmed = store.open_sweep("stemmed", {}, "runs/stemmed", {})
+    stemmed = store.lease.open_sweep("stemmed", {}, "runs/stemmed", {})
     _scored(store, stemmed, "v1-r8", "trial", "v1", [0.4, 0.5, 0.6, 0.7], {**how, "tokenizer": "unicode"})
     assert main(["compare", "before", "stemmed", "--store", url]) == 2
     assert "results scored differently are not compared: v1-r8 vs v1-r8 differ in tokenizer ('ascii' vs " \
@@ -236,7 +236,7 @@ def test_a_loss_is_worst_at_its_highest_and_shown_as_it_is_in_show_and_report(fi
     losses = {"e1": 1.25, "e2": 3.5, "e3": 2.0, "e4": 0.75}
     predictions = [{"example_id": e, "prediction": f"p{e}", "references": [f"r{e}"], "new_tokens": 5,
                     "rougeL": 0.1 * i, "eval_loss": loss} for i, (e, loss) in enumerate(losses.items())]
-    store.complete_trial(trial.id, TrialResult({**trial.metrics, "eval_loss": 1.875}, predictions, None, {}), 10.0)
+    store.records.complete_trial(trial.id, TrialResult({**trial.metrics, "eval_loss": 1.875}, predictions, None, {}), 10.0)
     assert main(["show", "g", "v1-r8-lr5e-4", "--store", url, "--metric", "eval_loss", "--examples", "1"]) == 0
     shown = capsys.readouterr().out
     worst, best = shown.split("worst 1 by eval_loss:")[1].split("best 1 by eval_loss:")
@@ -255,7 +255,7 @@ def test_a_loss_is_worst_at_its_highest_and_shown_as_it_is_in_show_and_report(fi
 
 def test_every_view_reads_direction_scale_and_label_from_the_metric_registry():
     from evaluation.metrics import LOWER_IS_BETTER, METRICS, OBJECTIVES, RANKABLE, metric
-    from orchestrator.model_card import _scores
+    from orchestrator.export.model_card import _scores
 
     assert set(LOWER_IS_BETTER) >= {"eval_loss", "gen_tokens", "gen_words"} and "rougeL" not in LOWER_IS_BETTER
     for name in RANKABLE:

@@ -11,10 +11,10 @@ from pathlib import Path
 import optuna
 import pytest
 
-from orchestrator.lifecycle import TRANSITIONS, Change, IllegalTransition, Lifecycle, Trial
-from orchestrator.loading import parse_spec
-from orchestrator.plan import PlannedTrial
-from orchestrator.sweep import run_sweep
+from orchestrator.driver.lifecycle import TRANSITIONS, Change, IllegalTransition, Lifecycle, Trial
+from orchestrator.planning.loading import parse_spec
+from orchestrator.planning.plan import PlannedTrial
+from orchestrator.driver.sweep import run_sweep
 from results.states import TrialState as S
 from results.store import Store
 from tests.conftest import tiny_spec
@@ -178,9 +178,9 @@ def test_stops_interrupt_one_trial_then_the_sweep_and_its_queue(raw):
         def on_transition(self, change):
             super().on_transition(change)
             if change.new is S.RUNNING and change.trial.name == "v1-r4":
-                store.request_stop("tiny", "v1-r4")
+                store.control.request_stop("tiny", "v1-r4")
             elif change.new is S.RUNNING and change.trial.name == "v1-r8":
-                store.request_stop("tiny")
+                store.control.request_stop("tiny")
 
     seen = StopWhenRunning()
     outcome = run_sweep(spec, store, ScriptedBackend(lambda c: [HANG], cpus=1), show_progress=False, sinks=[seen])
@@ -242,7 +242,7 @@ def test_an_interrupted_study_trial_stays_running_in_the_study_and_reruns_under_
     class StopWhenRunning:
         def on_transition(self, change):
             if change.new is S.RUNNING:
-                store.request_stop("tiny")
+                store.control.request_stop("tiny")
 
     first = run_sweep(spec, store, ScriptedBackend(lambda c: [HANG], cpus=1), show_progress=False,
                       sinks=[StopWhenRunning()])
@@ -303,11 +303,11 @@ def test_a_live_driver_resumes_a_stopped_trial_when_asked(raw):
             super().on_transition(change)
             name = change.trial.name
             if (name, change.new) == ("v1", S.RUNNING) and len(self.path("v1")) == 2:
-                store.request_stop("tiny", "v1")
+                store.control.request_stop("tiny", "v1")
             elif (name, change.new) == ("v1", S.INTERRUPTED):
-                store.request_resume("tiny", "v1")
+                store.control.request_resume("tiny", "v1")
             elif (name, change.new) == ("v1", S.COMPLETED):
-                store.request_stop("tiny", "v2")
+                store.control.request_stop("tiny", "v2")
 
     def script(config):
         runs.append(config.prompt)

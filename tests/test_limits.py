@@ -8,8 +8,8 @@ import time
 import pytest
 
 from orchestrator.cli import main
-from orchestrator.loading import parse_spec
-from orchestrator.sweep import run_sweep
+from orchestrator.planning.loading import parse_spec
+from orchestrator.driver.sweep import run_sweep
 from results.store import Store
 from tests.conftest import tiny_spec
 from tests.test_faults import write_spec

@@ -26,16 +26,16 @@ def novelty(monkeypatch):
 
 
 def _fill(store: Store, sweep: str, offset: float) -> None:
-    sweep_id = store.open_sweep(sweep, {}, f"runs/{sweep}", {})
+    sweep_id = store.lease.open_sweep(sweep, {}, f"runs/{sweep}", {})
     for seed in (1, 2):
         for rank, value in ((8, 0.25), (16, 0.5)):
             params = {"prompt": "v1", "lora.rank": rank, "training.seed": seed}
-            trial_id, _ = store.register_trial(sweep_id, f"v1-r{rank}-seed{seed}", "trial", params, {},
+            trial_id, _ = store.records.register_trial(sweep_id, f"v1-r{rank}-seed{seed}", "trial", params, {},
                                                f"{sweep}{rank}{seed}")
             shown = value + offset + 0.01 * seed
             predictions = [{"example_id": f"e{i}", "prediction": "p", "references": ["r"], "new_tokens": 3,
                             "rougeL": 0.3, "novelty": shown + 0.01 * i} for i in range(4)]
-            store.complete_trial(trial_id, TrialResult({"rougeL": 0.3, "novelty": shown}, predictions, None, {}), 1.0)
+            store.records.complete_trial(trial_id, TrialResult({"rougeL": 0.3, "novelty": shown}, predictions, None, {}), 1.0)
 
 
 def test_a_metric_added_to_the_registry_shows_in_every_view(novelty, tmp_path, capsys):
@@ -75,8 +75,8 @@ def test_mlflow_logs_a_metric_added_to_the_registry(novelty, tiny_model_dir, loc
     pytest.importorskip("mlflow")
     from mlflow.tracking import MlflowClient
 
-    from orchestrator.loading import parse_spec
-    from orchestrator.sweep import run_sweep
+    from orchestrator.planning.loading import parse_spec
+    from orchestrator.driver.sweep import run_sweep
     from tests.conftest import tiny_spec
     from tests.scripted import Finish, ScriptedBackend
 

@@ -1,4 +1,4 @@
-"""Packs (trainer.pack): trials trained in lockstep on one real 4-bit base, each held to its own run alone.
+"""Packs (trainer.lockstep): trials trained in lockstep on one real 4-bit base, each held to its own run alone.
 
 The three trials' runs alone are made once per dtype for the module (`alone`): every test compares a pack with
 them."""
@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.loading import parse_spec
-from orchestrator.search import expand
+from orchestrator.planning.loading import parse_spec
+from orchestrator.search.strategies import expand
 from tests.conftest import tiny_spec, write_tiny_data
 from trainer.data import load_trial_data
 from trainer.events import Metric, TrialDiverged
-from trainer.pack import LeftPack, PackTrial, run_pack
+from trainer.lockstep import LeftPack, PackTrial, run_pack
 from trainer.trial import run_trial
 
 # bfloat16, packed against alone, 3 trials x 4 steps: the largest relative difference of a logged loss was 2.6e-5

@@ -1,4 +1,4 @@
-"""Which trials share a worker (trainer.packing, orchestrator.packs) and how the driver runs packs: every config
+"""Which trials share a worker (trainer.packing, orchestrator.driver.pack_sizing) and how the driver runs packs: every config
 key classified, packs formed by compatibility, an out-of-memory pack split in halves, one trial stopped out of
 its pack; in-process on a scripted backend with real SQLite."""
 
@@ -8,9 +8,9 @@ import dataclasses
 
 import pytest
 
-from orchestrator.loading import parse_spec
-from orchestrator.packs import AUTO_TRIALS_PER_WORKER, pack_size
-from orchestrator.sweep import run_sweep
+from orchestrator.planning.loading import parse_spec
+from orchestrator.driver.pack_sizing import AUTO_TRIALS_PER_WORKER, pack_size
+from orchestrator.driver.sweep import run_sweep
 from results.states import TrialState as S
 from results.store import Store
 from tests.conftest import tiny_spec
@@ -121,8 +121,8 @@ def test_auto_on_gpus_packs_compatible_fine_tunes_and_runs_baselines_alone(raw):
 def test_auto_on_a_gpu_packs_as_many_trials_as_its_free_memory_holds_with_headroom(raw, tiny_model_dir):
     """The same 6 compatible fine-tunes: a GPU whose free memory holds 3 of them (after the 20% headroom) gets
     packs of at most 3; one that holds fewer than 2 runs each alone; a large one packs up to AUTO's ceiling."""
-    from orchestrator.packs import AUTO_MEMORY_HEADROOM, memory_limit
-    from orchestrator.search import expand
+    from orchestrator.driver.pack_sizing import AUTO_MEMORY_HEADROOM, memory_limit
+    from orchestrator.search.strategies import expand
     from trainer.models import model_config
     from trainer.packing import pack_memory
 
@@ -176,7 +176,7 @@ def test_a_trial_stopped_out_of_its_pack_ends_interrupted_and_its_mates_complete
         def on_transition(self, change):
             super().on_transition(change)
             if change.new is S.RUNNING and change.trial.name == "v1-r8":
-                store.request_stop("tiny", "v1-r8")
+                store.control.request_stop("tiny", "v1-r8")
 
     def script(config):
         if (config.prompt, config.lora.rank) == ("v1", 8):

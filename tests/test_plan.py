@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.plan import format_float, label
-from orchestrator.search import expand
+from orchestrator.planning.plan import format_float, label
+from orchestrator.search.strategies import expand
 from trainer.identity import content_key
-from orchestrator.loading import load_spec
+from orchestrator.planning.loading import load_spec
 from trainer.data import Example, TrialData
 
 REPO = Path(__file__).resolve().parents[1]
@@ -124,7 +124,7 @@ def test_baselines_are_keyed_by_everything_a_zero_shot_run_depends_on(grid):
 
 
 def test_trial_folders_never_leave_the_sweep_folder(tmp_path):
-    from orchestrator.sweep import trial_dir
+    from orchestrator.driver.sweep import trial_dir
 
     assert trial_dir(tmp_path, "v1-r8") == (tmp_path / "trials" / "v1-r8").resolve()
     for bad in ("../escaped", "a/b", ".."):

@@ -7,10 +7,10 @@ import io
 
 import pytest
 
-from orchestrator import progress as progress_module
-from orchestrator.lifecycle import Lifecycle, Trial
-from orchestrator.plan import PlannedTrial
-from orchestrator.progress import Progress
+from orchestrator.trackers import progress as progress_module
+from orchestrator.driver.lifecycle import Lifecycle, Trial
+from orchestrator.planning.plan import PlannedTrial
+from orchestrator.trackers.progress import Progress
 from results.states import TrialState as S
 from trainer import events as ev
 from trainer.config import TrialConfig

@@ -9,8 +9,8 @@ import statistics
 import pytest
 
 from orchestrator.cli import main
-from orchestrator.search import expand
-from orchestrator.loading import load_spec
+from orchestrator.search.strategies import expand
+from orchestrator.planning.loading import load_spec
 from results.store import Store
 from tests.test_plan import REPO
 from trainer.result import TrialResult
@@ -38,18 +38,18 @@ def seeded(store_url) -> tuple[Store, str]:
     """Six seeded fine-tunes and a baseline, in a store on each backend (SQLite, PostgreSQL)."""
     store = Store(store_url)
     url = store.url
-    sweep_id = store.open_sweep("seeds", {}, "runs/seeds", {})
+    sweep_id = store.lease.open_sweep("seeds", {}, "runs/seeds", {})
     for (config, seed), score in SCORES.items():
         rank = int(config.split("-r")[1])
         params = {"prompt": "v1", "lora.rank": rank, "training.learning_rate": 5e-4, "training.seed": seed}
-        trial_id, _ = store.register_trial(sweep_id, f"{config}-seed{seed}", "trial", params, {}, f"{config}{seed}",
+        trial_id, _ = store.records.register_trial(sweep_id, f"{config}-seed{seed}", "trial", params, {}, f"{config}{seed}",
                                            baseline="v1-zero-shot")
-        store.complete_trial(trial_id, TrialResult(
+        store.records.complete_trial(trial_id, TrialResult(
             {"rougeL": score, "rouge1": score + 0.1, "gen_tokens": 20.0 + seed},
             [{"example_id": f"e{i}", "prediction": "p", "references": ["r"], "new_tokens": 3,
               "rougeL": score + 0.01 * i} for i in range(4)], None, {}), 10.0)
-    base_id, _ = store.register_trial(sweep_id, "v1-zero-shot", "baseline", {"prompt": "v1"}, {}, "base")
-    store.complete_trial(base_id, TrialResult({"rougeL": 0.1, "rouge1": 0.2, "gen_tokens": 30.0}, [], None, {}), 5.0)
+    base_id, _ = store.records.register_trial(sweep_id, "v1-zero-shot", "baseline", {"prompt": "v1"}, {}, "base")
+    store.records.complete_trial(base_id, TrialResult({"rougeL": 0.1, "rouge1": 0.2, "gen_tokens": 30.0}, [], None, {}), 5.0)
     return store, url
 
 
@@ -86,11 +86,11 @@ def test_the_report_shows_the_repeats_and_compare_pairs_seed_with_seed(seeded, c
     html = report.read_text()
     assert "Repeats over training.seed" in html and "32.00" in html
     # The same grid again with other scores: pairs are matched by name, so seed k meets seed k.
-    sweep_id = store.open_sweep("seeds2", {}, "runs/seeds2", {})
+    sweep_id = store.lease.open_sweep("seeds2", {}, "runs/seeds2", {})
     for (config, seed), score in SCORES.items():
-        trial_id, _ = store.register_trial(sweep_id, f"{config}-seed{seed}", "trial", {"training.seed": seed}, {},
+        trial_id, _ = store.records.register_trial(sweep_id, f"{config}-seed{seed}", "trial", {"training.seed": seed}, {},
                                            f"2{config}{seed}")
-        store.complete_trial(trial_id, TrialResult({"rougeL": score + 0.05 * seed}, [
+        store.records.complete_trial(trial_id, TrialResult({"rougeL": score + 0.05 * seed}, [
             {"example_id": f"e{i}", "prediction": "p", "references": ["r"], "new_tokens": 3,
              "rougeL": score + 0.05 * seed + 0.01 * i} for i in range(4)], None, {}), 10.0)
     capsys.readouterr()

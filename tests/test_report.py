@@ -19,16 +19,16 @@ HOSTILE = "<script>document.title='pwned'</script><img src=x onerror=\"document.
 def report_store(tmp_path) -> str:
     url = f"sqlite:///{tmp_path / 'r.db'}"
     store = Store(url)
-    sweep_id = store.open_sweep("s", {"output": {"run_dir": str(tmp_path / "runs")}}, "runs/s", {"eval_examples": 2})
+    sweep_id = store.lease.open_sweep("s", {"output": {"run_dir": str(tmp_path / "runs")}}, "runs/s", {"eval_examples": 2})
     # A store written by anything: trial names and settings reach the charts' text too.
     for name, kind, score, text in (("v1-r8", "trial", 0.4, HOSTILE), ("v1-zero-shot", "baseline", 0.1, "plain"),
                                     ("v2-<i>tag</i>&", "trial", 0.3, "plain")):
         prompt = "v1" if name.startswith("v1") else "<b>v2</b>"
-        trial_id, _ = store.register_trial(sweep_id, name, kind, {"prompt": prompt}, {}, name)
-        store.add_metrics(trial_id, [("train/loss", 1, 2.0), ("train/loss", 2, 1.5), ("eval/rougeL", 2, score)])
+        trial_id, _ = store.records.register_trial(sweep_id, name, kind, {"prompt": prompt}, {}, name)
+        store.records.add_metrics(trial_id, [("train/loss", 1, 2.0), ("train/loss", 2, 1.5), ("eval/rougeL", 2, score)])
         predictions = [{"example_id": f"e{i}", "prediction": text, "references": ["ref one", "ref <b>two</b>"],
                         "new_tokens": 5, "rougeL": score + i / 100} for i in range(2)]
-        store.complete_trial(trial_id, TrialResult({"rougeL": score, "rouge1": score, "rouge2": score, "rougeLsum": score,
+        store.records.complete_trial(trial_id, TrialResult({"rougeL": score, "rouge1": score, "rouge2": score, "rougeLsum": score,
                                                     "gen_tokens": 5.0, "gen_words": 4.0}, predictions, None, {},
                                                    {"tokenizer": "ascii", "references": "max over summary1, summary2"}),
                              1.0)
@@ -75,15 +75,15 @@ def test_a_2x2x2_grid_is_drawn_as_rank_by_learning_rate_with_one_panel_per_promp
 
     store = Store(f"sqlite:///{tmp_path / 'g.db'}")
     grid = {"prompt": ["v1", "v2"], "lora.rank": [8, 16], "training.learning_rate": [5e-4, 2e-4]}
-    sweep_id = store.open_sweep("g", {"search": {"type": "grid", "grid": grid}}, "runs/g", {})
+    sweep_id = store.lease.open_sweep("g", {"search": {"type": "grid", "grid": grid}}, "runs/g", {})
     scores = {}
     for i, (prompt, rank, lr) in enumerate((p, r, lr) for p in grid["prompt"] for r in grid["lora.rank"]
                                           for lr in grid["training.learning_rate"]):
         name = f"{prompt}-r{rank}-lr{lr:.0e}"
-        trial_id, _ = store.register_trial(sweep_id, name, "trial", {"prompt": prompt, "lora.rank": rank,
+        trial_id, _ = store.records.register_trial(sweep_id, name, "trial", {"prompt": prompt, "lora.rank": rank,
                                                                         "training.learning_rate": lr}, {}, name)
         scores[name] = 0.2 + 0.01 * i
-        store.complete_trial(trial_id, TrialResult({"rougeL": scores[name], "gen_tokens": 20.0}, [], None, {}, {}), 1.0)
+        store.records.complete_trial(trial_id, TrialResult({"rougeL": scores[name], "gen_tokens": 20.0}, [], None, {}, {}), 1.0)
     summary = store.summary("g")
     html = report.render(summary, leaderboard.build(summary), "rougeL", {}, {}, {}, storage_url=store.url)
     assert "The grid: rougeL by lora.rank and training.learning_rate" in html

@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from orchestrator.search import expand
-from orchestrator.loading import parse_spec
+from orchestrator.search.strategies import expand
+from orchestrator.planning.loading import parse_spec
 from tests.conftest import tiny_spec
 from trainer import checkpoints
 from trainer.data import load_trial_data

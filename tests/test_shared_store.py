@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.loading import parse_spec
-from orchestrator.sweep import run_sweep
+from orchestrator.planning.loading import parse_spec
+from orchestrator.driver.sweep import run_sweep
 from results.busy import StoreLocked
 from results.store import Store
 from tests.conftest import tiny_spec
@@ -108,16 +108,20 @@ def test_a_locked_store_makes_a_sweep_wait_and_nothing_is_lost(store_url, tiny_m
 
 def test_a_store_locked_past_the_limit_fails_the_call_clearly_and_writes_nothing(store_url):
     store = Store(store_url, lock_wait_s=1.0)
-    sweep_id = store.open_sweep("s", {}, "runs/s", {})
+    sweep_id = store.lease.open_sweep("s", {}, "runs/s", {}, "h:1")
     holder = _hold_lock(store.url, 8.0)
+    writes = {"register_trial": lambda: store.records.register_trial(sweep_id, "t", "trial", {}, {}, "k"),
+              "request_stop": lambda: store.control.request_stop("s"),  # every part of the store waits alike
+              "release_sweep": lambda: store.lease.release_sweep(sweep_id, "h:1")}
     try:
-        with pytest.raises(StoreLocked, match=r"stayed locked by another process for 1 s \(register_trial\); "
-                                              r"nothing of this call was written\. Fix: end the process"):
-            store.register_trial(sweep_id, "t", "trial", {}, {}, "k")
+        for name, write in writes.items():
+            with pytest.raises(StoreLocked, match=rf"stayed locked by another process for 1 s \({name}\); "
+                                                  r"nothing of this call was written\. Fix: end the process"):
+                write()
     finally:
         holder.kill()
         holder.wait()
-    assert store.summary("s").trials == []
-    trial_id, _ = store.register_trial(sweep_id, "t", "trial", {}, {}, "k")  # free again: it works
-    store.complete_trial(trial_id, TrialResult({"rougeL": 0.3}, [], None, {}), 1.0)
+    assert store.summary("s").trials == [] and store.control.stop_requests(sweep_id) == (False, set())
+    trial_id, _ = store.records.register_trial(sweep_id, "t", "trial", {}, {}, "k")  # free again: it works
+    store.records.complete_trial(trial_id, TrialResult({"rougeL": 0.3}, [], None, {}), 1.0)
     assert store.summary("s").trials[0].metrics == {"rougeL": 0.3}

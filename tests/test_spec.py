@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from orchestrator.cli import main
-from orchestrator.loading import find_spec, load_spec, parse_spec
+from orchestrator.planning.loading import find_spec, load_spec, parse_spec
 from sweeps.spec import SpecError
 from tests.conftest import tiny_spec
 
@@ -211,8 +211,8 @@ def test_optuna_ranges_are_typed_and_grid_sampler_needs_choices(spec):
 
 def test_shipped_optuna_spec_is_valid_and_plans_its_baselines():
     spec = load_spec(str(REPO / "sweeps" / "optuna_tpe.yaml"))
-    from orchestrator.search import expand
-    from orchestrator.study import distributions
+    from orchestrator.search.strategies import expand
+    from orchestrator.search.study import distributions
 
     assert [t.name for t in expand(spec)] == ["v1-zero-shot", "v2-zero-shot"]
     space = distributions(spec.search.space)
@@ -276,8 +276,8 @@ def test_read_commands_take_a_spec_path_and_read_its_store(spec, tmp_path, capsy
     path = tmp_path / "custom.yaml"
     path.write_text(yaml.safe_dump(spec))
     store = Store(spec["output"]["store"])
-    sweep_id = store.open_sweep("tiny", {"training": {"max_steps": 2}}, str(tmp_path / "elsewhere" / "runs" / "tiny"), {})
-    store.register_trial(sweep_id, "v1", "trial", {"prompt": "v1"}, {}, "k")
+    sweep_id = store.lease.open_sweep("tiny", {"training": {"max_steps": 2}}, str(tmp_path / "elsewhere" / "runs" / "tiny"), {})
+    store.records.register_trial(sweep_id, "v1", "trial", {"prompt": "v1"}, {}, "k")
     monkeypatch.chdir(tmp_path / "custom")  # anywhere: the store is the spec's, not ./runs/results.db
     assert main(["status", str(path), "--format", "json"]) == 0
     import json
@@ -322,7 +322,7 @@ def test_a_model_whose_tokenizer_cannot_load_exits_2_before_anything_runs(spec, 
 
 
 def test_an_epoch_budget_replaces_max_steps_and_is_checked_on_the_data(spec, tmp_path, capsys):
-    from orchestrator.search import expand
+    from orchestrator.search.strategies import expand
 
     spec["training"].update(epochs=2, warmup_steps=1, warmup_ratio=0.1)
     found = problems_of(spec)
@@ -348,7 +348,7 @@ def test_an_epoch_budget_replaces_max_steps_and_is_checked_on_the_data(spec, tmp
 
 
 def test_paged_optimizers_are_refused_for_trials_without_a_gpu(spec):
-    from orchestrator.placement import Unschedulable, check_placement
+    from orchestrator.driver.placement import Unschedulable, check_placement
 
     spec["resources"] = {"gpus_per_trial": 0}
     spec["search"]["grid"]["training.optimizer"] = ["adamw_8bit", "paged_adamw_8bit"]

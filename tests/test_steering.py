@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from orchestrator.cli import main
-from orchestrator.loading import parse_spec
-from orchestrator.search import expand
-from orchestrator.sweep import run_sweep
+from orchestrator.planning.loading import parse_spec
+from orchestrator.search.strategies import expand
+from orchestrator.driver.sweep import run_sweep
 from results.store import Store
 from tests.conftest import tiny_spec
 from tests.test_faults import trials_of

@@ -19,16 +19,16 @@ def store(request, tmp_path) -> Store:
 
 
 def _trial(store: Store, sweep_id: int, name: str = "v1-r8", key: str = "k1") -> tuple[int, bool]:
-    return store.register_trial(sweep_id, name, "trial", {"prompt": "v1", "lora.rank": 8}, {"x": 1}, key)
+    return store.records.register_trial(sweep_id, name, "trial", {"prompt": "v1", "lora.rank": 8}, {"x": 1}, key)
 
 
 def test_trial_lifecycle(store):
-    sweep_id = store.open_sweep("s", {"name": "s"}, "runs/s", {"scoring": "first ref"})
+    sweep_id = store.lease.open_sweep("s", {"name": "s"}, "runs/s", {"scoring": "first ref"})
     trial_id, done = _trial(store, sweep_id)
     assert not done
-    store.mark_running(trial_id)
-    store.add_metrics(trial_id, [("train/loss", 1, 2.5), ("train/loss", 2, 2.0)])
-    store.complete_trial(trial_id, TrialResult(
+    store.records.mark_running(trial_id)
+    store.records.add_metrics(trial_id, [("train/loss", 1, 2.5), ("train/loss", 2, 2.0)])
+    store.records.complete_trial(trial_id, TrialResult(
         {"rougeL": 0.31, "gen_tokens": 20.0},
         [{"example_id": "e1", "prediction": "p", "reference": "r", "new_tokens": 3, "rougeL": 0.3}],
         adapter_dir="a", timings_s={"train": 10.0}),
@@ -46,29 +46,29 @@ def test_trial_lifecycle(store):
 
 
 def test_rerun_reuses_completed_and_never_duplicates(store):
-    sweep_id = store.open_sweep("s", {}, "runs/s", {})
+    sweep_id = store.lease.open_sweep("s", {}, "runs/s", {})
     trial_id, _ = _trial(store, sweep_id)
-    store.add_metrics(trial_id, [("train/loss", 1, 2.5)])
-    store.end_trial(trial_id, "failed", "Traceback ... ValueError: boom", 3.0)
+    store.records.add_metrics(trial_id, [("train/loss", 1, 2.5)])
+    store.records.end_trial(trial_id, "failed", "Traceback ... ValueError: boom", 3.0)
     assert store.summary("s").trials[0].error.endswith("boom")
     assert store.curves(trial_id) == [("train/loss", 1, 2.5)]  # partial curve kept on failure
-    store.add_metrics(trial_id, [("train/loss", 2, 2.4)])
+    store.records.add_metrics(trial_id, [("train/loss", 2, 2.4)])
     again, done = _trial(store, sweep_id)  # failed -> runs again under the same row
     assert (again, done) == (trial_id, False)
     assert store.curves(trial_id) == [("train/loss", 1, 2.5), ("train/loss", 2, 2.4)]  # kept until it starts
-    store.resume_from(trial_id, 1)  # its worker continues from the checkpoint of step 1, re-reporting its points
+    store.records.resume_from(trial_id, 1)  # its worker continues from the checkpoint of step 1, re-reporting its points
     assert store.curves(trial_id) == [] and store.summary("s").trials[0].resumed_from_step == 1
-    store.resume_from(trial_id, 0)  # another attempt, from scratch
+    store.records.resume_from(trial_id, 0)  # another attempt, from scratch
     assert store.summary("s").trials[0].resumed_from_step is None
-    store.complete_trial(trial_id, TrialResult({"rougeL": 0.2}, [], None, {}), 1.0)
+    store.records.complete_trial(trial_id, TrialResult({"rougeL": 0.2}, [], None, {}), 1.0)
     assert _trial(store, sweep_id) == (trial_id, True)
     assert _trial(store, sweep_id, key="changed") == (trial_id, False)  # config changed -> re-run
-    assert store.open_sweep("s", {}, "runs/s", {}) == sweep_id
+    assert store.lease.open_sweep("s", {}, "runs/s", {}) == sweep_id
     assert len(store.summary("s").trials) == 1 and store.sweep_names() == ["s"]
 
 
 def test_session_scope_rolls_back_everything(store):
-    sweep_id = store.open_sweep("s", {}, "runs/s", {})
+    sweep_id = store.lease.open_sweep("s", {}, "runs/s", {})
     trial_id, _ = _trial(store, sweep_id)
     with pytest.raises(RuntimeError):
         with store.session() as s:
@@ -84,12 +84,12 @@ def test_sqlite_file_uses_wal(tmp_path):
 
 
 def test_pruned_is_final_interrupted_and_running_are_rerun(store):
-    sweep_id = store.open_sweep("s", {}, "runs/s", {})
+    sweep_id = store.lease.open_sweep("s", {}, "runs/s", {})
     pruned, _ = _trial(store, sweep_id, "a")
-    store.add_metrics(pruned, [("eval/rougeL", 8, 0.1)])
-    store.end_trial(pruned, "pruned", "pruned at step 8")
+    store.records.add_metrics(pruned, [("eval/rougeL", 8, 0.1)])
+    store.records.end_trial(pruned, "pruned", "pruned at step 8")
     left, _ = _trial(store, sweep_id, "b")
-    store.mark_running(left, "host:1")
+    store.records.mark_running(left, "host:1")
     assert _trial(store, sweep_id, "a") == (pruned, True)  # kept, curve and all
     assert store.curves(pruned) == [("eval/rougeL", 8, 0.1)]
     assert _trial(store, sweep_id, "b") == (left, False)  # a killed driver left it running: run again
@@ -98,24 +98,24 @@ def test_pruned_is_final_interrupted_and_running_are_rerun(store):
 
 
 def test_one_driver_claims_a_sweep_and_stop_requests_reach_it(store):
-    sweep_id = store.open_sweep("s", {"v": 1}, "runs/s", {}, "h:1")
+    sweep_id = store.lease.open_sweep("s", {"v": 1}, "runs/s", {}, "h:1")
     trial_id, _ = _trial(store, sweep_id)
-    assert store.open_sweep("s", {"v": 2}, "runs/s", {}, "h:2") is None  # held by h:1: the second driver loses
+    assert store.lease.open_sweep("s", {"v": 2}, "runs/s", {}, "h:2") is None  # held by h:1: the second driver loses
     assert store.summary("s").spec == {"v": 1}  # ...and wrote nothing
-    assert store.open_sweep("s", {"v": 3}, "runs/s", {}, "h:2", replacing="h:1") == sweep_id  # h:1 seen dead
+    assert store.lease.open_sweep("s", {"v": 3}, "runs/s", {}, "h:2", replacing="h:1") == sweep_id  # h:1 seen dead
     assert store.summary("s").driver == "h:2" and store.summary("s").heartbeat_at is not None
     assert store.summary("s").spec == {"v": 3}
-    assert store.stop_requests(sweep_id) == (False, set())
-    assert store.request_stop("s", "v1-r8") and not store.request_stop("s", "nope")
-    assert store.stop_requests(sweep_id) == (False, {trial_id})
-    store.request_stop("s")
-    assert store.stop_requests(sweep_id) == (True, {trial_id})
-    store.release_sweep(sweep_id, "h:1")  # not the holder: nothing happens
+    assert store.control.stop_requests(sweep_id) == (False, set())
+    assert store.control.request_stop("s", "v1-r8") and not store.control.request_stop("s", "nope")
+    assert store.control.stop_requests(sweep_id) == (False, {trial_id})
+    store.control.request_stop("s")
+    assert store.control.stop_requests(sweep_id) == (True, {trial_id})
+    store.lease.release_sweep(sweep_id, "h:1")  # not the holder: nothing happens
     assert store.summary("s").driver == "h:2"
-    store.release_sweep(sweep_id, "h:2")
+    store.lease.release_sweep(sweep_id, "h:2")
     assert store.summary("s").driver is None
-    store.mark_running(trial_id, "h:3")
-    assert store.interrupt_unfinished("s", "driver gone", None) == ["v1-r8"]
+    store.records.mark_running(trial_id, "h:3")
+    assert store.lease.interrupt_unfinished("s", "driver gone", None) == ["v1-r8"]
     [t] = store.summary("s").trials
     assert (t.status, t.error, t.worker, t.attempts) == ("interrupted", "driver gone", "h:3", 1)
 
@@ -196,9 +196,9 @@ def test_a_store_written_before_migrations_is_stamped_and_upgraded_to_the_orm_la
     fresh = _second_url(store_url, request)
     Store(fresh)
     store = Store(before)
-    sweep_id = store.open_sweep("s", {}, "runs/s", {})
+    sweep_id = store.lease.open_sweep("s", {}, "runs/s", {})
     trial_id, _ = _trial(store, sweep_id)
-    store.end_trial(trial_id, "failed", "boom")
+    store.records.end_trial(trial_id, "failed", "boom")
     assert _revision(before) == _revision(fresh) == head() == "0004"
     assert _columns(before) == _columns(fresh)
     assert Store(before).summary("s").trials[0].error == "boom"  # opened again: nothing to do, nothing lost
@@ -213,12 +213,12 @@ def test_the_0_1_layout_upgrades_through_every_migration_to_what_the_orm_creates
 
 
 def test_sweep_stop_never_clears_a_driver_that_claimed_the_sweep_after_it_looked(store):
-    sweep_id = store.open_sweep("s", {}, "runs/s", {}, "h:dead")
+    sweep_id = store.lease.open_sweep("s", {}, "runs/s", {}, "h:dead")
     trial_id, _ = _trial(store, sweep_id)
-    store.mark_running(trial_id, "h:9")
+    store.records.mark_running(trial_id, "h:9")
     seen = store.summary("s").driver  # `sweep stop` reads the dead driver...
-    assert store.open_sweep("s", {}, "runs/s", {}, "h:new", replacing=seen) == sweep_id  # ...a new run claims it
-    assert store.interrupt_unfinished("s", "its driver was gone", seen) is None  # ...and stop changes nothing
+    assert store.lease.open_sweep("s", {}, "runs/s", {}, "h:new", replacing=seen) == sweep_id  # ...a new run claims it
+    assert store.lease.interrupt_unfinished("s", "its driver was gone", seen) is None  # ...and stop changes nothing
     assert store.summary("s").driver == "h:new" and store.summary("s").trials[0].status == "running"
 
 
@@ -232,7 +232,7 @@ def test_two_first_runs_at_the_same_instant_have_one_winner(store_url):
     def first_run(driver: str) -> None:
         store = Store(url)  # its own engine and connections, as two processes have
         barrier.wait()
-        results[driver] = store.open_sweep("s", {"by": driver}, "runs/s", {}, driver)
+        results[driver] = store.lease.open_sweep("s", {"by": driver}, "runs/s", {}, driver)
 
     threads = [threading.Thread(target=first_run, args=(f"h:{i}",)) for i in (1, 2)]
     for t in threads:

@@ -8,9 +8,9 @@ from pathlib import Path
 import optuna
 import pytest
 
-from orchestrator.loading import parse_spec
-from orchestrator.study import SWEEP_TRIAL_ATTR
-from orchestrator.sweep import run_sweep
+from orchestrator.planning.loading import parse_spec
+from orchestrator.search.study import SWEEP_TRIAL_ATTR
+from orchestrator.driver.sweep import run_sweep
 from results import leaderboard
 from results.store import Store
 from tests.conftest import tiny_spec
@@ -107,7 +107,7 @@ def test_shipped_optuna_spec_runs_on_the_embedded_model(backend, data_root, tmp_
     """sweeps/optuna_tpe.yaml as shipped, on a smaller budget: real SmolLM2 (NF4), DialogSum, TPE, median pruner."""
     import dataclasses
 
-    from orchestrator.loading import load_spec
+    from orchestrator.planning.loading import load_spec
 
     monkeypatch.setenv("QLORA_SWEEP_DATA_DIR", str(data_root))
     spec = load_spec(str(Path(__file__).resolve().parents[1] / "sweeps" / "optuna_tpe.yaml"))
@@ -149,7 +149,7 @@ def check_study_report(url: str, tmp_path: Path) -> None:
 
 
 def test_a_study_cannot_resume_with_other_objectives(tiny_model_dir, local_data, tmp_path):
-    from orchestrator.study import StudyMismatch, check_stored_study
+    from orchestrator.search.study import StudyMismatch, check_stored_study
 
     spec = parse_spec(study_spec(tiny_model_dir, local_data, tmp_path))
     check_stored_study(spec, spec.output.store_url())  # no study yet: fine

@@ -6,3 +6,7 @@ import logging
 # hub-only `kernels` package is missing: that kernel serves only the repacked inference path that
 # trainer.fourbit.keep_training_layout turns off, so the warning says nothing about what a trial runs.
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+
+from trainer.moved import keep_importable
+
+keep_importable({"trainer.pack": "trainer.lockstep"})  # renamed beside trainer.packing (which trials may share)

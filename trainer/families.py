@@ -36,7 +36,7 @@ class Family(Protocol):
     uses_chat: bool
     """Whether a chat template may frame its prompts."""
     packs: bool
-    """Whether several trials may share one base in lockstep (trainer.pack)."""
+    """Whether several trials may share one base in lockstep (trainer.lockstep)."""
     snippet_new_tokens: str
     """The model card's code for the generated tokens of `output`."""
 

@@ -1,6 +1,6 @@
 """Which trials may share one worker's base model (a pack), and why a trial must run alone.
 
-A pack runs one forward and one backward of the frozen base for all its trials at once (trainer.pack), so its
+A pack runs one forward and one backward of the frozen base for all its trials at once (trainer.lockstep), so its
 trials must agree on everything that computation depends on: the model and its files, the quantization and
 compute dtype, the sequence length, the micro batch and accumulation, the step budget, gradient checkpointing,
 the checkpoint and interim-eval schedule, and the eval rows and decoding. What only a trial's own adapter,

@@ -3,7 +3,7 @@
 from alembic import context
 
 from results.migrate import VERSION_TABLE
-from results.models import Base
+from results.tables import Base
 
 context.configure(connection=context.config.attributes["connection"], target_metadata=Base.metadata,
                   version_table=VERSION_TABLE)

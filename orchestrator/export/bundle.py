@@ -14,9 +14,9 @@ import json
 import shutil
 from pathlib import Path
 
-from orchestrator import verification
+import orchestrator.export.verification as verification
 from sweeps import schema
-from orchestrator.model_card import model_card
+from orchestrator.export.model_card import model_card
 from results.store import TrialSummary
 from trainer.config import EMBEDDED_MODEL_ALIAS, TrialConfig
 

@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from sweeps import schema
-from orchestrator.budget import budget_problems
-from orchestrator.checks import swept_key_problem
-from orchestrator.loading import parse_override
-from orchestrator.plan import PlannedTrial, get_value, label, path_safe, run_problems, with_value
-from orchestrator.prepare import load_data
+from orchestrator.planning.budget import budget_problems
+from orchestrator.planning.checks import swept_key_problem
+from orchestrator.planning.loading import parse_override
+from orchestrator.planning.plan import PlannedTrial, get_value, label, path_safe, run_problems, with_value
+from orchestrator.planning.prepare import load_data
 from sweeps.spec import SpecError, SweepSpec
 from results.states import TrialState
 from results.store import Store, TrialSummary
@@ -135,7 +135,7 @@ def resume(store: Store, sweep: str, trial_name: str) -> str:
         raise SpecError(f"sweep resume {sweep}", [ConfigProblem(
             trial_name, "only a stopped (interrupted) trial is resumed", trial.status, "interrupted",
             "a failed trial runs again on the next `sweep run`; a completed one: `sweep extend`")])
-    store.request_resume(sweep, trial_name)
+    store.control.request_resume(sweep, trial_name)
     return f"{trial_name} will run again from its last checkpoint"
 
 
@@ -143,7 +143,7 @@ def added_plan(store: Store, sweep_id: int, known: set[int] = frozenset()) -> li
     """The trials added to a sweep while it ran, as the driver plans them (after the spec's own); the rows in
     `known` (ids the driver has already) are neither read nor built again."""
     out = []
-    for _, name, params, config, baseline in store.added_trials(sweep_id, known):
+    for _, name, params, config, baseline in store.control.added_trials(sweep_id, known):
         ignored: list = []  # written by this version's clone or extend: it builds
         typed = schema.build(TrialConfig, config, "", ignored)
         out.append(PlannedTrial(name, "trial", params, typed, tuple(params), baseline=baseline))
@@ -237,7 +237,7 @@ def _add(store: Store, sweep: str, name: str, params: dict, child: TrialConfig, 
          step: int | None, new_baseline: bool, source: str) -> None:
     planned = PlannedTrial(name, "trial", params, child)
     key = content_key(child, load_data(planned), model_identity(child.model.name))
-    added = store.add_trial(sweep, name, params, dataclasses.asdict(child), key, origin, parent.id, step,
+    added = store.control.add_trial(sweep, name, params, dataclasses.asdict(child), key, origin, parent.id, step,
                             None if new_baseline else parent.baseline)
     if added is None:  # taken between the check and now, by another terminal
         raise SpecError(source, _name_problems(store, sweep, name))

@@ -9,8 +9,8 @@ from typing import Any
 import yaml
 
 from sweeps import schema
-from orchestrator.checks import semantic_problems
-from orchestrator.search import point_problems
+from orchestrator.planning.checks import semantic_problems
+from orchestrator.search.strategies import point_problems
 from sweeps.spec import OutputConfig, SpecError, SweepSpec
 from trainer.config import ConfigProblem, cleared_by
 

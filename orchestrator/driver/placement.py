@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from orchestrator.backend import Backend
+from orchestrator.backends.backend import Backend
 from sweeps.spec import ResourcesConfig
 from trainer.config import paged_optimizer_problem
 

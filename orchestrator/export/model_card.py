@@ -25,7 +25,7 @@ _HELD = {"adapter": "`adapter/`: the LoRA adapter; `merged/` is absent",
 def model_card(trial: TrialSummary, cfg: TrialConfig, sweep: str, folder: str, base: dict, family: Family,
                dtype: str, verified: str | None = None) -> str:
     """`folder` is what the snippet loads: adapter, merged or model; `family`: the base model's
-    (trainer.families); `verified`: how faithful `merged/` is (orchestrator.verification.summary_line)."""
+    (trainer.families); `verified`: how faithful `merged/` is (orchestrator.export.verification.summary_line)."""
     library = "peft" if folder == "adapter" else "transformers"
     loaded = f" (loaded from `{base['loaded_from']}`" + (f"; {base['note']})" if base["note"] else ")")
     return f"""---

@@ -1,6 +1,6 @@
 """What the driver needs from whatever runs its trials: the `Backend` protocol, and what a finished trial returns.
 
-`orchestrator.ray_backend.RayBackend` implements it on a Ray cluster (or a local Ray); the lifecycle tests
+`orchestrator.backends.ray_backend.RayBackend` implements it on a Ray cluster (or a local Ray); the lifecycle tests
 implement it with a scripted backend in-process. The driver depends on this protocol alone.
 """
 
@@ -44,7 +44,7 @@ class Backend(Protocol):
 
     def submit_pack(self, keys: list, configs: list[TrialConfig], data_refs: list, out_dirs: list[Path], cpus: int,
                     gpus: float) -> None:
-        """Start trials `keys` together in one worker on one base (trainer.pack); each ends with its own outcome."""
+        """Start trials `keys` together in one worker on one base (trainer.lockstep); each ends with its own outcome."""
 
     def cancel(self, key: Any) -> None:
         """End trial `key`: kill its worker, or take it out of its pack; its outcome then arrives as an error."""

@@ -9,10 +9,10 @@ import dataclasses
 import sys
 
 from evaluation.rouge import resolve_tokenizer
-from orchestrator.budget import budget_problems
-from orchestrator.datachecks import data_problems
-from orchestrator.plan import PlannedTrial
-from orchestrator.search import search_for
+from orchestrator.planning.budget import budget_problems
+from orchestrator.planning.datachecks import data_problems
+from orchestrator.planning.plan import PlannedTrial
+from orchestrator.search.strategies import search_for
 from sweeps.spec import SpecError, SweepSpec
 from trainer import paraphrase
 from trainer.augment import training_examples

@@ -4,8 +4,8 @@ in a truthful state through the Lifecycle.
 The driver is the only writer of the results store, of the Optuna study and of TensorBoard events; workers
 only report. A trial already completed with the same content key is reused, not re-run; anything a killed
 driver left pending or running is run again. Every trial ends as completed, failed (its error kept), pruned
-or interrupted (with the reason), its partial curves kept. Preparation (orchestrator.prepare), placement
-(orchestrator.placement), the retry policy (orchestrator.retry) and the search (orchestrator.search) live in
+or interrupted (with the reason), its partial curves kept. Preparation (orchestrator.planning.prepare), placement
+(orchestrator.driver.placement), the retry policy (orchestrator.driver.retry) and the search (orchestrator.search.strategies) live in
 their own modules; this one is the loop.
 """
 
@@ -21,18 +21,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from orchestrator import mlflow_view, packs, steering
-from orchestrator.backend import Backend, Outcome
-from orchestrator.budget import budget_problems
-from orchestrator.control import HEARTBEAT_INTERVAL_S, StopFlag, SweepBusy, driver_alive, driver_id
-from orchestrator.lifecycle import Change, Lifecycle, Sink, Trial
-from orchestrator.placement import check_placement, placement
-from orchestrator.plan import PlannedTrial, run_problems
-from orchestrator.prepare import data_key, load_data, prepare, sweep_notes
-from orchestrator.progress import Progress
-from orchestrator.retry import retry_config
-from orchestrator.search import Search, search_for
-from orchestrator.sinks import StoreSink, StudySink, TensorBoardView
+from orchestrator.driver import pack_sizing, steering
+from orchestrator.trackers import mlflow_view
+from orchestrator.backends.backend import Backend, Outcome
+from orchestrator.planning.budget import budget_problems
+from orchestrator.driver.control import HEARTBEAT_INTERVAL_S, StopFlag, SweepBusy, driver_alive, driver_id
+from orchestrator.driver.lifecycle import Change, Lifecycle, Sink, Trial
+from orchestrator.driver.placement import check_placement, placement
+from orchestrator.planning.plan import PlannedTrial, run_problems
+from orchestrator.planning.prepare import data_key, load_data, prepare, sweep_notes
+from orchestrator.trackers.progress import Progress
+from orchestrator.driver.retry import retry_config
+from orchestrator.search.strategies import Search, search_for
+from orchestrator.trackers.sinks import StoreSink, StudySink, TensorBoardView
 from sweeps.spec import SweepSpec, to_plain
 from results.states import TrialState
 from results.store import Store
@@ -91,7 +92,7 @@ def run_sweep(spec: SweepSpec, store: Store, backend: Backend, stream: TextIO = 
     seen = live_driver_check(store, spec.name)
     sweep_dir = Path(spec.output.run_dir).resolve() / spec.name  # absolute: read commands run from anywhere
     me = driver_id()
-    sweep_id = store.open_sweep(spec.name, to_plain(spec), str(sweep_dir), sweep_notes(data, spec), me, seen)
+    sweep_id = store.lease.open_sweep(spec.name, to_plain(spec), str(sweep_dir), sweep_notes(data, spec), me, seen)
     if sweep_id is None:
         raise SweepBusy(f"sweep {spec.name!r} was claimed by another driver just now; nothing was run")
     try:
@@ -99,7 +100,7 @@ def run_sweep(spec: SweepSpec, store: Store, backend: Backend, stream: TextIO = 
         driver = Driver(spec, store, backend, sweep_id, sweep_dir, data, Progress(0, 1, stream, show_progress), sinks)
         driver.run(plan + steering.added_plan(store, sweep_id), stop if stop is not None else StopFlag())
     finally:
-        store.release_sweep(sweep_id, me)
+        store.lease.release_sweep(sweep_id, me)
     driver.outcome.wall_s = time.perf_counter() - start
     return driver.outcome
 
@@ -118,7 +119,7 @@ def _tracker_sinks(spec: SweepSpec, store: Store, sweep_dir: Path, stream: TextI
 
 def live_driver_check(store: Store, name: str) -> str | None:
     """The recorded driver when it is gone (so it may be replaced); SweepBusy while it lives."""
-    driver, heartbeat_at = store.driver_of(name) or (None, None)
+    driver, heartbeat_at = store.lease.driver_of(name) or (None, None)
     if driver is None:
         return None
     if driver_alive(driver, heartbeat_at):
@@ -129,7 +130,7 @@ def live_driver_check(store: Store, name: str) -> str | None:
 
 def register(store: Store, sweep_id: int, trial: PlannedTrial, data: TrialData) -> tuple[int, bool]:
     key = content_key(trial.config, data, model_identity(trial.config.model.name))
-    return store.register_trial(sweep_id, trial.name, trial.kind, trial.params, dataclasses.asdict(trial.config),
+    return store.records.register_trial(sweep_id, trial.name, trial.kind, trial.params, dataclasses.asdict(trial.config),
                                 key, trial.study_trial, trial.baseline)
 
 
@@ -152,7 +153,7 @@ class Driver:
         self.outcome = SweepOutcome(spec.name, slots=self.slots)
         self.shared = {key: backend.share(value) for key, value in data.items()}
         self.search: Search = search_for(spec)
-        self.lifecycle = Lifecycle([StoreSink(store), StudySink(self.search, self._kill),
+        self.lifecycle = Lifecycle([StoreSink(store.records), StudySink(self.search, self._kill),
                                     TensorBoardView(sweep_dir / "tensorboard"), progress, self.outcome, *sinks])
         self.trials: dict[int, Trial] = {}
         self.queue: deque[Trial] = deque()
@@ -190,7 +191,7 @@ class Driver:
         trial = self.trials[trial_id] = Trial(trial_id, planned)
         self.progress.expect(trial_id, 0 if planned.config.zero_shot else planned.config.training.max_steps)
         if done:
-            state, metrics = self.store.trial_result(trial_id)
+            state, metrics = self.store.records.trial_result(trial_id)
             self.lifecycle.transition(trial, TrialState.REUSED, stored=(TrialState(state), metrics))
         else:
             self.queue.append(trial)
@@ -215,7 +216,7 @@ class Driver:
     def _ask(self) -> bool:
         """Queue the search's next proposals: as many as a pack holds (Optuna's constant liar keeps them apart)."""
         asked = 0
-        for _ in range(packs.proposals_to_ask(self.spec.resources.trials_per_worker, self._free_workers(),
+        for _ in range(pack_sizing.proposals_to_ask(self.spec.resources.trials_per_worker, self._free_workers(),
                                               self.gpus > 0)):
             proposed = self.search.ask()
             if proposed is None:
@@ -233,7 +234,7 @@ class Driver:
                  and packing.pack_key(t.planned.config) == key and not self._infeasible(t.planned)]
         halved = [t.pack_limit for t in [trial, *ready] if t.pack_limit]  # a halved pack's
         limit = min([*halved, *self._memory_limit(trial.planned.config)], default=None)
-        size = packs.pack_size(self.spec.resources.trials_per_worker, 1 + len(ready), self._free_workers(), limit,
+        size = pack_sizing.pack_size(self.spec.resources.trials_per_worker, 1 + len(ready), self._free_workers(), limit,
                                self.gpus > 0)
         mates = ready[:size - 1]
         for mate in mates:
@@ -247,7 +248,7 @@ class Driver:
         name = config.model.name
         if name not in self._gpu_fit:
             need = packing.pack_memory(config, model_config(name))
-            self._gpu_fit[name] = packs.memory_limit(self.backend.free_gpu_bytes(self.gpus), need)
+            self._gpu_fit[name] = pack_sizing.memory_limit(self.backend.free_gpu_bytes(self.gpus), need)
         return [self._gpu_fit[name]]
 
     def _free_workers(self) -> int:
@@ -340,7 +341,7 @@ class Driver:
         """Heartbeat, and act on Ctrl-C / SIGTERM and on `sweep stop` requests from other terminals."""
         now = time.monotonic()
         if now >= self._next_beat:
-            self.store.heartbeat(self.sweep_id)
+            self.store.lease.heartbeat(self.sweep_id)
             self._next_beat = now + HEARTBEAT_INTERVAL_S
         if stop and not self.stopping:
             self._stop_all(f"interrupted by {signal.Signals(stop.signal).name}")
@@ -348,7 +349,7 @@ class Driver:
         if now < self._next_poll:
             return
         self._next_poll = now + REQUEST_POLL_S
-        whole, trial_ids = self.store.stop_requests(self.sweep_id)
+        whole, trial_ids = self.store.control.stop_requests(self.sweep_id)
         if whole and not self.stopping:
             self._stop_all("stopped by `sweep stop`")
         for trial_id in trial_ids & set(self.trials):
@@ -361,7 +362,7 @@ class Driver:
         for planned in steering.added_plan(self.store, self.sweep_id, known=set(self.trials)):
             self.progress.total += 1
             self._add(planned)
-        for trial_id in self.store.take_resume_requests(self.sweep_id) & set(self.trials):
+        for trial_id in self.store.control.take_resume_requests(self.sweep_id) & set(self.trials):
             trial = self.trials[trial_id]
             if trial.state is TrialState.INTERRUPTED:
                 self.lifecycle.transition(trial, TrialState.PENDING, reason="resumed by `sweep resume`")

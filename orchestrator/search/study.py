@@ -16,7 +16,7 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState as StudyState
 
-from orchestrator.plan import PlannedTrial, planned_trial, typed_value
+from orchestrator.planning.plan import PlannedTrial, planned_trial, typed_value
 from sweeps.schema import is_integer_setting
 from sweeps.spec import Dimension, OptunaSettings, SweepSpec
 from results.states import TrialState

@@ -10,7 +10,7 @@ from typing import Any
 
 from evaluation.metrics import BERTSCORE_METRICS, OBJECTIVES, metric
 from sweeps import schema
-from orchestrator.datachecks import data_problems
+from orchestrator.planning.datachecks import data_problems
 from sweeps.spec import Dimension, OutputConfig, SweepSpec
 from trainer import prompts as prompt_rules
 from trainer.config import PROMPT_PLACEHOLDER, ConfigProblem, TrialConfig, paged_optimizer_problem
@@ -255,7 +255,7 @@ def _model_problems(spec: SweepSpec) -> list[ConfigProblem]:
 def _output_problems(output: OutputConfig) -> list[ConfigProblem]:
     from sqlalchemy.engine import make_url
 
-    from orchestrator.mlflow_view import mlflow_missing
+    from orchestrator.trackers.mlflow_view import mlflow_missing
 
     missing = mlflow_missing() if output.mlflow_tracking_uri else None
     if missing:

@@ -17,8 +17,8 @@ from typing import Any
 
 import ray
 
-from orchestrator.backend import Outcome
-from orchestrator.environment import QUIET_ENV
+from orchestrator.backends.backend import Outcome
+from orchestrator.quiet import QUIET_ENV
 from trainer import events as ev
 from trainer.checkpoints import last_checkpoint, resume_key
 
@@ -98,11 +98,11 @@ def _free_gpu_bytes() -> int:
     return int(torch.cuda.mem_get_info()[0])
 
 
-# One worker, several trials on one base (trainer.pack); each trial still reports under its own key.
+# One worker, several trials on one base (trainer.lockstep); each trial still reports under its own key.
 @ray.remote(max_calls=1, max_retries=0)
 def _pack_task(keys: list, configs: list, out_dirs: list[str], num_threads: int, events, *datas):
     """`datas` (each trial's) are top-level arguments so that Ray resolves them before the task starts."""
-    from trainer.pack import PackTrial, run_pack
+    from trainer.lockstep import PackTrial, run_pack
 
     outs = [Path(d) for d in out_dirs]
     for out in outs:
@@ -160,7 +160,7 @@ def _redirect_output(path: Path) -> None:
 
 
 class RayBackend:
-    """The `orchestrator.backend.Backend` on Ray. `trial_fn` is `module:function` with run_trial's signature, imported in each worker."""
+    """The `orchestrator.backends.backend.Backend` on Ray. `trial_fn` is `module:function` with run_trial's signature, imported in each worker."""
 
     def __init__(self, address: str | None = None, num_cpus: int | None = None, trial_fn: str = DEFAULT_TRIAL_FN):
         self.trial_fn = trial_fn
@@ -192,7 +192,7 @@ class RayBackend:
 
     def submit_pack(self, keys: list, configs: list, data_refs: list, out_dirs: list[Path], cpus: int,
                     gpus: float) -> None:
-        """Start the trials `keys` together in one worker, on one base (trainer.pack)."""
+        """Start the trials `keys` together in one worker, on one base (trainer.lockstep)."""
         ref = _pack_task.options(num_cpus=cpus, num_gpus=gpus, name=f"pack {keys}").remote(
             keys, configs, [str(d) for d in out_dirs], cpus, self.events, *data_refs)
         self._pending[ref] = list(keys)

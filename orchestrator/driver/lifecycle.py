@@ -12,7 +12,7 @@
     INTERRUPTED ──`sweep resume`──> PENDING          run again from its checkpoint by the live driver
 
 A move not in `TRANSITIONS` raises IllegalTransition. Each legal one is handed to every registered sink
-(orchestrator.sinks: the store, the Optuna study, TensorBoard, the progress line, the sweep's outcome),
+(orchestrator.trackers.sinks: the store, the Optuna study, TensorBoard, the progress line, the sweep's outcome),
 each an object with one method, `on_transition(change)`, in the order they were registered.
 """
 
@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from orchestrator.plan import PlannedTrial
+from orchestrator.planning.plan import PlannedTrial
 from results.states import TrialState
 from trainer.events import Step
 
@@ -65,7 +65,7 @@ class Trial:
     checkpoint_step: int = 0
     """Optimizer step of the last complete checkpoint it reported (0: none yet)."""
     pack: tuple[int, ...] = ()
-    """The trial ids sharing its worker's base (itself included) when it runs in a pack (trainer.pack)."""
+    """The trial ids sharing its worker's base (itself included) when it runs in a pack (trainer.lockstep)."""
     pack_limit: int | None = None
     """The most trials its next pack may hold: halved after a pack ran out of memory."""
 

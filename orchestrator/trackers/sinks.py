@@ -1,8 +1,8 @@
-"""The subscribers of everything a trial emits (orchestrator.lifecycle.Sink): its state changes and its events.
+"""The subscribers of everything a trial emits (orchestrator.driver.lifecycle.Sink): its state changes and its events.
 
 One small object per destination: the store, the study, TensorBoard, the progress line
-(orchestrator.progress.Progress), MLflow (orchestrator.mlflow_view.MlflowView) and the sweep's outcome
-(orchestrator.sweep.SweepOutcome). The driver only dispatches: a new tracker is one more class here, never an
+(orchestrator.trackers.progress.Progress), MLflow (orchestrator.trackers.mlflow_view.MlflowView) and the sweep's outcome
+(orchestrator.driver.sweep.SweepOutcome). The driver only dispatches: a new tracker is one more class here, never an
 edit of the driver.
 """
 
@@ -13,10 +13,10 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
-from orchestrator.lifecycle import Change, Trial
-from orchestrator.search import Search
+from orchestrator.driver.lifecycle import Change, Trial
+from orchestrator.search.strategies import Search
 from results.states import TrialState
-from results.store import Store
+from results.trial_records import TrialRecords
 from results.tensorboard import TensorBoardWriter
 from trainer import events as ev
 
@@ -31,38 +31,38 @@ class StoreSink:
     """The results store: each stored state with what it keeps (worker, result, reason, retried config), and the
     events it records: curve points (written per batch of events), the environment, where an attempt resumed."""
 
-    def __init__(self, store: Store):
-        self.store = store
+    def __init__(self, records: TrialRecords):
+        self.records = records
         self._points: dict[int, list[tuple[str, int, float]]] = {}
 
     def on_transition(self, change: Change) -> None:
         trial, new = change.trial, change.new
         if new is TrialState.PENDING:  # a retry: back in the queue with its changed config
-            self.store.retry_trial(trial.trial_id, dataclasses.asdict(trial.planned.config), change.reason)
+            self.records.retry_trial(trial.trial_id, dataclasses.asdict(trial.planned.config), change.reason)
         elif new is TrialState.RUNNING:
-            self.store.mark_running(trial.trial_id, change.worker)
+            self.records.mark_running(trial.trial_id, change.worker)
         elif new is TrialState.COMPLETED:
             self.flush()  # its last points before its result
             result = change.result
-            self.store.complete_trial(trial.trial_id, result, change.runtime_s,
+            self.records.complete_trial(trial.trial_id, result, change.runtime_s,
                                       {**result.environment, **trial.where} or None)
         elif new in (TrialState.FAILED, TrialState.PRUNED, TrialState.INTERRUPTED):
-            self.store.end_trial(trial.trial_id, new, change.reason, change.runtime_s)
+            self.records.end_trial(trial.trial_id, new, change.reason, change.runtime_s)
         # SUBMITTED is stored as pending, which the row already is; a REUSED row keeps what it has.
 
     def on_event(self, trial: Trial, event: ev.Event) -> None:
         match event:
             case ev.Attempt(resume_step=step):  # before any point of this attempt, which reports them all again
                 self.flush()
-                self.store.resume_from(trial.trial_id, step)
+                self.records.resume_from(trial.trial_id, step)
             case ev.Environment(environment=environment):
-                self.store.set_environment(trial.trial_id, {**environment, **trial.where})
+                self.records.set_environment(trial.trial_id, {**environment, **trial.where})
             case ev.Metric(name=name, step=step, value=value) if curve_point(event):
                 self._points.setdefault(trial.trial_id, []).append((name, step, value))
 
     def flush(self) -> None:
         for trial_id, batch in self._points.items():
-            self.store.add_metrics(trial_id, batch)
+            self.records.add_metrics(trial_id, batch)
         self._points.clear()
 
 

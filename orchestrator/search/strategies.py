@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from orchestrator.plan import PlannedTrial, baselines_of, grid_plan, plan_problems, planned_trial, with_baseline
+from orchestrator.planning.plan import PlannedTrial, baselines_of, grid_plan, plan_problems, planned_trial, with_baseline
 from sweeps.spec import Dimension, SweepSpec
 from results.states import TrialState
 from trainer import events as ev
@@ -18,7 +18,7 @@ from trainer.config import ConfigProblem
 from trainer.identity import affects_baseline
 
 if TYPE_CHECKING:
-    from orchestrator.study import Study
+    from orchestrator.search.study import Study
 
 
 class Search:
@@ -98,12 +98,12 @@ class StudySearch(Search):
                 + "; ".join(f"{k} {_dimension(d)}" for k, d in self.spec.search.space.items()))
 
     def check_stored(self, store_url: str) -> None:
-        from orchestrator.study import check_stored_study
+        from orchestrator.search.study import check_stored_study
 
         check_stored_study(self.spec, store_url)
 
     def open(self, store_url: str) -> None:
-        from orchestrator.study import Study
+        from orchestrator.search.study import Study
 
         self.study = Study(self.spec, store_url)
         self._baselines = [t for t in self.planned() if t.kind == "baseline"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from orchestrator.backend import Outcome
+from orchestrator.backends.backend import Outcome
 from sweeps.spec import ResourcesConfig
 from trainer import events as ev
 from trainer.config import TrialConfig

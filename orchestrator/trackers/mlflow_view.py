@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from evaluation.metrics import metrics_where
-from orchestrator.lifecycle import Change
+from orchestrator.driver.lifecycle import Change
 from results.significance import mean_interval
 from results.states import TrialState
 from results.store import Store
