@@ -11,9 +11,14 @@ Reused: a TRL SFTTrainer per trial for what it builds, which is what an isolated
 prepared dataset, the collator and the seeded dataloader, the Trainer's optimizer and scheduler. PEFT's routing,
 which PEFT refuses in training mode by one check (`LoraModel._enable_peft_forward_hooks`); `routed` installs
 its very pre-forward hook without that check. Replaced: the Trainer's loop, because it steps one optimizer over
-one loss. `_step` does per trial what that loop does per step (accumulation, the loss over `num_items_in_batch`,
-clipping, the logged loss, checkpoints in the Trainer's own format, so that a checkpoint resumes alone or in
-another pack), and tests/test_pack.py holds it to the isolated trial's numbers.
+one loss. `_step` does per trial what that loop does per step (accumulation, clipping, the NaN filter of the
+logged loss, checkpoints in the Trainer's own format, so that a checkpoint resumes alone or in another pack),
+and tests/test_pack.py holds it to the isolated trial's numbers.
+
+Written once for both, and called from here and from the isolated trial: the loss on summary tokens and the
+step's token count it is divided by (trainer.sft: `summary_token_losses`, `summary_tokens`), the logged point
+and its divergence check (trainer.trial: `report_train_point`), a checkpoint's completion mark
+(`seal_checkpoint`), and the evaluation's reports (`report_eval`, `report_scores`).
 
 Not the same as alone: LoRA dropout above 0 draws its masks from the pack's one RNG stream, not the trial's
 (the equivalence is exact with dropout 0, what the shipped specs use). A float16 compute dtype (GPUs before
@@ -41,12 +46,14 @@ from evaluation.generate import generate
 from trainer import checkpoints, heldout
 from trainer.config import TrialConfig
 from trainer.data import TrialData
-from trainer.events import Budget, Checkpoint, Event, Metric, Phase, Step, TrialDiverged
+from trainer.events import Budget, Event, Metric, Phase, Step, TrialDiverged
 from trainer.fourbit import dequantized_base
 from trainer.result import TrialResult
+from trainer.sft import slices_logits_by_mask, summary_token_losses, summary_tokens
 from trainer.families import family_of, sft_trainer
 from trainer.trial import (EmitEvent, EvalSet, eval_mode, eval_set, folder_mib, load, lora_config, report_eval,
-                           report_scores, resolve_device, run_trial, set_threads, with_heldout_loss)
+                           report_scores, report_train_point, resolve_device, run_trial, seal_checkpoint, set_threads,
+                           with_heldout_loss)
 
 
 @dataclass
@@ -295,7 +302,7 @@ def _step(model, pad_id: int, active: list[_Member]) -> None:
     import torch
 
     groups = {m: next(m.groups) for m in active}
-    items = {m: _items(group) for m, group in groups.items()}
+    items = {m: summary_tokens(group) for m, group in groups.items()}
     for i in range(max(len(group) for group in groups.values())):
         part = [(m, group[i]) for m, group in groups.items() if i < len(group)]
         losses = _forward_backward(model, pad_id, part, items)
@@ -317,11 +324,6 @@ def _step(model, pad_id: int, active: list[_Member]) -> None:
     model.zero_grad(set_to_none=True)
 
 
-def _items(group: list[dict]) -> int:
-    """Summary tokens over the step's micro batches: the Trainer's `num_items_in_batch` (labels shifted by one)."""
-    return int(sum((batch["labels"][..., 1:] != -100).sum() for batch in group))
-
-
 def _forward_backward(model, pad_id: int, part: list[tuple[_Member, dict]], items: dict[_Member, int]) -> dict:
     """One forward of the members' micro batches as one batch (right-padded to the longest), each row through its
     own adapter; returns each member's loss (summed over its summary tokens / its step's count), after the
@@ -330,14 +332,13 @@ def _forward_backward(model, pad_id: int, part: list[tuple[_Member, dict]], item
 
     batch = _merge([b for _, b in part], pad_id)
     rows = [m for m, b in part for _ in range(b["input_ids"].shape[0])]
-    targets = batch.pop("labels")[:, 1:]  # position p predicts token p + 1
-    scored = targets != -100
+    labels = batch.pop("labels")
     bf16 = part[0][0].cfg.quantization.compute_dtype == "bfloat16"
     autocast = torch.autocast(model.device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     with routed(model, [m.adapter for m in rows]):
         with autocast:  # what the Trainer's accelerator wraps the forward in
-            logits = _summary_logits(model, batch, scored)
-        token_loss = torch.nn.functional.cross_entropy(logits.float(), targets[scored], reduction="none")
+            token_loss, scored = summary_token_losses(model, {**batch, "use_cache": False}, labels,
+                                                      slices=slices_logits_by_mask(model))
         owner = torch.arange(len(rows), device=scored.device).unsqueeze(1).expand_as(scored)[scored]
         losses = {}
         for m in dict.fromkeys(rows):
@@ -345,17 +346,6 @@ def _forward_backward(model, pad_id: int, part: list[tuple[_Member, dict]], item
             losses[m] = token_loss[own].sum() / max(items[m], 1)
         sum(losses.values()).backward()
     return losses
-
-
-def _summary_logits(model, batch: dict, scored):
-    """Logits at the positions whose next token is a summary token, flattened (as trainer.sft's loss takes them)."""
-    import torch
-
-    from trainer.sft import slices_logits_by_mask
-
-    if slices_logits_by_mask(model):
-        return model(**batch, use_cache=False, logits_to_keep=torch.nn.functional.pad(scored, (0, 1))).logits
-    return model(**batch, use_cache=False).logits[:, :-1][scored]
 
 
 def _merge(batches: list[dict], pad_id: int) -> dict:
@@ -380,11 +370,10 @@ def _after_step(m: _Member, model, exits: _Exits) -> None:
         values = {"loss": float(m.loss_sum) / (m.step - m.logged_at), "learning_rate": float(m.learning_rate),
                   "grad_norm": float(m.grad_norm)}
         m.loss_sum, m.logged_at = m.loss_sum - m.loss_sum, m.step
-        for name, value in values.items():
-            m.report(Metric(f"train/{name}", m.step, value))
-        broken = [(name, value) for name, value in values.items() if not math.isfinite(value)]
-        if broken:
-            exits.leave(m, TrialDiverged(f"diverged at step {m.step} ({broken[0][0]} {broken[0][1]})"))
+        try:
+            report_train_point(m.report, m.step, values)
+        except TrialDiverged as diverged:
+            exits.leave(m, diverged)
             return
     interval = t.checkpoint_interval_steps
     if (interval and m.step % interval == 0 and m.step < m.total_steps) or \
@@ -496,8 +485,7 @@ def save_checkpoint(m: _Member, model) -> None:
                      save_steps=t.checkpoint_interval_steps or 500, train_batch_size=t.micro_batch_size,
                      num_train_epochs=m.args.num_train_epochs, stateful_callbacks=[TrainerControl()],
                      ).save_to_json(str(folder / "trainer_state.json"))
-        checkpoints.mark_complete(folder, m.resume_key, m.points)
-    m.report(Checkpoint(m.step))
+        seal_checkpoint(folder, m.resume_key, m.points, m.report, m.step)
 
 
 def _resume(m: _Member, model) -> None:

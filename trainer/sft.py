@@ -38,16 +38,30 @@ class SweepSFTTrainer(SFTTrainer):
         inputs["use_cache"] = False  # no KV cache while training
         if return_outputs or not self._slices_logits:
             return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
-        labels = inputs.pop("labels")
-        targets = labels[:, 1:]  # position p predicts token p + 1
-        scored = targets != -100
-        # The LM head only where the next token is a summary token: a prompt position's logits cost a
-        # (vocabulary x hidden) matmul and a softmax each, and its loss is masked anyway.
-        logits = model(**inputs, logits_to_keep=torch.nn.functional.pad(scored, (0, 1))).logits
-        loss = torch.nn.functional.cross_entropy(logits.float(), targets[scored], reduction="sum")
+        loss, scored = summary_token_losses(model, inputs, inputs.pop("labels"), "sum")
         # As transformers' causal-LM loss: summed over the accumulated batch's tokens when the Trainer counted them.
         counted = num_items_in_batch is not None and self.model_accepts_loss_kwargs
         return loss / torch.as_tensor(num_items_in_batch if counted else scored.sum()).clamp(min=1)
+
+
+def summary_token_losses(model, inputs: dict, labels, reduction: str = "none", slices: bool = True):
+    """Cross-entropy of each token whose label is not -100 (the summary's), predicted from the position before it;
+    the LM head runs only at those positions where the model takes a mask (`slices`: `slices_logits_by_mask`).
+    The isolated trial (`reduction="sum"`) and a pack (each row's own, "none") compute their loss here.
+    Returns (the losses, the boolean mask of scored positions, one shorter than the rows)."""
+    targets = labels[:, 1:]  # position p predicts token p + 1
+    scored = targets != -100
+    if slices:  # a prompt position's logits cost a (vocabulary x hidden) matmul and a softmax each, all masked
+        logits = model(**inputs, logits_to_keep=torch.nn.functional.pad(scored, (0, 1))).logits
+    else:
+        logits = model(**inputs).logits[:, :-1][scored]
+    return torch.nn.functional.cross_entropy(logits.float(), targets[scored], reduction=reduction), scored
+
+
+def summary_tokens(batches: list[dict]) -> int:
+    """Summary tokens over one optimizer step's micro batches (labels shifted by one): the Trainer's
+    `num_items_in_batch`, which the step's loss is divided by."""
+    return int(sum((batch["labels"][..., 1:] != -100).sum() for batch in batches))
 
 
 def slices_logits_by_mask(model) -> bool:

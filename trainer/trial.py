@@ -254,12 +254,7 @@ class ReportCallback(TrainerCallback):
             self.report(event)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        for key in ("loss", "learning_rate", "grad_norm"):
-            if logs and key in logs:
-                value = float(logs[key])
-                self.report(Metric(f"train/{key}", state.global_step, value))
-                if not math.isfinite(value):  # every later step would be wasted: end the trial here
-                    raise TrialDiverged(f"diverged at step {state.global_step} ({key} {value})")
+        report_train_point(self.report, state.global_step, logs or {})
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         step = state.global_step
@@ -281,9 +276,31 @@ class CheckpointCallback(TrainerCallback):
         return control
 
     def on_save(self, args, state, control, **kwargs):
-        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        checkpoints.mark_complete(folder, self.resume_key, self.points)
-        self.report(Checkpoint(state.global_step))  # not among `points`: an attempt replays curve points only
+        seal_checkpoint(Path(args.output_dir) / f"checkpoint-{state.global_step}", self.resume_key, self.points,
+                        self.report, state.global_step)
+
+
+TRAIN_POINTS = ("loss", "learning_rate", "grad_norm")
+"""What a trial logs every `training.logging_steps`, alone (the Trainer's logs) or in a pack (its own step)."""
+
+
+def report_train_point(report: EmitEvent, step: int, logged: dict) -> None:
+    """One logged point of training as `train/<name>` metrics, alone or in a pack; a non-finite value ends the
+    trial once the point is reported (every later step would be wasted): TrialDiverged names the first."""
+    values = {name: float(logged[name]) for name in TRAIN_POINTS if name in logged}
+    for name, value in values.items():
+        report(Metric(f"train/{name}", step, value))
+    broken = [(name, value) for name, value in values.items() if not math.isfinite(value)]
+    if broken:
+        raise TrialDiverged(f"diverged at step {step} ({broken[0][0]} {broken[0][1]})")
+
+
+def seal_checkpoint(folder: Path, resume_key: str, points: list[Event], report: EmitEvent, step: int) -> None:
+    """A checkpoint written alone (by the Trainer) or in a pack, marked complete with the points reported so far
+    (trainer.checkpoints), then announced; the announcement is not among `points`: an attempt replays curve
+    points only."""
+    checkpoints.mark_complete(folder, resume_key, points)
+    report(Checkpoint(step))
 
 
 def report_scores(report: EmitEvent, result: EvalResult, step: int) -> None:

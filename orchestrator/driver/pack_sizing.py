@@ -1,16 +1,21 @@
-"""How many trials one worker's pack holds (resources.trials_per_worker), and what the plan says about packs.
+"""How many trials one worker's pack holds (resources.trials_per_worker), which queued trials join it, and what
+the plan says about packs.
 
-Which trials may share a pack is trainer.packing's (one function of their configs); this module only sizes
-packs from the setting, the trials that are ready and the workers there are.
+Which trials may share a pack is trainer.packing's (one function of their configs); this module sizes packs
+from the setting, the trials that are ready, the workers there are and, for `auto` on GPUs, their free memory.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
+from orchestrator.backends.backend import Backend
+from orchestrator.driver.lifecycle import Trial
+from sweeps.spec import ResourcesConfig
 from trainer import packing
 from trainer.config import TrialConfig
+from trainer.models import model_config
 from trainer.packing import PackMemory
 
 AUTO_TRIALS_PER_WORKER = 8
@@ -47,6 +52,38 @@ def pack_size(setting: int | str, ready: int, free_workers: int, limit: int | No
     else:
         size = int(setting)
     return max(1, min(size, ready, limit or size))
+
+
+class PackMates:
+    """Which queued trials share a trial's worker: compatible ones (trainer.packing), feasible ones, as many as
+    its pack may hold (the setting, the free workers, a halved pack's limit, the GPU's free memory)."""
+
+    def __init__(self, resources: ResourcesConfig, backend: Backend, gpus: float):
+        self.resources, self.backend, self.gpus = resources, backend, gpus
+        self._gpu_fit: dict[str, int] = {}  # model name -> trials one GPU's free memory holds (`auto`)
+
+    def of(self, trial: Trial, queue: Iterable[Trial], free_workers: int,
+           feasible: Callable[[Trial], bool]) -> list[Trial]:
+        """The queued trials that join `trial`'s pack (the caller takes them off its queue)."""
+        if packing.isolated_reason(trial.planned.config) is not None:
+            return []
+        key = packing.pack_key(trial.planned.config)
+        ready = [t for t in queue if packing.isolated_reason(t.planned.config) is None
+                 and packing.pack_key(t.planned.config) == key and feasible(t)]
+        halved = [t.pack_limit for t in [trial, *ready] if t.pack_limit]  # a halved pack's
+        limit = min([*halved, *self._memory_limit(trial.planned.config)], default=None)
+        size = pack_size(self.resources.trials_per_worker, 1 + len(ready), free_workers, limit, self.gpus > 0)
+        return ready[:size - 1]
+
+    def _memory_limit(self, config: TrialConfig) -> list[int]:
+        """`auto` on GPU workers: as many trials as one GPU's free memory holds, with headroom (once per model)."""
+        if self.resources.trials_per_worker != "auto" or self.gpus <= 0:
+            return []
+        name = config.model.name
+        if name not in self._gpu_fit:
+            need = packing.pack_memory(config, model_config(name))
+            self._gpu_fit[name] = memory_limit(self.backend.free_gpu_bytes(self.gpus), need)
+        return [self._gpu_fit[name]]
 
 
 def proposals_to_ask(setting: int | str, free_workers: int, on_gpus: bool = False) -> int:

@@ -21,6 +21,7 @@ from orchestrator.planning.loading import parse_override
 from orchestrator.planning.plan import PlannedTrial, get_value, label, path_safe, run_problems, with_value
 from orchestrator.planning.prepare import load_data
 from sweeps.spec import SpecError, SweepSpec
+from results.control_requests import ControlRequests
 from results.states import TrialState
 from results.store import Store, TrialSummary
 from results.stored_spec import stored_spec
@@ -139,11 +140,11 @@ def resume(store: Store, sweep: str, trial_name: str) -> str:
     return f"{trial_name} will run again from its last checkpoint"
 
 
-def added_plan(store: Store, sweep_id: int, known: set[int] = frozenset()) -> list[PlannedTrial]:
+def added_plan(control: ControlRequests, sweep_id: int, known: set[int] = frozenset()) -> list[PlannedTrial]:
     """The trials added to a sweep while it ran, as the driver plans them (after the spec's own); the rows in
     `known` (ids the driver has already) are neither read nor built again."""
     out = []
-    for _, name, params, config, baseline in store.control.added_trials(sweep_id, known):
+    for _, name, params, config, baseline in control.added_trials(sweep_id, known):
         ignored: list = []  # written by this version's clone or extend: it builds
         typed = schema.build(TrialConfig, config, "", ignored)
         out.append(PlannedTrial(name, "trial", params, typed, tuple(params), baseline=baseline))

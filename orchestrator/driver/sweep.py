@@ -25,7 +25,9 @@ from orchestrator.driver import pack_sizing, steering
 from orchestrator.trackers import mlflow_view
 from orchestrator.backends.backend import Backend, Outcome
 from orchestrator.planning.budget import budget_problems
-from orchestrator.driver.control import HEARTBEAT_INTERVAL_S, StopFlag, SweepBusy, driver_alive, driver_id
+from orchestrator.driver.control import StopFlag, SweepBusy, driver_alive, driver_id
+from orchestrator.driver.limits import over_limit
+from orchestrator.driver.mailbox import Mailbox
 from orchestrator.driver.lifecycle import Change, Lifecycle, Sink, Trial
 from orchestrator.driver.placement import check_placement, placement
 from orchestrator.planning.plan import PlannedTrial, run_problems
@@ -38,15 +40,12 @@ from sweeps.spec import SweepSpec, to_plain
 from results.states import TrialState
 from results.store import Store
 from trainer import events as ev
-from trainer import packing
 from trainer.data import TrialData
 from trainer.identity import content_key
-from trainer.models import model_config, model_identity
+from trainer.models import model_identity
 
 POLL_S = 1.0
 """Longest the loop waits for a trial to finish before it reads events and stop requests again."""
-REQUEST_POLL_S = 1.0
-"""How often the store is read for `sweep stop`, `clone`, `extend` and `resume` requests (one small query each)."""
 
 
 @dataclass
@@ -98,7 +97,7 @@ def run_sweep(spec: SweepSpec, store: Store, backend: Backend, stream: TextIO = 
     try:
         sinks = [*sinks, *_tracker_sinks(spec, store, sweep_dir, stream)]
         driver = Driver(spec, store, backend, sweep_id, sweep_dir, data, Progress(0, 1, stream, show_progress), sinks)
-        driver.run(plan + steering.added_plan(store, sweep_id), stop if stop is not None else StopFlag())
+        driver.run(plan + steering.added_plan(store.control, sweep_id), stop if stop is not None else StopFlag())
     finally:
         store.lease.release_sweep(sweep_id, me)
     driver.outcome.wall_s = time.perf_counter() - start
@@ -157,9 +156,9 @@ class Driver:
                                     TensorBoardView(sweep_dir / "tensorboard"), progress, self.outcome, *sinks])
         self.trials: dict[int, Trial] = {}
         self.queue: deque[Trial] = deque()
-        self._gpu_fit: dict[str, int] = {}  # model name -> trials one GPU's free memory holds (`auto`)
+        self.packs = pack_sizing.PackMates(spec.resources, backend, self.gpus)
         self.stopping: str | None = None
-        self._next_beat = self._next_poll = 0.0
+        self.mailbox = Mailbox(store, sweep_id)
 
     def run(self, plan: list[PlannedTrial], stop: StopFlag) -> None:
         self.progress.total, self.progress.slots = len(plan) + self.search.proposals, self.slots
@@ -210,7 +209,10 @@ class Driver:
                 self.lifecycle.transition(trial, TrialState.FAILED, reason="infeasible settings, not run: "
                                           + "; ".join(p.render() for p in problems))
                 continue
-            self._submit([trial, *self._mates(trial)])
+            mates = self.packs.of(trial, self.queue, self._free_workers(), lambda t: not self._infeasible(t.planned))
+            for mate in mates:
+                self.queue.remove(mate)
+            self._submit([trial, *mates])
         return bool(self.queue) and not self.stopping
 
     def _ask(self) -> bool:
@@ -224,32 +226,6 @@ class Driver:
             self._add(proposed)
             asked += 1
         return asked > 0
-
-    def _mates(self, trial: Trial) -> list[Trial]:
-        """Queued trials that may share `trial`'s worker (trainer.packing), as many as its pack may hold."""
-        if packing.isolated_reason(trial.planned.config) is not None:
-            return []
-        key = packing.pack_key(trial.planned.config)
-        ready = [t for t in self.queue if packing.isolated_reason(t.planned.config) is None
-                 and packing.pack_key(t.planned.config) == key and not self._infeasible(t.planned)]
-        halved = [t.pack_limit for t in [trial, *ready] if t.pack_limit]  # a halved pack's
-        limit = min([*halved, *self._memory_limit(trial.planned.config)], default=None)
-        size = pack_sizing.pack_size(self.spec.resources.trials_per_worker, 1 + len(ready), self._free_workers(), limit,
-                               self.gpus > 0)
-        mates = ready[:size - 1]
-        for mate in mates:
-            self.queue.remove(mate)
-        return mates
-
-    def _memory_limit(self, config) -> list[int]:
-        """`auto` on GPU workers: as many trials as one GPU's free memory holds, with headroom (once per model)."""
-        if self.spec.resources.trials_per_worker != "auto" or self.gpus <= 0:
-            return []
-        name = config.model.name
-        if name not in self._gpu_fit:
-            need = packing.pack_memory(config, model_config(name))
-            self._gpu_fit[name] = pack_sizing.memory_limit(self.backend.free_gpu_bytes(self.gpus), need)
-        return [self._gpu_fit[name]]
 
     def _free_workers(self) -> int:
         return max(self.slots - self.backend.running, 1)
@@ -338,18 +314,17 @@ class Driver:
         self.queue.appendleft(trial)
 
     def _control(self, stop: StopFlag) -> None:
-        """Heartbeat, and act on Ctrl-C / SIGTERM and on `sweep stop` requests from other terminals."""
-        now = time.monotonic()
-        if now >= self._next_beat:
-            self.store.lease.heartbeat(self.sweep_id)
-            self._next_beat = now + HEARTBEAT_INTERVAL_S
+        """Heartbeat, time limits, and act on Ctrl-C / SIGTERM and on what other terminals asked."""
+        now_s = time.monotonic()
+        self.mailbox.beat(now_s)
         if stop and not self.stopping:
             self._stop_all(f"interrupted by {signal.Signals(stop.signal).name}")
-        self._enforce_time_limits(now)
-        if now < self._next_poll:
+        for trial, reason in over_limit(self.trials.values(), now_s, self.spec.resources):
+            self._kill(trial, TrialState.FAILED, reason)
+        stops = self.mailbox.stops(now_s)
+        if stops is None:
             return
-        self._next_poll = now + REQUEST_POLL_S
-        whole, trial_ids = self.store.control.stop_requests(self.sweep_id)
+        whole, trial_ids = stops
         if whole and not self.stopping:
             self._stop_all("stopped by `sweep stop`")
         for trial_id in trial_ids & set(self.trials):
@@ -359,26 +334,14 @@ class Driver:
 
     def _steer(self) -> None:
         """Pick up what `sweep clone`, `sweep extend` and `sweep resume` asked for from another terminal."""
-        for planned in steering.added_plan(self.store, self.sweep_id, known=set(self.trials)):
+        for planned in self.mailbox.added(known=set(self.trials)):
             self.progress.total += 1
             self._add(planned)
-        for trial_id in self.store.control.take_resume_requests(self.sweep_id) & set(self.trials):
+        for trial_id in self.mailbox.resumes() & set(self.trials):
             trial = self.trials[trial_id]
             if trial.state is TrialState.INTERRUPTED:
                 self.lifecycle.transition(trial, TrialState.PENDING, reason="resumed by `sweep resume`")
                 self.queue.append(trial)
-
-    def _enforce_time_limits(self, now: float) -> None:
-        total, stall = self.spec.resources.trial_timeout_s, self.spec.resources.stall_timeout_s
-        for trial in self.trials.values():
-            if trial.state is not TrialState.RUNNING or trial.planned_end is not None:
-                continue
-            if total is not None and now - trial.started_at > total:
-                self._kill(trial, TrialState.FAILED, f"timed out: ran {now - trial.started_at:.0f} s, over "
-                                            f"resources.trial_timeout_s={total:g}; its worker was killed")
-            elif stall is not None and now - trial.last_event_at > stall:
-                self._kill(trial, TrialState.FAILED, f"stalled: no event for {now - trial.last_event_at:.0f} s, over "
-                                            f"resources.stall_timeout_s={stall:g}; its worker was killed")
 
     def _stop_all(self, reason: str) -> None:
         self.stopping = self.outcome.stopped_by = reason
