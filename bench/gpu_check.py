@@ -21,8 +21,8 @@ dialogues: nothing is downloaded. Trials run in this process through `trainer.tr
 - packs: 1, 4 and 8 trials on one base (trainer.lockstep) per model shape: train seconds per trial-step and peak
   memory per trial, each against the isolated trial (the pack of 1).
 - auto: `trials_per_worker: auto` sizes a pack from the free memory with 20% headroom
-  (orchestrator.driver.pack_sizing.memory_limit of trainer.packing.pack_memory); the estimate per trial must not be below the
-  measured one, and the pack it picks must fit.
+  (orchestrator.driver.pack_sizing.memory_limit of trainer.packing.pack_memory); the estimate per trial must not
+  be below the measured one, and the pack it picks must fit.
 """
 
 from __future__ import annotations

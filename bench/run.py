@@ -563,7 +563,8 @@ def pack_step_seconds(trials: int, steps: int) -> dict:
                for c in configs[:trials]]
     data = load_trial_data(configs[0].dataset)
     work = Path(tempfile.mkdtemp(prefix="qlora-sweep-pack-"))
-    members = [lockstep._member(lockstep.PackTrial(i, c, data, work / str(i), lambda e: None), i) for i, c in enumerate(configs)]
+    members = [lockstep._member(lockstep.PackTrial(i, c, data, work / str(i), lambda e: None), i)
+               for i, c in enumerate(configs)]
     tokenizer, model = load(members[0].cfg)
     model = lockstep.adapt_all(model, members)
     for m in members:

@@ -64,7 +64,8 @@ class ControlRequests(StorePart):
             s.flush()
             return row.id
 
-    def added_trials(self, sweep_id: int, known: set[int] = frozenset()) -> list[tuple[int, str, dict, dict, str | None]]:
+    def added_trials(self, sweep_id: int, known: set[int] = frozenset()
+                     ) -> list[tuple[int, str, dict, dict, str | None]]:
         """(id, name, params, config, baseline) of each trial added while the sweep ran (clones, extensions), but
         the `known` ids (those a live driver has already)."""
         with self.session() as s:

@@ -27,6 +27,7 @@ from results.trial_records import FINAL_PREFIX, TrialRecords, finals
 
 __all__ = ["FINAL_PREFIX", "Store", "SweepSummary", "TrialSummary"]
 
+
 @dataclass(frozen=True)
 class TrialSummary:
     """A read-only snapshot of one trial for reports."""

@@ -92,8 +92,8 @@ class TrialRecords(StorePart):
         """Ended without a result (failed, pruned, interrupted): the reason is kept, and so are its curves."""
         state = TrialState(state)
         if state not in _ENDED_WITHOUT_RESULT:
-            raise ValueError(f"a trial ends without a result as one of {', '.join(s.value for s in _ENDED_WITHOUT_RESULT)}"
-                             f"; given {state!r}")
+            allowed = ", ".join(s.value for s in _ENDED_WITHOUT_RESULT)
+            raise ValueError(f"a trial ends without a result as one of {allowed}; given {state!r}")
         with self.session() as s:
             row = s.get(TrialRow, trial_id)
             row.status, row.finished_at, row.runtime_s, row.error = state.value, utcnow(), runtime_s, reason

@@ -91,5 +91,9 @@ def test_the_module_paths_before_the_regrouping_still_import_the_same_modules():
         {name: module.__name__ for name, module in moved.items()}
     assert importlib.import_module("orchestrator.lifecycle").Sink is \
         importlib.import_module("orchestrator.driver.lifecycle").Sink
-    from orchestrator.export import merge  # noqa: F401  (a function of the one-module orchestrator.export)
-    from orchestrator.search import Search, search_for  # noqa: F401
+    from orchestrator.export import merge  # a function of the one-module orchestrator.export
+    from orchestrator.search import Search, search_for
+
+    assert merge is importlib.import_module("orchestrator.export.bundle").merge
+    strategies = importlib.import_module("orchestrator.search.strategies")
+    assert (Search, search_for) == (strategies.Search, strategies.search_for)

@@ -1,8 +1,8 @@
 """What a trial reports while it runs, as typed events, and the one encoding they cross processes in.
 
-The trial (trainer.trial), its worker (orchestrator.backends.ray_backend) and the driver (orchestrator.driver.sweep) share
-these classes; only `encode`/`decode` know the wire form (a plain dict with an `event` tag), which is also how
-a checkpoint keeps the points reported before it.
+The trial (trainer.trial), its worker (orchestrator.backends.ray_backend) and the driver
+(orchestrator.driver.sweep) share these classes; only `encode`/`decode` know the wire form (a plain dict with an
+`event` tag), which is also how a checkpoint keeps the points reported before it.
 """
 
 from __future__ import annotations

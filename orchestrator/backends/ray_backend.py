@@ -160,7 +160,8 @@ def _redirect_output(path: Path) -> None:
 
 
 class RayBackend:
-    """The `orchestrator.backends.backend.Backend` on Ray. `trial_fn` is `module:function` with run_trial's signature, imported in each worker."""
+    """The `orchestrator.backends.backend.Backend` on Ray. `trial_fn` is `module:function` with run_trial's
+    signature, imported in each worker."""
 
     def __init__(self, address: str | None = None, num_cpus: int | None = None, trial_fn: str = DEFAULT_TRIAL_FN):
         self.trial_fn = trial_fn

@@ -4,9 +4,10 @@ in a truthful state through the Lifecycle.
 The driver is the only writer of the results store, of the Optuna study and of TensorBoard events; workers
 only report. A trial already completed with the same content key is reused, not re-run; anything a killed
 driver left pending or running is run again. Every trial ends as completed, failed (its error kept), pruned
-or interrupted (with the reason), its partial curves kept. Preparation (orchestrator.planning.prepare), placement
-(orchestrator.driver.placement), the retry policy (orchestrator.driver.retry) and the search (orchestrator.search.strategies) live in
-their own modules; this one is the loop.
+or interrupted (with the reason), its partial curves kept. Preparation (orchestrator.planning.prepare),
+placement (orchestrator.driver.placement), the retry policy (orchestrator.driver.retry), pack sizes
+(orchestrator.driver.pack_sizing), requests and heartbeat (orchestrator.driver.mailbox), time limits
+(orchestrator.driver.limits) and the search (orchestrator.search) live in their own modules; this one is the loop.
 """
 
 from __future__ import annotations
@@ -129,8 +130,8 @@ def live_driver_check(store: Store, name: str) -> str | None:
 
 def register(store: Store, sweep_id: int, trial: PlannedTrial, data: TrialData) -> tuple[int, bool]:
     key = content_key(trial.config, data, model_identity(trial.config.model.name))
-    return store.records.register_trial(sweep_id, trial.name, trial.kind, trial.params, dataclasses.asdict(trial.config),
-                                key, trial.study_trial, trial.baseline)
+    return store.records.register_trial(sweep_id, trial.name, trial.kind, trial.params,
+                                        dataclasses.asdict(trial.config), key, trial.study_trial, trial.baseline)
 
 
 def trial_dir(sweep_dir: Path, name: str) -> Path:

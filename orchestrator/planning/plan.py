@@ -1,6 +1,7 @@
 """Planning: dotted-key values over a spec become named trials (and zero-shot baselines); nothing runs.
 
-Which values a sweep plans is its Search's business (orchestrator.search.strategies); this module names and builds them."""
+Which values a sweep plans is its Search's business (orchestrator.search.strategies); this module names and
+builds them."""
 
 from __future__ import annotations
 

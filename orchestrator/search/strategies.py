@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from orchestrator.planning.plan import PlannedTrial, baselines_of, grid_plan, plan_problems, planned_trial, with_baseline
+from orchestrator.planning.plan import (PlannedTrial, baselines_of, grid_plan, plan_problems, planned_trial,
+                                        with_baseline)
 from sweeps.spec import Dimension, SweepSpec
 from results.states import TrialState
 from trainer import events as ev
