@@ -1,5 +1,5 @@
-"""The results store, the same tests on every backend: SQLite file (WAL), SQLite in memory, and a real
-PostgreSQL server."""
+"""The results store, every part of it (`records`, `control`, `lease`, and the shared reads), the same tests on
+every backend: SQLite file (WAL), SQLite in memory, and a real PostgreSQL server."""
 
 from __future__ import annotations
 
