@@ -143,6 +143,7 @@ def test_decoder_only_and_encoder_decoder_in_one_sweep_then_export(backend, tiny
         assert text == e["prediction"] == stored[e["example_id"]]
     verified = json.loads((out / "verification.json").read_text())
     assert (verified["identical"], verified["total"], verified["differ"]) == (4, 4, [])
+    assert verified["loaded_as"].startswith("AutoModelForCausalLM.from_pretrained('merged', dtype='float32')")
     assert verified["regenerated"] == pytest.approx(100 * trials["tiny-llama0"].metrics["rougeL"])
     assert "Reproduction: 4 of 4 stored predictions reproduced exactly" in card
     assert "AutoModelForCausalLM.from_pretrained('merged', dtype='float32')" in card

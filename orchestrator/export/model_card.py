@@ -101,7 +101,7 @@ def snippet(cfg: TrialConfig, folder: str, base_id: str, family: Family, dtype: 
     return "\n".join(lines)
 
 
-def _adapter_loading(cfg: TrialConfig, family: str, base_id: str, dtype: str) -> list[str]:
+def _adapter_loading(cfg: TrialConfig, auto_class: str, base_id: str, dtype: str) -> list[str]:
     q = cfg.quantization
     lines = ["from peft import PeftModel"]
     quantized = ""
@@ -113,7 +113,7 @@ def _adapter_loading(cfg: TrialConfig, family: str, base_id: str, dtype: str) ->
         quantized = (f", quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type={q.mode!r}, "
                      f"bnb_4bit_use_double_quant={q.double_quant}, bnb_4bit_compute_dtype={dtype!r})")
     return lines + [f"tokenizer = AutoTokenizer.from_pretrained({base_id!r})",
-                    f"base = {family}.from_pretrained({base_id!r}, dtype={dtype!r}{quantized})",
+                    f"base = {auto_class}.from_pretrained({base_id!r}, dtype={dtype!r}{quantized})",
                     "model = PeftModel.from_pretrained(base, 'adapter')"]
 
 
