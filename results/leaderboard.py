@@ -12,6 +12,7 @@ import csv
 import io
 import json
 from dataclasses import asdict, dataclass
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from evaluation.metrics import Metric, metric as registered, metrics_where, rankable_names
@@ -167,7 +168,7 @@ def render(rows: list[Row], fmt: str, metric: str, notes: dict, sweep: str,
     several = len({r.scoring for r in rows}) > 1
     multi = any(r.pareto is not None for r in rows)
     extra = [k for k in metrics_where(column="extra") if any(k.name in r.scores for r in rows)]
-    columns = [(k.label, _score_cell(k)) for k in _ranked_columns(metric) + extra]
+    columns = [(k.label, score_cell(k)) for k in _ranked_columns(metric) + extra]
     columns += [(column, value) for shown, column, value in ((several, "scoring", lambda r: r.scoring),
                                                                (multi, "pareto", lambda r: "yes" if r.pareto else ""))
                 if shown]
@@ -197,7 +198,8 @@ def _ranked_columns(metric: str) -> list[Metric]:
     return [k for k in metrics_where(column="ranked") if k.name == metric]
 
 
-def _score_cell(k: Metric):
+def score_cell(k: Metric) -> Callable[[Row], str]:
+    """A row's cell of metric `k`, as every board prints it."""
     return lambda r: k.cell(r.scores.get(k.name))
 
 

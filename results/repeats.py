@@ -13,7 +13,6 @@ from results.provenance import scoring_letters
 from results.store import TrialSummary
 
 REPEAT_KEY = "training.seed"
-# Shown per config, in this order, where the trials have them.
 
 
 @dataclass(frozen=True)

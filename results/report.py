@@ -16,7 +16,7 @@ from html import escape
 from evaluation.metrics import metric as registered, metrics_where
 from results import charts, environment, importance, repeats
 from results.leaderboard import (Row, describe_scoring, format_difference, format_interval,
-                                 repeat_cells, scale)
+                                 repeat_cells, scale, score_cell)
 from results.show import curve_lines, curve_series, lineage, worst_and_best
 from results.store import SweepSummary
 from results.stored_spec import stored_spec
@@ -66,12 +66,9 @@ def _notes(summary: SweepSummary, groups: dict) -> str:
 def _columns(metric: str) -> list[tuple[str, str, Callable[[Row], str]]]:
     """(header, cell class, cell text) per leaderboard column: the trial name wraps anywhere (`l`), intervals at
     their spaces (`w`), numbers never."""
-    def score(k) -> Callable[[Row], str]:
-        return lambda r: k.cell(r.scores.get(k.name))
-
     return [("trial", "l", lambda r: r.trial + (" (0-shot)" if r.kind == "baseline" else "")
              + ("" if r.status == "completed" else f" [{r.status}]")),
-            *((k.page_label, "", score(k)) for k in metrics_where() if k.page_label),
+            *((k.page_label, "", score_cell(k)) for k in metrics_where() if k.page_label),
             (f"{registered(metric).label} 95% CI", "w", lambda r: format_interval(r.interval)),
             ("vs best", "w", lambda r: format_difference(r.vs_best)),
             ("vs 0-shot", "w", lambda r: format_difference(r.vs_baseline, r.delta)),

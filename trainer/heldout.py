@@ -268,15 +268,13 @@ def causal_losses(model, input_ids, attention_mask, labels, routed: dict, torch)
 
 def token_losses(model, inputs: dict, labels, torch) -> list[float]:
     """Mean cross-entropy of each row's labelled tokens, position t predicting token t + 1."""
-    from trainer.sft import slices_logits_by_mask  # TRL with it: imported where a loss is computed
+    # TRL comes with trainer.sft: imported where a loss is computed, not when this module is.
+    from trainer.sft import slices_logits_by_mask, summary_token_losses
 
-    targets = labels[:, 1:]
     if slices_logits_by_mask(model):  # the vocabulary projection only where a summary token is predicted
-        kept = torch.nn.functional.pad(targets != -100, (0, 1))
-        flat = model(**inputs, logits_to_keep=kept).logits
-        token_loss = torch.nn.functional.cross_entropy(flat.float(), targets[targets != -100], reduction="none")
-        return [float(part.mean()) for part in token_loss.split((targets != -100).sum(dim=1).tolist())]
-    return mean_token_losses(model(**inputs).logits[:, :-1], targets, torch)
+        token_loss, scored = summary_token_losses(model, inputs, labels)
+        return [float(part.mean()) for part in token_loss.split(scored.sum(dim=1).tolist())]
+    return mean_token_losses(model(**inputs).logits[:, :-1], labels[:, 1:], torch)
 
 
 def mean_token_losses(logits, targets, torch) -> list[float]:
