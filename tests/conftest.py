@@ -13,8 +13,9 @@ from orchestrator.quiet import quiet_third_party
 REPO = Path(__file__).resolve().parents[1]
 quiet_third_party()
 
-SLOW_FIXTURES = frozenset({"backend", "scripted_backend", "two_nodes"})
-"""Fixtures that start Ray: a test that asks for one is `slow` without saying so."""
+SLOW_FIXTURES = frozenset({"backend", "scripted_backend", "two_nodes", "inline_backend"})
+"""Fixtures that start Ray or run whole sweeps of real trials: a test that asks for one is `slow` without saying
+so."""
 QUICK_TIER_ENV = "QLORA_SWEEP_QUICK_TIER"
 """Set by `make check`: Ray refuses to start, so a test that reaches it unmarked fails instead of slowing the tier;
 and on a CPU that emulates bfloat16, the bfloat16 variants of model tests wait for `make test` (tens of times
@@ -120,6 +121,17 @@ def backend():
     yield ray_backend
     assert ray_backend.trial_fn == DEFAULT_TRIAL_FN
     ray_backend.shutdown()
+
+
+@pytest.fixture
+def inline_backend():
+    """Real trials in this process, one at a time (tests/inline.py): for tests of what trials compute and store,
+    without a Ray worker that imports every library again for each trial."""
+    from tests.inline import InlineBackend
+
+    inline = InlineBackend()
+    yield inline
+    inline.shutdown()
 
 
 @pytest.fixture(scope="session")

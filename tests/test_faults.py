@@ -1,7 +1,7 @@
-"""Fault injection with real Ray, real SQLite and real tiny trials: a trial running out of memory, a
-worker process killed mid-trial, `sweep stop` from another terminal, and the orchestrator itself
-stopped by Ctrl-C or killed with SIGKILL and then re-run. Each checks that no finished trial is lost,
-no row is duplicated, and every trial ends in a truthful state."""
+"""Fault injection with real Ray, real SQLite and real tiny trials: a trial running out of memory (retried by
+the driver; this one's trials run in this process), a worker process killed mid-trial, `sweep stop` from another
+terminal, and the orchestrator itself stopped by Ctrl-C or killed with SIGKILL and then re-run. Each checks that no
+finished trial is lost, no row is duplicated, and every trial ends in a truthful state."""
 
 from __future__ import annotations
 
@@ -58,8 +58,12 @@ def training(store: Store, name: str, min_step: int = 1):
     return t if t is not None and t.status == "running" and t.worker and (t.last_step or 0) >= min_step else None
 
 
-def test_out_of_memory_is_retried_with_half_the_micro_batch(backend, raw, monkeypatch):
-    monkeypatch.setattr(backend, "trial_fn", "tests.faults:out_of_memory_above_batch_1")
+def test_out_of_memory_is_retried_with_half_the_micro_batch(inline_backend, raw, monkeypatch):
+    """The driver's retry of a trial that ran out of memory (its trials in this process: tests/inline.py)."""
+    from tests.faults import out_of_memory_above_batch_1
+
+    backend = inline_backend
+    monkeypatch.setattr(backend, "run_trial", out_of_memory_above_batch_1)
     raw["resources"] = {"retry_out_of_memory": True}
     raw["search"]["grid"] = {"prompt": ["v1"]}
     spec = parse_spec(raw)

@@ -1,7 +1,8 @@
-"""Steering a sweep from another terminal, with real Ray, real SQLite and real tiny trials: a warm clone
-continues its parent's checkpoint, a cold one starts over, a warm start that its checkpoint cannot carry is
-refused, and an extension continues exactly as a longer trial resumed at the same step. A live driver acting on
-a clone issued by another process: tests/test_shared_store.py, on SQLite and PostgreSQL."""
+"""Steering a sweep from another terminal, with real SQLite and real tiny trials (run in this process,
+tests/inline.py: where trials run is the Ray tests' subject): a warm clone continues its parent's checkpoint, a cold
+one starts over, a warm start that its checkpoint cannot carry is refused, and an extension continues exactly as a
+longer trial resumed at the same step. A live driver acting on a clone issued by another process:
+tests/test_shared_store.py, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ def losses(store: Store, trial_id: int) -> dict[int, float]:
     return {step: value for name, step, value in store.curves(trial_id) if name == "train/loss"}
 
 
-def test_clones_and_extensions_through_ray(backend, raw, tmp_path, capsys):
+def test_clones_and_extensions(inline_backend, raw, tmp_path, capsys):
     """Two 4-step parents in one sweep, float32 and bfloat16. After them, in one more run: a warm clone of the
     float32 one continues its checkpoint, a cold clone starts over, and each parent's extension to 8 steps
     equals an 8-step trial of its dtype resumed at step 4. A warm start on a rank change is refused."""
@@ -49,7 +50,7 @@ def test_clones_and_extensions_through_ray(backend, raw, tmp_path, capsys):
     spec = parse_spec(raw)
     store = Store(spec.output.store_url())
     f32, bf16 = NAMES["float32"], NAMES["bfloat16"]
-    assert sorted(run_sweep(spec, store, backend, show_progress=False).completed) == sorted([f32, bf16])
+    assert sorted(run_sweep(spec, store, inline_backend, show_progress=False).completed) == sorted([f32, bf16])
     url = ["--store", store.url]
 
     assert main(["clone", "tiny", f32, "--set", "training.max_steps=6", "--set", "training.learning_rate=5e-3",
@@ -70,13 +71,13 @@ def test_clones_and_extensions_through_ray(backend, raw, tmp_path, capsys):
         assert main(["extend", "tiny", name, "--steps", "8", *url]) == 0
 
     warm_name = f"{f32}-max_steps6-lr5e-3-warm"
-    again = run_sweep(spec, store, backend, show_progress=False)  # no live driver: the next run runs them
+    again = run_sweep(spec, store, inline_backend, show_progress=False)  # no live driver: the next run runs them
     assert sorted(again.reused) == sorted([f32, bf16])
     assert sorted(again.completed) == sorted([warm_name, "cold", f"{f32}-to8", f"{bf16}-to8"])
     check_clones(store, warm_name, capsys)
     for dtype in ("float32", "bfloat16"):
         check_extension(store, spec, dtype, tmp_path)
-    third = run_sweep(spec, store, backend, show_progress=False)  # each reused by its own content key
+    third = run_sweep(spec, store, inline_backend, show_progress=False)  # each reused by its own content key
     assert len(third.reused) == 6 and not third.completed
 
 

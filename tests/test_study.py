@@ -103,8 +103,9 @@ def _row_id(store: Store, name: str) -> int:
     return trial.id
 
 
-def test_shipped_optuna_spec_runs_on_the_embedded_model(backend, data_root, tmp_path, monkeypatch):
-    """sweeps/optuna_tpe.yaml as shipped, on a smaller budget: real SmolLM2 (NF4), DialogSum, TPE, median pruner."""
+def test_shipped_optuna_spec_runs_on_the_embedded_model(inline_backend, data_root, tmp_path, monkeypatch):
+    """sweeps/optuna_tpe.yaml as shipped, on a smaller budget: real SmolLM2 (NF4), DialogSum, TPE, median pruner;
+    its trials in this process (tests/inline.py)."""
     import dataclasses
 
     from orchestrator.planning.loading import load_spec
@@ -118,7 +119,7 @@ def test_shipped_optuna_spec_runs_on_the_embedded_model(backend, data_root, tmp_
                  search=small(spec.search, baselines=False, optuna=small(spec.search.optuna, n_trials=2)),
                  output=small(spec.output, run_dir=str(tmp_path / "runs"), store=f"sqlite:///{tmp_path / 's.db'}"))
     store = Store(spec.output.store_url())
-    outcome = run_sweep(spec, store, backend, show_progress=False)
+    outcome = run_sweep(spec, store, inline_backend, show_progress=False)
     assert len(outcome.completed) == 2 and not outcome.failed  # 2 startup trials: neither can be pruned
     study = load_study(spec)
     assert_study_matches_store(study, store, "optuna_tpe")

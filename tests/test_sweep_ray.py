@@ -1,5 +1,7 @@
-"""One sweep end to end through real local Ray: trials in worker processes, events to the driver,
-SQLite store, TensorBoard files, leaderboard; a failing trial does not stop the others."""
+"""Sweeps end to end: through real local Ray (trials in worker processes, events to the driver, SQLite store,
+TensorBoard files, leaderboard; a failing trial does not stop the others), then the shipped experiments, mixed
+model families, full fine-tunes and exports, whose trials run in this process (tests/inline.py): what they check
+is what a trial computes and what is exported from it, not where it ran."""
 
 from __future__ import annotations
 
@@ -79,8 +81,8 @@ def run_card_snippet(folder, card: str, monkeypatch, capsys) -> None:
     assert capsys.readouterr().out.endswith("\n")  # it got to its print (a tiny model's summary may be empty)
 
 
-def test_decoder_only_and_encoder_decoder_in_one_sweep_then_export(backend, tiny_model_dir, tiny_t5_dir, local_data,
-                                                                   tmp_path, capsys, monkeypatch):
+def test_decoder_only_and_encoder_decoder_in_one_sweep_then_export(inline_backend, tiny_model_dir, tiny_t5_dir,
+                                                                   local_data, tmp_path, capsys, monkeypatch):
     import json
 
     import torch
@@ -92,7 +94,7 @@ def test_decoder_only_and_encoder_decoder_in_one_sweep_then_export(backend, tiny
     raw["search"]["grid"] = {"model.name": [str(tiny_model_dir), str(tiny_t5_dir)]}
     spec = parse_spec(raw)
     store = Store(spec.output.store_url())
-    outcome = run_sweep(spec, store, backend, show_progress=False)
+    outcome = run_sweep(spec, store, inline_backend, show_progress=False)
 
     names = {"tiny-llama0", "tiny-t50"}
     assert not outcome.failed and set(outcome.completed) == names | {f"v1-{n}-zero-shot" for n in names}
@@ -158,7 +160,7 @@ def test_decoder_only_and_encoder_decoder_in_one_sweep_then_export(backend, tiny
     assert "only a completed fine-tune" in capsys.readouterr().err
 
 
-def test_full_fine_tune_against_lora_in_one_sweep(backend, tiny_model_dir, local_data, tmp_path):
+def test_full_fine_tune_against_lora_in_one_sweep(inline_backend, tiny_model_dir, local_data, tmp_path):
     import torch
     from safetensors.torch import load_file
 
@@ -167,7 +169,7 @@ def test_full_fine_tune_against_lora_in_one_sweep(backend, tiny_model_dir, local
     raw["quantization"] = {"mode": "none", "compute_dtype": "float32"}
     raw["search"]["grid"] = {"training.method": ["lora", "full"]}
     raw["search"]["baselines"] = False
-    outcome = run_sweep(parse_spec(raw), Store(raw["output"]["store"]), backend, show_progress=False)
+    outcome = run_sweep(parse_spec(raw), Store(raw["output"]["store"]), inline_backend, show_progress=False)
     assert not outcome.failed and len(outcome.completed) == 2
     trials = {t.name: t for t in Store(raw["output"]["store"]).summary("tiny").trials}
     lora, full = trials["methodlora"], trials["methodfull"]
@@ -204,8 +206,10 @@ SPEC_BUDGET = ["dataset.train_examples=8", "dataset.eval_examples=2", "training.
                "training.max_seq_length=192", "training.checkpoint_interval_steps=1", "generation.max_new_tokens=8"]
 
 
-def run_shipped(name: str, tmp_path, model_dir, *overrides: str) -> dict:
-    """A shipped experiment spec, run through `sweep run` with --set: a tiny local model, a tiny budget."""
+def run_shipped(name: str, tmp_path, model_dir, inline_backend, monkeypatch, *overrides: str) -> dict:
+    """A shipped experiment spec, run through `sweep run` with --set: a tiny local model, a tiny budget; its trials
+    run in this process."""
+    monkeypatch.setattr("orchestrator.backends.ray_backend.RayBackend", lambda **_: inline_backend)
     sets = [f"model.name={model_dir}", f"output.run_dir={tmp_path / 'runs'}",
             f"output.store=sqlite:///{tmp_path / 's.db'}", *SPEC_BUDGET, *overrides]
     args = ["run", str(Path(__file__).resolve().parents[1] / "sweeps" / f"{name}.yaml"), "--quiet"]
@@ -215,8 +219,8 @@ def run_shipped(name: str, tmp_path, model_dir, *overrides: str) -> dict:
     return {t.name: t for t in summary.trials}
 
 
-def test_flan_t5_full_vs_lora_spec_runs_with_a_tiny_t5(backend, tiny_t5_dir, data_root, tmp_path):
-    trials = run_shipped("flan_t5_dialogsum_full_vs_lora", tmp_path, tiny_t5_dir,
+def test_flan_t5_full_vs_lora_spec_runs_with_a_tiny_t5(inline_backend, tiny_t5_dir, data_root, tmp_path, monkeypatch):
+    trials = run_shipped("flan_t5_dialogsum_full_vs_lora", tmp_path, tiny_t5_dir, inline_backend, monkeypatch,
                          "search.grid.training.learning_rate=[1e-3]", "training.eval_interval_steps=1",
                          "lora.target_modules=[q, v]")
     assert sorted(trials) == ["methodfull-lr1e-3", "methodlora-lr1e-3", "summarize-zero-shot"]
@@ -225,9 +229,9 @@ def test_flan_t5_full_vs_lora_spec_runs_with_a_tiny_t5(backend, tiny_t5_dir, dat
     assert full["trainable_params"] == full["total_params"] > lora["trainable_params"] > 0
 
 
-def test_llama_bertscore_spec_runs_with_a_tiny_llama_and_encoder(backend, tiny_model_dir, tiny_bert_dir, data_root,
-                                                                 tmp_path):
-    trials = run_shipped("llama32_3b_dialogsum_bertscore", tmp_path, tiny_model_dir,
+def test_llama_bertscore_spec_runs_with_a_tiny_llama_and_encoder(inline_backend, tiny_model_dir, tiny_bert_dir,
+                                                                 data_root, tmp_path, monkeypatch):
+    trials = run_shipped("llama32_3b_dialogsum_bertscore", tmp_path, tiny_model_dir, inline_backend, monkeypatch,
                          f"scoring.bertscore_model={tiny_bert_dir}", "search.grid.lora.rank=[4]",
                          "quantization.compute_dtype=float32", "training.optimizer=adamw_8bit")
     assert sorted(trials) == ["r4", "summarize-zero-shot"] and all(t.status == "completed" for t in trials.values())
@@ -238,7 +242,8 @@ def test_llama_bertscore_spec_runs_with_a_tiny_llama_and_encoder(backend, tiny_m
         assert {"bertscore", "bertscore_precision", "bertscore_recall", "eval_loss"} <= set(t.metrics)
 
 
-def test_a_bfloat16_export_states_how_many_predictions_it_reproduces(backend, tiny_model_dir, local_data, tmp_path):
+def test_a_bfloat16_export_states_how_many_predictions_it_reproduces(inline_backend, tiny_model_dir, local_data,
+                                                                     tmp_path):
     """In bfloat16 the merged sum is rounded where the trial added two rounded outputs, so a merged model may
     decode another token: `verification.json` must count exactly what plain transformers reproduces."""
     import json
@@ -251,7 +256,7 @@ def test_a_bfloat16_export_states_how_many_predictions_it_reproduces(backend, ti
     raw["search"] = {"grid": {"prompt": ["v1"]}, "baselines": False}
     spec = parse_spec(raw)
     store = Store(spec.output.store_url())
-    assert run_sweep(spec, store, backend, show_progress=False).completed == ["v1"]
+    assert run_sweep(spec, store, inline_backend, show_progress=False).completed == ["v1"]
     out = tmp_path / "export"
     assert main(["export", "tiny", "v1", "--merged", "--out", str(out), "--store", store.url]) == 0
     card = (out / "README.md").read_text()
