@@ -1,7 +1,7 @@
 """Sweeps end to end: through real local Ray (trials in worker processes, events to the driver, SQLite store,
 TensorBoard files, leaderboard; a failing trial does not stop the others), then the shipped experiments, mixed
-model families, full fine-tunes and exports, whose trials run in this process (tests/inline.py): what they check
-is what a trial computes and what is exported from it, not where it ran."""
+model families, full fine-tunes, exports and seed repeats, whose trials run in this process (tests/inline.py):
+what they check is what a trial computes and what is made of it, not where it ran."""
 
 from __future__ import annotations
 
@@ -276,8 +276,7 @@ def test_a_bfloat16_export_states_how_many_predictions_it_reproduces(inline_back
     assert f"Reproduction: {same} of 4 stored predictions reproduced exactly" in card
 
 
-def test_a_seed_repeat_grid_runs_on_ray_and_shows_grouped_mean_and_sd(backend, tiny_model_dir, local_data, tmp_path,
-                                                                       capsys):
+def test_a_seed_repeat_grid_shows_grouped_mean_and_sd(inline_backend, tiny_model_dir, local_data, tmp_path, capsys):
     import json
     import statistics
 
@@ -285,11 +284,12 @@ def test_a_seed_repeat_grid_runs_on_ray_and_shows_grouped_mean_and_sd(backend, t
     raw["search"]["grid"] = {"prompt": ["v1"], "training.seed": [1, 2]}
     spec = parse_spec(raw)
     store = Store(spec.output.store_url())
-    outcome = run_sweep(spec, store, backend, show_progress=False)
+    outcome = run_sweep(spec, store, inline_backend, show_progress=False)
     assert sorted(outcome.completed) == ["v1-seed1", "v1-seed2", "v1-zero-shot"]
     trials = {t.name: t for t in store.summary("tiny").trials}
     assert [c[2] for c in store.curves(trials["v1-seed1"].id) if c[0] == "train/loss"] != \
         [c[2] for c in store.curves(trials["v1-seed2"].id) if c[0] == "train/loss"]  # the seed changed training
+    capsys.readouterr()  # what the trials printed (they ran in this process)
     assert main(["leaderboard", "tiny", "--store", spec.output.store_url(), "--format", "json"]) == 0
     groups = {g["config"]: g for g in json.loads(capsys.readouterr().out)["repeats"]}
     assert set(groups) == {"v1", "v1-zero-shot"} and groups["v1"]["n"] == 2
