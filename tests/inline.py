@@ -106,11 +106,11 @@ class InlineBackend:
         if key in self._cancelled:
             return Outcome(key, error="the worker was killed (cancelled by the driver)",
                            failure=ev.FailureKind.WORKER_DIED)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        self._report(key, ev.Started(f"{socket.gethostname()}:{os.getpid()}", "inline"))
-        self._report(key, ev.Attempt(last_checkpoint(out_dir, resume_key(config, data))[1]))
         threads, start = torch.get_num_threads(), time.perf_counter()
-        try:
+        try:  # whatever fails is this trial's outcome: the thread goes on to the next
+            out_dir.mkdir(parents=True, exist_ok=True)
+            self._report(key, ev.Started(f"{socket.gethostname()}:{os.getpid()}", "inline"))
+            self._report(key, ev.Attempt(last_checkpoint(out_dir, resume_key(config, data))[1]))
             result = self.run_trial(config, data, out_dir, lambda event: self._report(key, event), cpus)
         except Exception as exc:
             return Outcome(key, error=f"{type(exc).__name__}: {exc}", failure=ev.failure_kind(exc))

@@ -62,14 +62,13 @@ def test_out_of_memory_is_retried_with_half_the_micro_batch(inline_backend, raw,
     """The driver's retry of a trial that ran out of memory (its trials in this process: tests/inline.py)."""
     from tests.faults import out_of_memory_above_batch_1
 
-    backend = inline_backend
-    monkeypatch.setattr(backend, "run_trial", out_of_memory_above_batch_1)
+    monkeypatch.setattr(inline_backend, "run_trial", out_of_memory_above_batch_1)
     raw["resources"] = {"retry_out_of_memory": True}
     raw["search"]["grid"] = {"prompt": ["v1"]}
     spec = parse_spec(raw)
     store = Store(spec.output.store_url())
 
-    outcome = run_sweep(spec, store, backend, show_progress=False)
+    outcome = run_sweep(spec, store, inline_backend, show_progress=False)
 
     assert outcome.completed == ["v1"] and not outcome.failed
     summary = store.summary("tiny")
@@ -85,7 +84,7 @@ def test_out_of_memory_is_retried_with_half_the_micro_batch(inline_backend, raw,
 
     raw["resources"] = {"retry_out_of_memory": False}
     raw["name"] = "no-retry"
-    failed = run_sweep(parse_spec(raw), store, backend, show_progress=False)
+    failed = run_sweep(parse_spec(raw), store, inline_backend, show_progress=False)
     assert failed.failed == ["v1"]
     assert all("CUDA out of memory" in t.error for t in store.summary("no-retry").trials)
 
