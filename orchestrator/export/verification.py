@@ -42,9 +42,8 @@ def verify(folder: Path, cfg: TrialConfig, examples: list[dict], dtype: str, sto
     stored_scores = scores([e["prediction"] for e in examples])
     stored_interval = mean_interval(stored_scores).scaled(100.0)
     return {"identical": len(examples) - len(differ), "total": len(examples), "differ": differ,
-            "loaded_as": f"{family.auto_class}.from_pretrained('merged', dtype={dtype!r}); one prompt at a time, as the "
-                         "card's "
-                         "snippet",
+            "loaded_as": f"{family.auto_class}.from_pretrained('merged', dtype={dtype!r}); "
+                         "one prompt at a time, as the card's snippet",
             "metric": scored, "regenerated": 100.0 * _mean(scores(regenerated)),
             "stored": 100.0 * stored_metrics.get(scored, _mean(stored_scores)),
             "stored_interval_95": [stored_interval.low, stored_interval.high],
