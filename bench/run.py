@@ -8,6 +8,11 @@
             against a bare PEFT forward+backward+AdamW step on the same batches and dtype (<= 1.15), stock
             TRL's step for comparison, `auto` against forced bfloat16, NF4 against a full-precision base
             (time and peak RSS), and the training FLOP/s achieved against this CPU's one-thread matmul FLOP/s
+- kernels:  a grid trial's step and its evaluation's generation with the CPU kernels trials now run (eager
+            attention in bfloat16 up to 512 tokens, LoRA inputs left to CPU autocast: trainer.lora_autocast, the
+            LM head fed a contiguous input: evaluation.generate) against SDPA, PEFT's float32 round trip and
+            the strided head input they replaced, each in its own process: seconds, and how far the losses and
+            predictions moved (float32: losses within 1e-5 relative)
 - load:     cached safetensors load vs cold GGUF load+dequantize of the embedded model (>= 10x)
 - generate: batched vs one-by-one greedy generation throughput, NF4 model as trials evaluate it (>= 4x)
 - eval:     a grid trial's evaluation (its 32 prompts generated, held-out loss over their 96 references), the
@@ -71,8 +76,9 @@ def bench_load(rows: list) -> None:
                  cold / cached, ">= 10x", cold / cached >= 10))
 
 
-def _grid_trial(adapted: bool = False):
-    """(cfg, tokenizer, model, data) of grid_2x2x2's first fine-tune, `auto` resolved here, one thread."""
+def _grid_trial(adapted: bool = False, load_model: bool = True):
+    """(cfg, tokenizer, model, data) of grid_2x2x2's first fine-tune, `auto` resolved here, one thread; no
+    tokenizer and model (None) unless `load_model`."""
     import torch
 
     from orchestrator.search.strategies import expand
@@ -82,6 +88,8 @@ def _grid_trial(adapted: bool = False):
 
     torch.set_num_threads(1)  # one trial's share of this machine
     cfg, _ = resolve_device(expand(load_spec(str(REPO / "sweeps" / "grid_2x2x2.yaml")))[0].config, lambda e: None)
+    if not load_model:
+        return cfg, None, None, load_trial_data(cfg.dataset)
     tokenizer, model = load(cfg)
     model = adapt(model, cfg) if adapted else model
     return cfg, tokenizer, model.eval(), load_trial_data(cfg.dataset)
@@ -328,6 +336,83 @@ def step_seconds(kind: str, mode: str, dtype: str, steps: int, micro_batches: in
     return {"s": sum(timed) / len(timed), "median_s": statistics.median(timed), "dtype": dtype,
             "native_bf16": device.bf16_native, "flop": flop,
             "rss_mib": peak_memory_mib()["host_rss_mib"], "weights_mib": _weights_mib(model)}
+
+
+def bench_kernels(rows: list, steps: int) -> None:
+    """A grid trial's step and generation, this round's CPU kernels against those they replaced (kernel_step)."""
+    before, cast, now = (_isolated(kernel_step, variant, steps) for variant in ("before", "lora-autocast", "now"))
+    dtype, exact = now["dtype"], now["dtype"] == "float32"
+    rows.append((f"grid trial step ({dtype}): before (SDPA, PEFT's float32 round trip) / now ({now['attention']} "
+                 "attention, inputs left to autocast)", f"{before['s']:.2f} s / {now['s']:.2f} s",
+                 before["s"] / now["s"], "report", True))
+    rows.append(("  before / LoRA inputs left to autocast alone (same attention)", f"{before['s']:.2f} s / "
+                 f"{cast['s']:.2f} s", before["s"] / cast["s"], "report", True))
+    same = cast["losses"] == before["losses"]
+    rows.append((f"  losses, inputs left to autocast alone / before ({len(before['losses'])} steps)",
+                 "identical" if same else "differ", float(same), "identical", same))
+    rel = max(abs(a - b) / abs(b) for a, b in zip(now["losses"], before["losses"]))
+    rows.append((f"  losses, now / before: largest relative difference ({dtype}, {len(now['losses'])} steps)",
+                 f"{rel:.1e}", rel, "<= 1e-5" if exact else "report", rel <= 1e-5 or not exact))
+    strided, contiguous = _isolated(kernel_generate, False), _isolated(kernel_generate, True)
+    rows.append((f"grid trial generation ({dtype}, 32 prompts): LM head on a strided view / contiguous",
+                 f"{strided['s']:.1f} s / {contiguous['s']:.1f} s", strided["s"] / contiguous["s"], "report", True))
+    alike = sum(a == b for a, b in zip(strided["predictions"], contiguous["predictions"]))
+    total = len(contiguous["predictions"])
+    rows.append((f"  predictions identical, contiguous / strided ({dtype})", f"{alike} of {total}", alike / total,
+                 "report" if exact else "all", alike == total or exact))
+
+
+def kernel_step(variant: str, steps: int) -> dict:
+    """Seconds per optimizer step of grid_2x2x2's first fine-tune (after the first), on the base dequantized once
+    as trials train, and its logged losses: `before` on SDPA with PEFT's input cast, `lora-autocast` with the
+    trial's LoRA inputs left to CPU autocast (trainer.lora_autocast) on SDPA, `now` as a trial runs."""
+    import dataclasses
+
+    from peft import get_peft_model
+
+    from trainer.fourbit import dequantized_base
+    from trainer.trial import adapt, load, lora_config, set_seed
+
+    cfg, _, _, data = _grid_trial(load_model=False)
+    cfg = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, max_steps=steps))
+    set_seed(cfg.training.seed)
+    tokenizer, model = load(cfg)
+    if variant != "now":
+        model.set_attn_implementation("sdpa")
+    model = get_peft_model(model, lora_config(cfg)) if variant == "before" else adapt(model, cfg)
+    trainer = _sft_trainer("trial", cfg, model, tokenizer, data)
+    with dequantized_base(model):
+        times = _timed_trainer_steps(trainer)
+    return {"s": statistics.mean(times[1:] or times), "dtype": cfg.quantization.compute_dtype,
+            "attention": model.config._attn_implementation,
+            "losses": [h["loss"] for h in trainer.state.log_history if "loss" in h]}
+
+
+def kernel_generate(contiguous: bool) -> dict:
+    """A grid trial's generation of its 32 eval prompts as its evaluation runs it (merged adapter, base
+    dequantized once; a fresh adapter whose B matrices are drawn), the LM head's input contiguous or, as
+    before, the strided view generation hands it."""
+    import contextlib
+
+    import torch
+
+    import evaluation.generate as generation
+    from trainer.trial import eval_mode, eval_prompts
+
+    cfg, tokenizer, model, data = _grid_trial(adapted=True)
+    torch.manual_seed(0)
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.02)
+    if not contiguous:
+        generation._contiguous_head_input = lambda model: contextlib.nullcontext()  # this process only
+    texts, g = eval_prompts(cfg, tokenizer, data.eval), cfg.generation
+    with eval_mode(model):
+        start = time.perf_counter()
+        made = generation.generate(model, tokenizer, texts, g.max_new_tokens, g.eval_batch_size,
+                                   add_special_tokens=False)
+        seconds = time.perf_counter() - start
+    return {"s": seconds, "predictions": [m.text for m in made]}
 
 
 def _weights_mib(model) -> float:
@@ -679,8 +764,9 @@ def _timed(fn) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="step,load,generate,eval,sweep,search,packs,pruners",
-                        help="comma list of step, load, generate, eval, prefill, sweep, search, packs, pruners, gpu, suite")
+    parser.add_argument("--only", default="step,kernels,load,generate,eval,sweep,search,packs,pruners",
+                        help="comma list of step, kernels, load, generate, eval, prefill, sweep, search, packs, "
+                             "pruners, gpu, suite")
     parser.add_argument("--pruner-spec", default="smoke.yaml", help="spec file in sweeps/ for the pruner bench")
     parser.add_argument("--steps", type=int, default=4, help="optimizer steps per step measurement (first = warm-up)")
     parser.add_argument("--spec", default="grid_2x2x2.yaml", help="spec file in sweeps/ for the sweep bench")
@@ -696,6 +782,8 @@ def main() -> int:
     print(hardware, flush=True)
     if "step" in parts:
         bench_step(rows, args.steps)
+    if "kernels" in parts:
+        bench_kernels(rows, max(args.steps, 6))
     if "load" in parts:
         bench_load(rows)
     if "generate" in parts:

@@ -3,7 +3,8 @@ encoder-decoder models read the padded prompt with its attention mask and decode
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 
@@ -71,7 +72,7 @@ def _generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_s
                             add_special_tokens=add_special_tokens).to(model.device)
         routed = {} if adapter_names is None else {"adapter_names": [adapter_names[i] for i in batch]}
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), _contiguous_head_input(model):
                 output = model.generate(**encoded, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                                         return_dict_in_generate=keep_cache, **{"do_sample": False, **decoding},
                                         **routed)
@@ -93,6 +94,25 @@ def _generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_s
         if cache is not None:
             on_prefill(Prefill(batch, encoded["input_ids"], encoded["attention_mask"], cache))
     return [results[i] for i in range(len(prompts))]
+
+
+@contextmanager
+def _contiguous_head_input(model) -> Iterator[None]:
+    """Within the block, the LM head reads a contiguous copy of its input. Generation's first step hands it the
+    prompts' last positions as a strided view (batch x 1 x hidden); torch's `linear` folds such a view into no
+    single matmul, so it expands the head's weight once per row and runs a batched matmul: a 49k-vocabulary
+    head cost 0.9 s per generate call on the 2-core AVX512-BF16 EPYC (one thread, batch 8) against 10 ms
+    contiguous. Same logits in bfloat16, bit for bit; in float32 the two kernels sum in another order."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None:
+        yield
+        return
+    handle = head.register_forward_pre_hook(lambda module, args: tuple(a.contiguous() if hasattr(a, "contiguous")
+                                                                       else a for a in args))
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def _cropped(output, width: int):

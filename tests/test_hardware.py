@@ -96,6 +96,7 @@ def test_a_real_trial_records_its_device_dtype_versions_and_peak_memory(auto_cfg
     assert env["device"].startswith("cpu: ") and env["device_kind"] == "cpu"
     assert env["versions"] == {p: metadata.version(p) for p in ("torch", "transformers", "peft", "trl", "bitsandbytes")}
     assert 50 < env["host_rss_mib"] < 24 * 1024
+    assert env["attention"] == ("eager" if expected == "bfloat16" else "sdpa")  # max_seq_length 128, on a CPU
     first = [e for e in events if isinstance(e, (Environment, Phase))][:2]
     assert isinstance(first[0], Environment) and first[1] == Phase("load")  # reported up front
     # TRL would have cast the adapters of a 4-bit model to bfloat16; they stay float32 and still train.

@@ -48,6 +48,7 @@ from trainer.config import TrialConfig
 from trainer.data import TrialData
 from trainer.events import Budget, Event, Metric, Phase, Step, TrialDiverged
 from trainer.fourbit import dequantized_base
+from trainer.lora_autocast import follow_cpu_autocast
 from trainer.result import TrialResult
 from trainer.sft import slices_logits_by_mask, summary_token_losses, summary_tokens
 from trainer.families import family_of, sft_trainer
@@ -189,6 +190,7 @@ def adapt_all(model, members: list[_Member]):
             peft_model = get_peft_model(model, config, adapter_name=m.adapter)
         else:
             peft_model.add_adapter(m.adapter, config)
+    follow_cpu_autocast(peft_model)  # as adapt() does for a trial alone
     return peft_model
 
 

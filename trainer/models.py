@@ -174,12 +174,16 @@ def load_tokenizer(path: str):
     return tokenizer
 
 
-def load_model(path: str, quant: QuantizationConfig):
+def load_model(path: str, quant: QuantizationConfig, max_seq_length: int | None = None):
     """The base model (causal LM or encoder-decoder), quantized by bitsandbytes as `quant.mode` asks; a checkpoint
-    saved quantized loads as it is. The same code on CPU and CUDA."""
+    saved quantized loads as it is. The same code on CPU and CUDA. `max_seq_length`, the longest sequence it will
+    run (a trial's), picks its attention kernel (trainer.hardware.attention_implementation); None keeps the
+    model's default."""
     import torch
     import transformers
     from transformers import AutoConfig
+
+    from trainer.hardware import attention_implementation
 
     config = AutoConfig.from_pretrained(path)
     saved = saved_quantization(_as_dict(getattr(config, "quantization_config", None)))
@@ -191,6 +195,10 @@ def load_model(path: str, quant: QuantizationConfig):
         kwargs["quantization_config"] = bnb_config(quant, dtype)
     if torch.cuda.is_available():
         kwargs["device_map"] = {"": torch.cuda.current_device()}
+    attention = attention_implementation("cuda" if torch.cuda.is_available() else "cpu", str(dtype).removeprefix("torch."),
+                                         max_seq_length)
+    if attention is not None:
+        kwargs["attn_implementation"] = attention
     auto_class = getattr(transformers, family_of(config).auto_class)
     try:
         model = auto_class.from_pretrained(path, **kwargs)

@@ -26,6 +26,7 @@ from trainer.events import Budget, Checkpoint, Environment, Event, Metric, Phase
 from trainer.families import DECODER_ONLY, Family, family_of
 from trainer.fourbit import dequantized_base
 from trainer.hardware import environment_record, peak_memory_mib, probe_device, resolve_precision
+from trainer.lora_autocast import follow_cpu_autocast
 from trainer.lora_merge import merged_adapters
 from trainer.models import load_model, load_tokenizer, resolve_model_path
 from trainer.result import TrialResult
@@ -65,7 +66,7 @@ def run_trial(cfg: TrialConfig, data: TrialData, out_dir: Path, report: EmitEven
             if not cfg.training.keep_final_checkpoint:
                 checkpoints.remove_checkpoints(out_dir)
     footprint["saved_mib"] = folder_mib(adapter_dir)
-    environment.update(peak_memory_mib())
+    environment.update(peak_memory_mib(), attention=getattr(model.config, "_attn_implementation", None))
     return TrialResult({**result.metrics, **footprint}, result.predictions, adapter_dir, timings, result.scoring,
                        environment)
 
@@ -85,7 +86,7 @@ def resolve_device(cfg: TrialConfig, report: EmitEvent, device=None) -> tuple[Tr
 
 def load(cfg: TrialConfig):
     path = resolve_model_path(cfg.model.name)
-    return load_tokenizer(path), load_model(path, cfg.quantization)
+    return load_tokenizer(path), load_model(path, cfg.quantization, cfg.training.max_seq_length)
 
 
 def adapt(model, cfg: TrialConfig, family: Family = DECODER_ONLY):
@@ -98,7 +99,9 @@ def adapt(model, cfg: TrialConfig, family: Family = DECODER_ONLY):
         return model
     # Not prepare_model_for_kbit_training: it upcasts every non-4-bit weight (embeddings, 49k-vocab
     # head) to float32, which costs speed on CPU; PEFT keeps the adapter weights in float32 anyway.
-    return get_peft_model(model, lora_config(cfg, family))
+    model = get_peft_model(model, lora_config(cfg, family))
+    follow_cpu_autocast(model)  # no float32 round trip of the adapters' inputs under CPU autocast
+    return model
 
 
 def lora_config(cfg: TrialConfig, family: Family = DECODER_ONLY):
