@@ -393,11 +393,13 @@ def kernel_generate(contiguous: bool) -> dict:
     dequantized once; a fresh adapter whose B matrices are drawn), the LM head's input contiguous or, as
     before, the strided view generation hands it."""
     import contextlib
+    import importlib
 
     import torch
 
-    import evaluation.generate as generation
     from trainer.trial import eval_mode, eval_prompts
+
+    generation = importlib.import_module("evaluation.generate")  # the module (the package exports a function)
 
     cfg, tokenizer, model, data = _grid_trial(adapted=True)
     torch.manual_seed(0)
