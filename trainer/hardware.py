@@ -72,9 +72,8 @@ def resolve_precision(requested: str, device: Device) -> Precision:
 def attention_implementation(device_kind: str, dtype: str, max_seq_length: int | None) -> str | None:
     """The attention kernel a trial's model runs: `eager` on a CPU in bfloat16 for sequences of at most
     EAGER_ATTENTION_MAX_TOKENS tokens; else None, the model's own default (SDPA)."""
-    if device_kind == "cpu" and dtype == "bfloat16" and max_seq_length and max_seq_length <= EAGER_ATTENTION_MAX_TOKENS:
-        return "eager"
-    return None
+    short = max_seq_length is not None and max_seq_length <= EAGER_ATTENTION_MAX_TOKENS
+    return "eager" if device_kind == "cpu" and dtype == "bfloat16" and short else None
 
 
 def _emulation_note(dtype: str, device: Device) -> str | None:

@@ -6,7 +6,7 @@ bfloat16 autocast on a CPU the input is therefore cast to float32 and autocast c
 for the adapter's matmul: two copies per adapted layer in every forward, two more in the backward, for the same
 values (bfloat16 -> float32 -> bfloat16 is exact). `follow_cpu_autocast` turns PEFT's cast off while the model
 runs under CPU autocast and back on when it does not (an unmerged evaluation without autocast needs it). The
-losses are the same to the last bit (tests/test_trial.py); a grid_2x2x2 step, one thread on the 2-core
+losses and gradients are the same to the last bit (tests/test_cpu_kernels.py); a grid_2x2x2 step, one thread on the 2-core
 AVX512-BF16 EPYC: 4.13 s -> 3.98 s.
 """
 

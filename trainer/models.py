@@ -189,14 +189,14 @@ def load_model(path: str, quant: QuantizationConfig, max_seq_length: int | None 
     saved = saved_quantization(_as_dict(getattr(config, "quantization_config", None)))
     if saved not in (None, quant.mode):
         raise ValueError(_prequantized(path, saved, quant.mode).render())
-    dtype = getattr(torch, resolved_dtype(quant.compute_dtype))
+    dtype_name = resolved_dtype(quant.compute_dtype)
+    dtype = getattr(torch, dtype_name)
     kwargs = {"dtype": dtype}
     if saved is None and quant.mode != "none":
         kwargs["quantization_config"] = bnb_config(quant, dtype)
     if torch.cuda.is_available():
         kwargs["device_map"] = {"": torch.cuda.current_device()}
-    attention = attention_implementation("cuda" if torch.cuda.is_available() else "cpu", str(dtype).removeprefix("torch."),
-                                         max_seq_length)
+    attention = attention_implementation("cuda" if torch.cuda.is_available() else "cpu", dtype_name, max_seq_length)
     if attention is not None:
         kwargs["attn_implementation"] = attention
     auto_class = getattr(transformers, family_of(config).auto_class)
