@@ -22,8 +22,9 @@
             continued from the prompts generation read (trainer.heldout.HeldoutLoss): seconds, how many examples
             it served, the losses' largest relative difference, predictions identical
 - sweep:    sweep wall time vs (sum of trial times / concurrent slots) (<= 1.05), the grid_2x2x2 wall time on
-            this machine (<= 20 min with native bf16, 35 min where it is emulated), on a fresh store, and each
-            fine-tune's `evaluate` step against its `train` step (<= 0.5)
+            this machine (<= 10 min with native bf16, 25 min where it is emulated), on a fresh store, each
+            fine-tune's `evaluate` step against its `train` step (<= 0.35), and its ROUGE-L against the
+            committed table (within half its 95% interval)
 - search:   the full grid (grid_2x2x2) vs a pruned TPE study over the same space (optuna_tpe), same
             model, data and steps per trial: compute spent (fine-tune trial-seconds, start to end as the
             driver saw them, pruned trials included) and the best ROUGE-L each found
@@ -560,7 +561,7 @@ def bench_sweep(rows: list, run) -> None:
 
 COMMITTED_ROUGE_L = {
     # The last committed grid_2x2x2 tables (docs/benchmarks.md, Measured): ROUGE-L and its 95% interval, 32
-    # DialogSum test dialogues. bfloat16: the 2-core AVX512-BF16 EPYC (`auto` -> bfloat16), the run of 26b4048
+    # DialogSum test dialogues. bfloat16: the 2-core AVX512-BF16 EPYC (`auto` -> bfloat16), the run of b98f8ee
     # (CPU kernels, issue 24); float32: the 2-core AVX2-only EPYC, the run of 5695990.
     "bfloat16": {"v2-r16-lr5e-4": (31.87, 28.2, 36.4), "v1-r16-lr2e-4": (30.25, 25.8, 35.2),
                  "v1-r8-lr5e-4": (30.02, 26.1, 34.6), "v2-r16-lr2e-4": (29.65, 25.5, 34.7),
