@@ -163,6 +163,32 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return out
 
 
+def lora_tiny_model(tiny_model_dir, dtype: str, double_quant: bool = True, dora: bool = False):
+    """The tiny model's NF4 base (real bitsandbytes layers) with a rank-4 LoRA on every linear layer, drawn from
+    seed 0 (B not zero, so the adapter matters), its weights float32 as PEFT makes them."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from trainer.config import QuantizationConfig
+    from trainer.models import load_model
+
+    base = load_model(str(tiny_model_dir), QuantizationConfig(mode="nf4", compute_dtype=dtype,
+                                                              double_quant=double_quant))
+    torch.manual_seed(0)
+    return get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False,
+                                           use_dora=dora))
+
+
+def tiny_batch(tiny_model_dir):
+    """Two short texts of unequal length, left padded, as model inputs."""
+    from trainer.models import load_tokenizer
+
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    tokenizer.padding_side = "left"
+    return tokenizer(["#Person1#: Can we meet at ten?\n#Person2#: Yes.", "Hello there, how are you today?"],
+                     return_tensors="pt", padding=True)
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from evaluation.generate import generate
+from tests.conftest import lora_tiny_model, tiny_batch
 from trainer.config import QuantizationConfig
 from trainer.hardware import EAGER_ATTENTION_MAX_TOKENS, attention_implementation
 from trainer.lora_autocast import follow_cpu_autocast
@@ -18,21 +19,11 @@ PROMPTS = ["#Person1#: Can we meet at ten?\n#Person2#: Yes.", "Hello there, how 
 
 
 def _adapted(tiny_model_dir, dtype: str, hooked: bool):
-    from peft import LoraConfig, get_peft_model
-
-    base = load_model(str(tiny_model_dir), QuantizationConfig(mode="nf4", compute_dtype=dtype))
-    torch.manual_seed(0)
-    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
+    model = lora_tiny_model(tiny_model_dir, dtype)
     assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)  # PEFT's float32 adapters
     if hooked:
         assert follow_cpu_autocast(model) > 0
     return model
-
-
-def _batch(tiny_model_dir):
-    tokenizer = load_tokenizer(str(tiny_model_dir))
-    tokenizer.padding_side = "left"
-    return tokenizer(PROMPTS, return_tensors="pt", padding=True)
 
 
 def _lora_input_dtypes(model) -> list:
@@ -44,7 +35,7 @@ def _lora_input_dtypes(model) -> list:
 
 
 def test_lora_inputs_left_to_cpu_autocast_give_the_same_loss_and_gradients_to_the_last_bit(tiny_model_dir):
-    inputs = _batch(tiny_model_dir)
+    inputs = tiny_batch(tiny_model_dir)
     results = {}
     for hooked in (False, True):
         model = _adapted(tiny_model_dir, "bfloat16", hooked).train()
@@ -61,7 +52,7 @@ def test_lora_inputs_left_to_cpu_autocast_give_the_same_loss_and_gradients_to_th
 
 def test_without_autocast_the_hooked_model_casts_again_and_generates_as_before(tiny_model_dir):
     """An unmerged evaluation (a pack, DoRA, a GPU) runs outside autocast: PEFT's cast must be back on."""
-    inputs = _batch(tiny_model_dir)
+    inputs = tiny_batch(tiny_model_dir)
     tokens = {}
     for hooked in (False, True):
         model = _adapted(tiny_model_dir, "bfloat16", hooked)

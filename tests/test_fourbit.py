@@ -6,35 +6,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainer.config import QuantizationConfig
+from tests.conftest import lora_tiny_model, tiny_batch
 from trainer.fourbit import dequantized_base, four_bit_layers
-from trainer.models import load_model, load_tokenizer
 
 DTYPES = ["float32", "bfloat16"]
 
 
-def _model(tiny_model_dir, dtype: str, double_quant: bool = True, dora: bool = False):
-    from peft import LoraConfig, get_peft_model
-
-    base = load_model(str(tiny_model_dir), QuantizationConfig(mode="nf4", compute_dtype=dtype,
-                                                              double_quant=double_quant))
-    torch.manual_seed(0)
-    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False,
-                                            use_dora=dora))
-    return model
-
-
-def _batch(tiny_model_dir):
-    tokenizer = load_tokenizer(str(tiny_model_dir))
-    tokenizer.padding_side = "left"
-    return tokenizer(["#Person1#: Can we meet at ten?\n#Person2#: Yes.", "Hello there, how are you today?"],
-                     return_tensors="pt", padding=True)
-
-
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_an_eval_leaves_the_4bit_weights_and_the_next_training_step_as_they_were(tiny_model_dir, dtype):
-    model = _model(tiny_model_dir, dtype)
-    inputs = _batch(tiny_model_dir)
+    model = lora_tiny_model(tiny_model_dir, dtype)
+    inputs = tiny_batch(tiny_model_dir)
     layers = four_bit_layers(model)
     before = [(layer.weight.data.clone(), layer.weight.quant_state.absmax.clone()) for layer in layers]
 
@@ -58,8 +39,8 @@ def test_an_eval_leaves_the_4bit_weights_and_the_next_training_step_as_they_were
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_the_dequantized_eval_view_gives_the_4bit_models_logits_and_generations_bit_for_bit(
         tiny_model_dir, dtype, double_quant):
-    model = _model(tiny_model_dir, dtype, double_quant).eval()
-    inputs = _batch(tiny_model_dir)
+    model = lora_tiny_model(tiny_model_dir, dtype, double_quant).eval()
+    inputs = tiny_batch(tiny_model_dir)
     with torch.inference_mode():
         logits = model(**inputs).logits
         tokens = model.generate(**inputs, max_new_tokens=12, do_sample=False, pad_token_id=0)
@@ -74,7 +55,7 @@ def test_the_dequantized_eval_view_gives_the_4bit_models_logits_and_generations_
 
 
 def test_the_dequantized_view_is_skipped_where_it_would_not_fit(tiny_model_dir):
-    model = _model(tiny_model_dir, "float32").eval()
+    model = lora_tiny_model(tiny_model_dir, "float32").eval()
     with dequantized_base(model, share=0.0) as used:
         assert not used and all("forward" not in vars(layer) for layer in four_bit_layers(model))
 
@@ -83,8 +64,8 @@ def test_the_dequantized_view_is_skipped_where_it_would_not_fit(tiny_model_dir):
 def test_a_training_step_on_the_dequantized_base_gives_bitsandbytes_own_loss_and_gradients(tiny_model_dir, dtype):
     """Training runs inside the view (trainer.trial.train): the loss and every LoRA gradient are bitsandbytes'
     own to the last bit, an eval nested inside it keeps it, and leaving it restores the layers."""
-    model = _model(tiny_model_dir, dtype)
-    inputs = _batch(tiny_model_dir)
+    model = lora_tiny_model(tiny_model_dir, dtype)
+    inputs = tiny_batch(tiny_model_dir)
 
     def step() -> tuple[torch.Tensor, list[torch.Tensor]]:
         model.train()

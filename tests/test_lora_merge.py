@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.test_fourbit import _batch, _model
+from tests.conftest import lora_tiny_model, tiny_batch
 from trainer.fourbit import dequantized_base
 from trainer.lora_merge import merged_adapters
 
@@ -22,8 +22,8 @@ def _logits(model, inputs) -> torch.Tensor:
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_merged_adapters_compute_peft_s_forward_and_leave_it_as_it_was(tiny_model_dir, dtype):
-    model = _model(tiny_model_dir, dtype).eval()  # a random adapter (B not zero), on every linear layer
-    inputs = _batch(tiny_model_dir)
+    model = lora_tiny_model(tiny_model_dir, dtype).eval()  # a random adapter (B not zero), on every linear layer
+    inputs = tiny_batch(tiny_model_dir)
     with dequantized_base(model):
         expected = _logits(model, inputs)
         with merged_adapters(model) as merged:
@@ -45,17 +45,17 @@ def test_merged_adapters_compute_peft_s_forward_and_leave_it_as_it_was(tiny_mode
 def test_a_pack_or_a_dora_adapter_is_left_to_peft(tiny_model_dir):
     from peft import LoraConfig
 
-    model = _model(tiny_model_dir, "float32").eval()
+    model = lora_tiny_model(tiny_model_dir, "float32").eval()
     model.add_adapter("second", LoraConfig(r=4, target_modules="all-linear"))
     with merged_adapters(model) as merged:
         assert merged == 0  # two adapters: a pack routes each row through its own
-    dora = _model(tiny_model_dir, "float32", dora=True).eval()
+    dora = lora_tiny_model(tiny_model_dir, "float32", dora=True).eval()
     with merged_adapters(dora) as merged:
         assert merged == 0
 
 
 def test_no_room_for_the_merged_weights_leaves_peft_s_forward(tiny_model_dir):
-    model = _model(tiny_model_dir, "float32").eval()
+    model = lora_tiny_model(tiny_model_dir, "float32").eval()
     with merged_adapters(model, share=0.0) as merged:
         assert merged == 0
         assert "forward" not in vars(model.base_model.model.model.layers[0].self_attn.q_proj)
