@@ -305,7 +305,7 @@ def auto_row(rows: list, shape: str, cfg, model_dir: Path, measured: dict[int, f
     import torch
 
     from orchestrator.driver.pack_sizing import AUTO_TRIALS_PER_WORKER, memory_limit
-    from trainer.fourbit import free_memory_bytes
+    from trainer.hardware import free_memory_bytes
     from trainer.models import model_config
     from trainer.packing import pack_memory
 

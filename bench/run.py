@@ -362,6 +362,51 @@ def bench_kernels(rows: list, steps: int) -> None:
     total = len(contiguous["predictions"])
     rows.append((f"  predictions identical, contiguous / strided ({dtype})", f"{alike} of {total}", alike / total,
                  "report" if exact else "all", alike == total or exact))
+    bench_prepacked(rows)
+
+
+def bench_prepacked(rows: list) -> None:
+    """A grid trial's whole evaluation with its bfloat16 weights packed once for oneDNN (trainer.prepacked) or
+    repacked by every call, twice each, alternating (this VM's timings vary by ~10% from run to run): the faster
+    of each pair, and whether predictions and held-out losses are the same to the last bit."""
+    runs = {packed: [] for packed in (False, True)}
+    for _ in range(2):
+        for packed in (False, True):
+            runs[packed].append(_isolated(kernel_evaluate, packed))
+    plain, packed = (min(runs[key], key=lambda r: r["s"]) for key in (False, True))
+    what = "packed once" if packed["packed"] else "nothing packed: no native bfloat16"
+    rows.append((f"grid trial evaluation ({packed['dtype']}, 32 examples): weights repacked per call / {what}",
+                 f"{plain['s']:.1f} s / {packed['s']:.1f} s", plain["s"] / packed["s"], "report", True))
+    same = all(r["predictions"] == plain["predictions"] and r["losses"] == plain["losses"]
+               for key in (False, True) for r in runs[key])
+    rows.append(("  predictions and held-out losses, packed / per call (4 runs)", "identical" if same else "differ",
+                 float(same), "identical", same))
+
+
+def kernel_evaluate(packed: bool) -> dict:
+    """A grid trial's evaluation (generation and held-out loss, as `make_evaluator` runs it; a fresh adapter whose
+    B matrices are drawn), with evaluation's weights packed once (trainer.prepacked) or not."""
+    import contextlib
+
+    import torch
+
+    import trainer.trial
+    from trainer.prepacked import packs_bfloat16
+
+    cfg, tokenizer, model, data = _grid_trial(adapted=True)
+    torch.manual_seed(0)
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.02)
+    if not packed:
+        trainer.trial.prepacked_linears = lambda model, share: contextlib.nullcontext()  # this process only
+    evaluator = trainer.trial.make_evaluator(cfg, tokenizer, data)
+    start = time.perf_counter()
+    result = evaluator(model)
+    seconds = time.perf_counter() - start
+    return {"s": seconds, "dtype": cfg.quantization.compute_dtype, "predictions": [p["prediction"] for p in
+            result.predictions], "losses": [p.get("eval_loss") for p in result.predictions],
+            "packed": packed and cfg.quantization.compute_dtype == "bfloat16" and packs_bfloat16()}
 
 
 def kernel_step(variant: str, steps: int) -> dict:

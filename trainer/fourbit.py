@@ -22,10 +22,13 @@ here: no GPU), and only where the dequantized weights fit in a fraction of the f
 
 from __future__ import annotations
 
-import os
 import types
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+from trainer.hardware import free_memory_bytes
+from trainer.prepacked import linear
+
 # The dequantized base may take at most this share of the memory free when training or the eval starts (the
 # rest: activations, the KV cache, the 4-bit weights that stay loaded).
 DEQUANTIZED_MEMORY_SHARE = 0.5
@@ -77,18 +80,6 @@ def dequantized_bytes(layers: list) -> int:
     return total
 
 
-def free_memory_bytes() -> int:
-    """The host's MemAvailable (the dequantized view runs on CPU only)."""
-    try:
-        with open("/proc/meminfo") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024  # kB
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
-
-
 @contextmanager
 def dequantized_base(model, share: float = DEQUANTIZED_MEMORY_SHARE) -> Iterator[bool]:
     """Within the block, every 4-bit layer runs `linear` on its weight dequantized once (bit-identical to its
@@ -115,7 +106,6 @@ def dequantized_base(model, share: float = DEQUANTIZED_MEMORY_SHARE) -> Iterator
 
 def _dequantized_forward(self, x):
     """Linear4bit.forward without the per-call dequantization: the same casts, the same `linear`."""
-    import torch
     from bitsandbytes.nn.modules import fix_4bit_weight_quant_state_from_module
 
     fix_4bit_weight_quant_state_from_module(self)
@@ -129,4 +119,4 @@ def _dequantized_forward(self, x):
     if weight is None:
         weight = self._dequantized[x.dtype] = dequantized_weight(self, x.dtype)
     bias = None if self.bias is None else self.bias.to(x.dtype)
-    return torch.nn.functional.linear(x, weight, bias).to(inp_dtype)
+    return linear(self, x, weight, bias).to(inp_dtype)  # in an evaluation, on a packed copy (trainer.prepacked)

@@ -9,6 +9,7 @@ float32 one with the trial's own thread count, so an ISA capped by `ONEDNN_MAX_C
 
 from __future__ import annotations
 
+import os
 import platform
 import resource
 import time
@@ -134,6 +135,19 @@ def software_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             versions[package] = "absent"
     return versions
+
+
+def free_memory_bytes() -> int:
+    """The host's MemAvailable: what the CPU-only copies of a trial (the dequantized base, merged and packed
+    weights) may take a share of."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
 
 
 def peak_memory_mib() -> dict[str, float]:

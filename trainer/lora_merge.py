@@ -19,7 +19,9 @@ import types
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from trainer.fourbit import DEQUANTIZED_MEMORY_SHARE, dequantized_weight, free_memory_bytes, is_four_bit
+from trainer.fourbit import DEQUANTIZED_MEMORY_SHARE, dequantized_weight, is_four_bit
+from trainer.hardware import free_memory_bytes
+from trainer.prepacked import linear
 
 
 @contextmanager
@@ -98,11 +100,8 @@ def merged_weight(layer):
 def _merged_forward(self, x, *args, **kwargs):
     """The layer's output on its merged weight, in the input's dtype (as PEFT returns it); a call that routes
     rows through adapters by name (`adapter_names`) takes PEFT's own forward."""
-    import torch
-
     if kwargs.get("adapter_names") is not None:
         return type(self).forward(self, x, *args, **kwargs)
     weight = self._merged_weight
     bias = self.get_base_layer().bias
-    return torch.nn.functional.linear(x.to(weight.dtype), weight, None if bias is None else bias.to(weight.dtype)) \
-        .to(x.dtype)
+    return linear(self, x.to(weight.dtype), weight, None if bias is None else bias.to(weight.dtype)).to(x.dtype)

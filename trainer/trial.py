@@ -24,11 +24,12 @@ from trainer.config import TrialConfig
 from trainer.data import TrialData
 from trainer.events import Budget, Checkpoint, Environment, Event, Metric, Phase, Scores, Step, TrialDiverged
 from trainer.families import DECODER_ONLY, Family, family_of
-from trainer.fourbit import dequantized_base
+from trainer.fourbit import DEQUANTIZED_MEMORY_SHARE, dequantized_base
 from trainer.hardware import environment_record, peak_memory_mib, probe_device, resolve_precision
 from trainer.lora_autocast import follow_cpu_autocast
 from trainer.lora_merge import merged_adapters
 from trainer.models import load_model, load_tokenizer, resolve_model_path
+from trainer.prepacked import prepacked_linears
 from trainer.result import TrialResult
 
 EmitEvent = Callable[[Event], None]
@@ -180,12 +181,13 @@ def make_evaluator(cfg: TrialConfig, tokenizer, data: TrialData, limit: int | No
 
 @contextmanager
 def eval_mode(model) -> Iterator[None]:
-    """Eval mode, with the frozen 4-bit base dequantized once rather than at every token and the adapter merged
-    into it (trainer.lora_merge); the mode it was in after."""
+    """Eval mode, with the frozen 4-bit base dequantized once rather than at every token, the adapter merged
+    into it (trainer.lora_merge), and bfloat16 weights packed once for oneDNN (trainer.prepacked); the mode it
+    was in after."""
     was_training = model.training
     model.eval()
     try:
-        with dequantized_base(model), merged_adapters(model):
+        with dequantized_base(model), merged_adapters(model), prepacked_linears(model, DEQUANTIZED_MEMORY_SHARE):
             yield
     finally:
         model.train(was_training)
