@@ -12,7 +12,9 @@
             attention in bfloat16 up to 512 tokens, LoRA inputs left to CPU autocast: trainer.lora_autocast, the
             LM head fed a contiguous input: evaluation.generate) against SDPA, PEFT's float32 round trip and
             the strided head input they replaced, each in its own process: seconds, and how far the losses and
-            predictions moved (float32: losses within 1e-5 relative)
+            predictions moved (float32: losses within 1e-5 relative); then a grid trial's whole evaluation with
+            its bfloat16 weights packed once for oneDNN (trainer.prepacked) against repacked per call, twice
+            each: seconds, and whether predictions and held-out losses are identical (they must be)
 - load:     cached safetensors load vs cold GGUF load+dequantize of the embedded model (>= 10x)
 - generate: batched vs one-by-one greedy generation throughput, NF4 model as trials evaluate it (>= 4x)
 - eval:     a grid trial's evaluation (its 32 prompts generated, held-out loss over their 96 references), the

@@ -22,14 +22,23 @@ import types
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass, field
 
 from trainer.hardware import free_memory_bytes
 
 # oneDNN picks the packed layout for a row count; generation's products are a few rows (one token per prompt).
 ROWS_HINT = 8
 
-# Bytes the packed copies may still take, inside a `prepacked_linears` block (None outside: nothing is packed).
-_left_bytes: ContextVar[list[int] | None] = ContextVar("prepacked_left_bytes", default=None)
+
+@dataclass
+class _Budget:
+    """Inside a `prepacked_linears` block: the bytes the packed copies may still take, and the modules holding one."""
+
+    left_bytes: int
+    holders: list = field(default_factory=list)
+
+
+_budget: ContextVar[_Budget | None] = ContextVar("prepacked_budget", default=None)  # None outside a block
 
 
 @contextmanager
@@ -44,19 +53,19 @@ def prepacked_linears(model, share: float) -> Iterator[int]:
     if not (on_cpu(model) and packs_bfloat16()):
         yield 0
         return
-    budget_bytes = int(share * free_memory_bytes())
-    token = _left_bytes.set([budget_bytes])
+    budget = _Budget(int(share * free_memory_bytes()))
+    token = _budget.set(budget)
     # A layer whose forward is already replaced (an accelerate hook) keeps it.
     plain = [m for m in model.modules() if type(m) is torch.nn.Linear and "forward" not in vars(m)]
     for module in plain:
         module.forward = types.MethodType(_linear_forward, module)
     try:
-        yield budget_bytes
+        yield budget.left_bytes
     finally:
-        _left_bytes.reset(token)
+        _budget.reset(token)
         for module in plain:
             del module.forward  # back to the class's forward
-        for module in model.modules():
+        for module in budget.holders:
             module.__dict__.pop("_prepacked", None)  # the packed copies go with the block
 
 
@@ -65,15 +74,16 @@ def linear(module, x, weight, bias=None):
     function and the budget allows, on `weight` packed once and kept on `module` until the block ends."""
     import torch
 
-    left = _left_bytes.get()
-    if left is None or not same_function_packed(x, weight, bias):
+    budget = _budget.get()
+    if budget is None or not same_function_packed(x, weight, bias):
         return torch.nn.functional.linear(x, weight, bias)
     held = module.__dict__.get("_prepacked")
     if held is None or held[0] is not weight:
         size_bytes = weight.numel() * weight.element_size()
-        if size_bytes > left[0]:
+        if size_bytes > budget.left_bytes:
             return torch.nn.functional.linear(x, weight, bias)
-        left[0] -= size_bytes
+        budget.left_bytes -= size_bytes
+        budget.holders.append(module)
         held = module._prepacked = (weight, torch.ops.mkldnn._reorder_linear_weight(weight, ROWS_HINT))
     return torch.ops.mkldnn._linear_pointwise(x, held[1], bias, "none", [], "")
 
