@@ -79,9 +79,10 @@ def bench_load(rows: list) -> None:
                  cold / cached, ">= 10x", cold / cached >= 10))
 
 
-def _grid_trial(adapted: bool = False, load_model: bool = True):
+def _grid_trial(adapted: bool = False, load_model: bool = True, drawn: bool = False):
     """(cfg, tokenizer, model, data) of grid_2x2x2's first fine-tune, `auto` resolved here, one thread, seeded as
-    the trial is (so two processes draw the same LoRA A); no tokenizer and model (None) unless `load_model`."""
+    the trial is (so two processes draw the same LoRA A); no tokenizer and model (None) unless `load_model`;
+    `drawn`: LoRA B drawn from N(0, 0.02) with seed 0 rather than PEFT's zeros, so the adapter matters."""
     import torch
 
     from orchestrator.search.strategies import expand
@@ -96,6 +97,11 @@ def _grid_trial(adapted: bool = False, load_model: bool = True):
     set_seed(cfg.training.seed)
     tokenizer, model = load(cfg)
     model = adapt(model, cfg) if adapted else model
+    if drawn:
+        torch.manual_seed(0)
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(param, std=0.02)
     return cfg, tokenizer, model.eval(), load_trial_data(cfg.dataset)
 
 
@@ -190,19 +196,13 @@ def prefill_seconds() -> dict:
     dequantized once, as trials run it) three ways: before (generation, then the held-out loss on its own: each
     prompt read twice), the loss continued from the prompts generation read (`HeldoutLoss.from_prefill`), and
     now (that, on the merged adapter: `trainer.lora_merge`)."""
-    import torch
-
     from evaluation.generate import generate
     from trainer import heldout
     from trainer.families import DECODER_ONLY
     from trainer.fourbit import dequantized_base
     from trainer.lora_merge import merged_adapters
 
-    cfg, tokenizer, model, data = _grid_trial(adapted=True)
-    torch.manual_seed(0)
-    for name, param in model.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(param, std=0.02)
+    cfg, tokenizer, model, data = _grid_trial(adapted=True, drawn=True)
     rows, g = data.eval, cfg.generation
     pairs = heldout.heldout_pairs(cfg, tokenizer, DECODER_ONLY, [e.dialogue for e in rows], [e.references for e in rows])
     from trainer.trial import eval_prompts
@@ -390,16 +390,10 @@ def kernel_evaluate(packed: bool) -> dict:
     B matrices are drawn), with evaluation's weights packed once (trainer.prepacked) or not."""
     import contextlib
 
-    import torch
-
     import trainer.trial
     from trainer.prepacked import packs_bfloat16
 
-    cfg, tokenizer, model, data = _grid_trial(adapted=True)
-    torch.manual_seed(0)
-    for name, param in model.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(param, std=0.02)
+    cfg, tokenizer, model, data = _grid_trial(adapted=True, drawn=True)
     if not packed:
         trainer.trial.prepacked_linears = lambda model, share: contextlib.nullcontext()  # this process only
     evaluator = trainer.trial.make_evaluator(cfg, tokenizer, data)
@@ -444,17 +438,11 @@ def kernel_generate(contiguous: bool) -> dict:
     import contextlib
     import importlib
 
-    import torch
-
     from trainer.trial import eval_mode, eval_prompts
 
     generation = importlib.import_module("evaluation.generate")  # the module (the package exports a function)
 
-    cfg, tokenizer, model, data = _grid_trial(adapted=True)
-    torch.manual_seed(0)
-    for name, param in model.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(param, std=0.02)
+    cfg, tokenizer, model, data = _grid_trial(adapted=True, drawn=True)
     if not contiguous:
         generation._contiguous_head_input = lambda model: contextlib.nullcontext()  # this process only
     texts, g = eval_prompts(cfg, tokenizer, data.eval), cfg.generation
