@@ -155,16 +155,26 @@ def test_training_inside_the_block_runs_torchs_linear_with_the_same_loss_and_gra
     assert all(torch.equal(a, b) for a, b in zip(results[0][1], results[1][1]))
 
 
-@pytest.mark.parametrize("case", ["float32", "no-native-bfloat16", "no-memory"])
-def test_nothing_is_packed_in_float32_without_native_bfloat16_or_memory(tiny_model_dir, monkeypatch, case):
+@pytest.mark.parametrize("case", ["float32", "no-native-bfloat16", "no-memory", "onednn-refuses"])
+def test_nothing_is_packed_in_float32_without_native_bfloat16_or_memory_or_where_onednn_refuses(
+        tiny_model_dir, monkeypatch, case):
+    if case == "onednn-refuses" and not packs_bfloat16():
+        pytest.skip("this CPU has no native bfloat16: oneDNN is never asked")
     dtype = "float32" if case == "float32" else "bfloat16"
     model = load_model(str(tiny_model_dir), QuantizationConfig(mode="nf4", compute_dtype=dtype)).eval()
     if case == "no-native-bfloat16":  # an AVX2 CPU: oneDNN cannot pack bfloat16 there
         monkeypatch.setattr("trainer.prepacked.packs_bfloat16", lambda: False)
+    if case == "onednn-refuses":  # a shape or CPU oneDNN makes no primitive for: the evaluation goes on
+        def refuse(weight, rows):
+            raise RuntimeError("could not create a primitive descriptor")
+
+        monkeypatch.setattr(torch.ops.mkldnn, "_reorder_linear_weight", refuse)
     inputs = tiny_batch(tiny_model_dir)
     with dequantized_base(model):
         plain = _logits_and_tokens(model, inputs)
         with prepacked_linears(model, share=0.0 if case == "no-memory" else 0.5):
             same = _logits_and_tokens(model, inputs)
-            assert not _packed_modules(model)
+            copies = [vars(m)["_prepacked"][1] for m in _packed_modules(model)]
+        # Refused: each layer tried once, then torch's linear; otherwise none tried.
+        assert (copies and set(copies) == {None}) if case == "onednn-refuses" else copies == []
     assert torch.equal(plain[0], same[0]) and torch.equal(plain[1], same[1])

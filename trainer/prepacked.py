@@ -84,8 +84,23 @@ def linear(module, x, weight, bias=None):
             return torch.nn.functional.linear(x, weight, bias)
         budget.left_bytes -= size_bytes
         budget.holders.append(module)
-        held = module._prepacked = (weight, torch.ops.mkldnn._reorder_linear_weight(weight, ROWS_HINT))
+        held = module._prepacked = (weight, packed_copy(weight))
+    if held[1] is None:  # oneDNN refused this weight: torch's path, for the rest of the block
+        return torch.nn.functional.linear(x, weight, bias)
     return torch.ops.mkldnn._linear_pointwise(x, held[1], bias, "none", [], "")
+
+
+def packed_copy(weight):
+    """oneDNN's packed copy of a (out x in) bfloat16 weight, or None where oneDNN refuses it (its primitive for
+    this shape and CPU cannot be made): an evaluation must not fail for a speed-up."""
+    import torch
+
+    try:
+        return torch.ops.mkldnn._reorder_linear_weight(weight, ROWS_HINT)
+    except RuntimeError as error:
+        print(f"WARNING: oneDNN could not pack a {tuple(weight.shape)} weight ({str(error)[:120]}); "
+              "that layer keeps torch's linear", flush=True)
+        return None
 
 
 def _linear_forward(self, x):
@@ -101,7 +116,10 @@ def packs_bfloat16() -> bool:
     """Whether oneDNN on this CPU packs bfloat16 weights (native bfloat16: AVX512-BF16, AMX or AVX-NE-CONVERT)."""
     import torch
 
-    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    try:  # private ops of torch's oneDNN binding: a build without them packs nothing
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def same_function_packed(x, weight, bias=None) -> bool:
