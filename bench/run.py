@@ -267,8 +267,34 @@ def hardware_line() -> str:
 
     torch.set_num_threads(1)
     device = probe_device()
+    imitation = (f"; AVX2 imitation on an AVX-512 CPU: budgets judged on x{AVX2_IMITATION_SLOWDOWN} (a real AVX2 "
+                 f"CPU's estimate)") if _avx2_imitation() else ""
     return (f"hardware: {device.kind}: {device.name}, {device.detail}; matmul slowdown vs float32 "
-            f"{device.slowdown}; auto -> {resolve_precision('auto', device).dtype}; torch {torch.__version__}")
+            f"{device.slowdown}; auto -> {resolve_precision('auto', device).dtype}; torch {torch.__version__}"
+            f"{imitation}")
+
+
+AVX2_IMITATION_SLOWDOWN = 1.35
+"""A real AVX2-only CPU's time over the imitation's (`ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2` on an
+AVX-512 CPU): issue 24's suite took 20m00s on a real one where the imitation suggested under 15."""
+
+
+def _avx2_imitation() -> bool:
+    """Whether torch dispatches AVX2 kernels on a CPU that has AVX-512: the imitation of an AVX2-only CPU."""
+    import torch
+
+    from trainer.hardware import cpu_flags
+
+    return torch.backends.cpu.get_cpu_capability() == "AVX2" and bool(cpu_flags().get("avx512_f"))
+
+
+def _budget_seconds(seconds: float) -> tuple[float, str]:
+    """(seconds to judge against a CPU kind's budget, how they were had): measured, or under the AVX2 imitation
+    the real AVX2 CPU's estimate."""
+    if _avx2_imitation():
+        imitated = f"{seconds / 60:.1f} min imitated x {AVX2_IMITATION_SLOWDOWN}"
+        return seconds * AVX2_IMITATION_SLOWDOWN, f"est. real AVX2 = {imitated}"
+    return seconds, "this machine"
 
 
 def bench_step(rows: list, steps: int) -> None:
@@ -580,8 +606,9 @@ def bench_sweep(rows: list, run) -> None:
                  wall / ideal, "<= 1.05", wall / ideal <= 1.05))
     if spec.name == "grid_2x2x2":
         budget_min = 10 if _native_bf16() else 25  # issue 24's budgets: native-bf16 CPU / one that emulates it
-        rows.append(("grid_2x2x2 wall time, this machine", f"{wall / 60:.1f} min", wall / (60 * budget_min),
-                     f"<= 1.0 ({budget_min} min)", wall <= 60 * budget_min))
+        judged_s, how = _budget_seconds(wall)
+        rows.append((f"grid_2x2x2 wall time, {how}", f"{judged_s / 60:.1f} min", judged_s / (60 * budget_min),
+                     f"<= 1.0 ({budget_min} min)", judged_s <= 60 * budget_min))
     trials = run[2].summary(spec.name).trials
     tuned = [t for t in trials if t.kind == "trial" and {"train", "evaluate"} <= set(t.timings_s)]
     for t in sorted(tuned, key=lambda t: t.name):
@@ -883,8 +910,9 @@ def bench_suite(rows: list) -> None:
         seconds = time.perf_counter() - start
         summary = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr[-200:]
         budget = SUITE_BUDGET_S["check" if extra else "test_native_bf16" if _native_bf16() else "test_avx2"]
-        rows.append((f"suite wall: {name}, {summary[:40]}", f"{seconds / 60:.1f} / {budget / 60:.0f} min",
-                     seconds / budget, "<= 1 (set-up apart)", done.returncode == 0 and seconds <= budget))
+        judged_s, how = _budget_seconds(seconds)
+        rows.append((f"suite wall: {name}, {summary[:40]} ({how})", f"{judged_s / 60:.1f} / {budget / 60:.0f} min",
+                     judged_s / budget, "<= 1 (set-up apart)", done.returncode == 0 and judged_s <= budget))
 
 
 if __name__ == "__main__":

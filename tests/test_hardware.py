@@ -65,15 +65,27 @@ def test_the_probe_on_this_cpu_decides_from_its_measurement():
     assert resolve_precision("auto", device).dtype == ("bfloat16" if device.bf16_native else "float32")
 
 
+IMITATION_ENV = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
+
+
 def test_an_imitated_avx2_only_cpu_emulates_bf16_and_auto_picks_float32():
-    """What a developer with native bf16 runs to see an AVX2-only machine; on an AVX2 CPU it is the real thing."""
+    """What a developer with native bf16 runs to see an AVX2-only machine; on an AVX2 CPU it is the real thing.
+    The bench knows the imitation (an AVX-512 CPU dispatching AVX2) and judges budgets on a real AVX2 CPU's
+    estimate there; without the two variables nothing is imitated."""
     env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
-    code = ("import json, torch; torch.set_num_threads(1); from trainer.hardware import probe_device, resolve_precision; "
-            "d = probe_device(); print(json.dumps([d.slowdown, d.bf16_native, resolve_precision('auto', d).dtype, "
-            "d.detail]))")
+    code = ("import json, torch; torch.set_num_threads(1); from trainer.hardware import cpu_flags, probe_device, "
+            "resolve_precision; from bench.run import _avx2_imitation, _budget_seconds; d = probe_device(); "
+            "print(json.dumps([d.slowdown, d.bf16_native, resolve_precision('auto', d).dtype, d.detail, "
+            "bool(cpu_flags().get('avx512_f')), _avx2_imitation(), _budget_seconds(600.0)]))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-    slowdown, native, dtype, detail = json.loads(out.stdout.strip().splitlines()[-1])
+    slowdown, native, dtype, detail, avx512, imitated, budget = json.loads(out.stdout.strip().splitlines()[-1])
     assert native == (slowdown["bfloat16"] < EMULATED_SLOWDOWN) and dtype == ("bfloat16" if native else "float32")
+    assert imitated == avx512 and "ISA AVX2" in detail
+    assert budget == ([810.0, "est. real AVX2 = 10.0 min imitated x 1.35"] if avx512 else [600.0, "this machine"])
+    plain = {k: v for k, v in os.environ.items() if k not in IMITATION_ENV}
+    out = subprocess.run([sys.executable, "-c", "from bench.run import _avx2_imitation as i; print(i())"], cwd=REPO,
+                         env=plain, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip().splitlines()[-1] == "False", out.stderr[-2000:]
     if native and "no bf16 flags" not in detail:
         pytest.skip(f"this CPU ({detail}) still ran bf16 at {slowdown['bfloat16']}x float32 under the imitation: "
                     "its bf16 matmul does not go through the capped dispatch")

@@ -97,7 +97,7 @@ def probe_device() -> Device:
     float32_s = _matmul_seconds("float32")
     # Two significant digits: rounded to two decimals, a float32 probe slowed by a busy core once read 0.0.
     slowdown = {dtype: float(f"{_matmul_seconds(dtype) / float32_s:.2g}") for dtype in DTYPES[:2]}
-    info = _cpu_info()
+    info = cpu_flags()
     bf16_flags = ",".join(f for f in ("avx512_bf16", "amx_bf16") if info.get(f)) or "no bf16 flags"
     detail = f"ISA {torch.backends.cpu.get_cpu_capability()} ({bf16_flags}), {torch.get_num_threads()} thread(s)"
     return Device("cpu", str(info.get("cpu_name") or platform.processor() or platform.machine()), detail,
@@ -117,8 +117,9 @@ def _matmul_seconds(dtype: str) -> float:
     return max(best, 1e-7)
 
 
-def _cpu_info() -> dict:
-    """torch's own view of the CPU (cpuinfo): name and ISA flags; {} where this torch has no such call."""
+def cpu_flags() -> dict:
+    """torch's own view of the CPU (cpuinfo): its name (`cpu_name`) and ISA flags (`avx512_f`, `avx512_bf16`,
+    `amx_bf16`, ...: what the CPU has, whatever torch dispatches to); {} where this torch has no such call."""
     import torch
 
     try:
