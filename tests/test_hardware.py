@@ -65,9 +65,6 @@ def test_the_probe_on_this_cpu_decides_from_its_measurement():
     assert resolve_precision("auto", device).dtype == ("bfloat16" if device.bf16_native else "float32")
 
 
-IMITATION_ENV = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
-
-
 def test_an_imitated_avx2_only_cpu_emulates_bf16_and_auto_picks_float32():
     """What a developer with native bf16 runs to see an AVX2-only machine; on an AVX2 CPU it is the real thing.
     The bench knows the imitation (an AVX-512 CPU dispatching AVX2) and judges budgets on a real AVX2 CPU's
@@ -82,6 +79,8 @@ def test_an_imitated_avx2_only_cpu_emulates_bf16_and_auto_picks_float32():
     assert native == (slowdown["bfloat16"] < EMULATED_SLOWDOWN) and dtype == ("bfloat16" if native else "float32")
     assert imitated == avx512 and "ISA AVX2" in detail
     assert budget == ([810.0, "est. real AVX2 = 10.0 min imitated x 1.35"] if avx512 else [600.0, "this machine"])
+    from bench.run import IMITATION_ENV
+
     plain = {k: v for k, v in os.environ.items() if k not in IMITATION_ENV}
     out = subprocess.run([sys.executable, "-c", "from bench.run import _avx2_imitation as i; print(i())"], cwd=REPO,
                          env=plain, capture_output=True, text=True, timeout=120)
