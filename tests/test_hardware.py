@@ -73,12 +73,14 @@ def test_an_imitated_avx2_only_cpu_emulates_bf16_and_auto_picks_float32():
     code = ("import json, torch; torch.set_num_threads(1); from trainer.hardware import cpu_flags, probe_device, "
             "resolve_precision; from bench.run import _avx2_imitation, _budget_seconds; d = probe_device(); "
             "print(json.dumps([d.slowdown, d.bf16_native, resolve_precision('auto', d).dtype, d.detail, "
-            "bool(cpu_flags().get('avx512_f')), _avx2_imitation(), _budget_seconds(600.0)]))")
+            "bool(cpu_flags().get('avx512_f')), _avx2_imitation(), _budget_seconds(600.0, 'suite'), "
+            "_budget_seconds(600.0, 'grid')]))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-    slowdown, native, dtype, detail, avx512, imitated, budget = json.loads(out.stdout.strip().splitlines()[-1])
+    slowdown, native, dtype, detail, avx512, imitated, suite, grid = json.loads(out.stdout.strip().splitlines()[-1])
     assert native == (slowdown["bfloat16"] < EMULATED_SLOWDOWN) and dtype == ("bfloat16" if native else "float32")
     assert imitated == avx512 and "ISA AVX2" in detail
-    assert budget == ([810.0, "est. real AVX2 = 10.0 min imitated x 1.35"] if avx512 else [600.0, "this machine"])
+    assert suite == ([810.0, "est. real AVX2 = 10.0 min imitated x 1.35"] if avx512 else [600.0, "this machine"])
+    assert grid == ([726.0, "est. real AVX2 = 10.0 min imitated x 1.21"] if avx512 else [600.0, "this machine"])
     from bench.run import IMITATION_ENV
 
     plain = {k: v for k, v in os.environ.items() if k not in IMITATION_ENV}
