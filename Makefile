@@ -49,8 +49,8 @@ system:
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(MISSING_PACKAGES),:)
 browser postgres: system
 
-# pip (CPU-bound) and apt-get (mostly download and unpack) side by side: on a fresh 2-core machine about a
-# minute less than one after the other.
+# pip (CPU-bound) and apt-get (mostly download and unpack) side by side: apt-get's time (Chromium's install,
+# 14 s on a 2-core machine) no longer adds to pip's.
 SETUP_ALL := $(MAKE) --no-print-directory -j2 setup system
 
 # Everything, as CI runs it, on TEST_WORKERS processes (pytest-xdist; each its own Ray, PostgreSQL and temp

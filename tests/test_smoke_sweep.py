@@ -19,8 +19,8 @@ pytestmark = pytest.mark.slow  # the real SmolLM2 through `sweep run` and its ow
 EVAL_EXAMPLES = 2
 SMALLER = ["--set", "training.max_steps=2", "--set", "dataset.train_examples=4",
            "--set", f"dataset.eval_examples={EVAL_EXAMPLES}"]
-"""The shipped spec at half its steps and eval rows: what is asserted needs the grid's shape, not its budget
-(about 150 of the suite's CPU seconds on a 2-core AVX2-only CPU, where the run took 353 s as shipped)."""
+"""The shipped spec at half its steps, train and eval rows: what is asserted needs the grid's shape, not its
+budget (on a 2-core AVX2-only CPU the test took 185 s -> 150 s alone, 353 s -> 262 s in the suite)."""
 
 
 def test_sweep_run_smoke_then_leaderboard(data_root, tmp_path, monkeypatch, capsys):
