@@ -25,9 +25,9 @@
             it served, the losses' largest relative difference, predictions identical
 - sweep:    sweep wall time vs (sum of trial times / concurrent slots) (<= 1.05), the grid_2x2x2 wall time on
             this machine (<= 10 min with native bf16, 25 min where it is emulated; under the AVX2 imitation
-            its x1.21 estimate for a real AVX2 CPU), on a fresh store, each fine-tune's `evaluate` step
-            against its `train` step (<= 0.35), and its ROUGE-L against the committed table (within half its
-            95% interval)
+            its estimate for a real AVX2 CPU, AVX2_IMITATION_SLOWDOWN), on a fresh store, each fine-tune's
+            `evaluate` step against its `train` step (<= 0.35), and its ROUGE-L against the committed table
+            (within half its 95% interval)
 - search:   the full grid (grid_2x2x2) vs a pruned TPE study over the same space (optuna_tpe), same
             model, data and steps per trial: compute spent (fine-tune trial-seconds, start to end as the
             driver saw them, pruned trials included) and the best ROUGE-L each found
